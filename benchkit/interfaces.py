@@ -1,0 +1,148 @@
+"""The contracts between the three families. Generators and heads know the tokenizer only through TokenSpec.
+
+Shapes (B batch, h x w token grid, D depth, C channels per continuous token, N rows given to a head):
+
+=====================  =============================  ===========================================
+token view             tensor per batch               TokenSpec
+=====================  =============================  ===========================================
+discrete, depth 1      long  [B, h, w]                kind="discrete", depth=1, vocab_size=K
+discrete, depth D      long  [B, h, w, D]             kind="discrete", depth=D, vocab_size=K
+continuous, depth 1    float [B, h, w, C]             kind="continuous", depth=1, dim=C
+continuous, depth D    float [B, h, w, D, C]          kind="continuous", depth=D, dim=C (RQ per-depth codes)
+=====================  =============================  ===========================================
+
+Images are float [B, 3, H, W] in [-1, 1]. Continuous tokens are already scaled to roughly unit variance: the
+scale factor is the tokenizer's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+TokenKind = Literal["discrete", "continuous"]
+TOKEN_KINDS: tuple[TokenKind, ...] = ("discrete", "continuous")
+CfgSchedule = Literal["constant", "linear"]
+Progress = Callable[[int, int], None]  # (step done, total steps)
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """What a tokenizer hands to generators and heads: kind, grid, depth, vocabulary or channel count."""
+
+    kind: TokenKind
+    grid: tuple[int, int]
+    depth: int = 1
+    vocab_size: int | None = None
+    dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "discrete" and not self.vocab_size:
+            raise ValueError("a discrete TokenSpec needs vocab_size")
+        if self.kind == "continuous" and not self.dim:
+            raise ValueError("a continuous TokenSpec needs dim")
+
+    @property
+    def positions(self) -> int:
+        """Number of grid positions h*w."""
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's tokens (without the batch dimension)."""
+        shape: tuple[int, ...] = tuple(self.grid)
+        if self.depth > 1:
+            shape += (self.depth,)
+        if self.kind == "continuous":
+            shape += (int(self.dim or 0),)
+        return shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """torch.long for discrete tokens, torch.float32 for continuous ones."""
+        return torch.long if self.kind == "discrete" else torch.float32
+
+    def check(self, tokens: torch.Tensor) -> None:
+        """Raise ValueError unless ``tokens`` is a batch of this spec (shape, dtype, id range)."""
+        if tuple(tokens.shape[1:]) != self.token_shape:
+            raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not match spec {self.token_shape}")
+        if tokens.dtype != self.dtype:
+            raise ValueError(f"tokens of dtype {tokens.dtype} do not match spec {self.dtype}")
+        if self.kind == "discrete" and tokens.numel() and (tokens.min() < 0 or tokens.max() >= (self.vocab_size or 0)):
+            raise ValueError(f"token ids outside [0, {self.vocab_size})")
+
+
+class Batch(NamedTuple):
+    """A training batch for a generator: tokens in a TokenSpec layout and class labels long [B]."""
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+
+
+class LossOutput(NamedTuple):
+    """A scalar loss plus float logs for the progress bar and CSV log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """images <-> tokens. ``specs`` lists every token view it can hand out (VQ: discrete and continuous)."""
+
+    specs: Mapping[TokenKind, TokenSpec]
+
+    def encode(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor: ...
+
+    def decode(self, tokens: torch.Tensor, kind: TokenKind) -> torch.Tensor: ...
+
+    def loss(self, images: torch.Tensor) -> LossOutput: ...
+
+    def encode_for_cache(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor: ...
+
+    def tokens_from_cache(
+        self, cached: torch.Tensor, kind: TokenKind, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """The distribution of ONE token given its condition vector. CFG: with cfg != 1 ``cond`` holds 2N rows
+    (conditional first, then unconditional) and ``sample`` returns the N guided rows."""
+
+    kinds: ClassVar[tuple[TokenKind, ...]]
+
+    def loss(self, cond: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def sample(
+        self,
+        cond: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        cfg: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Class-conditional sequence model over tokens; builds its own head from ``spec``."""
+
+    spec: TokenSpec
+
+    def loss(self, batch: Batch) -> LossOutput: ...
+
+    def generate(
+        self,
+        labels: torch.Tensor,
+        *,
+        steps: int | None = None,
+        cfg: float = 1.0,
+        cfg_schedule: CfgSchedule = "constant",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor: ...

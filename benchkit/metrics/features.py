@@ -1,0 +1,1 @@
+"""Feature extractors for quality metrics."""

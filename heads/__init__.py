@@ -1,0 +1,1 @@
+"""Built-in per-token heads; each module registers itself on import."""
