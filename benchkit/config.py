@@ -1,0 +1,234 @@
+"""The typed run config, TOML presets, ``--set a.b=value`` overrides and fingerprints.
+
+Defaults live in exactly one place: these dataclass fields, or the component config dataclasses for component
+options. Presets (``benchkit/configs/*.toml``) override only what they need; the CLI never restates defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from benchkit.errors import ConfigError, suggest
+from benchkit.options import build_dataclass, field_types, parse_text, toml_loads
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec:
+    """A registry name plus the options passed to ``create``."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which dataset, where it lives and how many images to use."""
+
+    name: str = "shapes"
+    root: str | None = None
+    image_size: int = 32
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training stage: AdamW, warm-up then cosine/constant, clipping, EMA, checkpoints."""
+
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    checkpoint_every: int = 250
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig:
+    """Sampling settings used by ``benchkit sample`` and as the base point of evaluation."""
+
+    steps: int | None = None
+    cfg: float = 1.0
+    cfg_schedule: Literal["constant", "linear"] = "constant"
+    temperature: float = 1.0
+    batch_size: int = 250
+    grid_per_class: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.cfg < 0:
+            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Quality and cost measurement; ``sweep`` lists extra sampling settings, one row each."""
+
+    features: str = "auto"
+    inception_weights: str | None = None
+    num_samples: int = 1000
+    num_reference: int = 5000
+    prc: bool = True
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    cost_batch_size: int = 64
+    cost_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 2 or self.num_reference < 2:
+            raise ValueError("num_samples and num_reference must be >= 2")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that defines one run: data, the three components, two training stages, sampling, eval."""
+
+    name: str = "default"
+    seed: int = 0
+    device: Device = "auto"
+    out_dir: str = "results"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: ComponentSpec = field(default_factory=lambda: ComponentSpec(name="vq"))
+    tokenizer_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, lr=2e-3))
+    generator: ComponentSpec = field(default_factory=lambda: ComponentSpec(name="ar"))
+    head: ComponentSpec = field(default_factory=lambda: ComponentSpec(name="ce"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=0.99))
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a (nested) config dataclass from plain values, refusing unknown keys with the valid ones."""
+    types_ = field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        tp = types_.get(key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out[key] = from_dict(tp, value, f"{where}.{key}" if where else key)
+        else:
+            out[key] = value
+    return build_dataclass(cls, out, where or "config")
+
+
+def preset_names() -> list[str]:
+    """Names of the TOML presets shipped inside the package."""
+    return sorted(p.name[:-5] for p in resources.files("benchkit.configs").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw dict of a shipped preset; unknown names list the valid ones."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(names)}" + suggest(name, names))
+    return toml_loads(resources.files("benchkit.configs").joinpath(f"{name}.toml").read_text())
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """The raw dict of a TOML or JSON config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    text = p.read_text()
+    try:
+        return json.loads(text) if p.suffix == ".json" else toml_loads(text)
+    except ValueError as e:
+        raise ConfigError(f"cannot parse config file {str(p)!r}: {e}") from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b=value`` to a raw config dict in place, type-checked against RunConfig."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.path=value (e.g. train.lr=3e-4)")
+    path, text = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    cls: Any = RunConfig
+    node = raw
+    for i, key in enumerate(keys):
+        where = ".".join(keys[: i + 1])
+        if cls is None:  # inside a free-form options dict: value checked later by the component config
+            if i == len(keys) - 1:
+                node[key] = parse_text(text, Any, where)
+            else:
+                node = node.setdefault(key, {})
+            continue
+        types_ = field_types(cls)
+        if key not in types_:
+            raise ConfigError(f"unknown config key {where!r}; valid: {', '.join(types_)}" + suggest(key, types_))
+        tp = types_[key]
+        last = i == len(keys) - 1
+        if last:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{where!r} is a section; set one of its keys: {', '.join(field_types(tp))}")
+            node[key] = parse_text(text, tp, where)
+        else:
+            if dataclasses.is_dataclass(tp):
+                cls = tp
+            elif tp == dict[str, Any]:
+                cls = None
+            else:
+                raise ConfigError(f"{'.'.join(keys[:i + 1])!r} is a value, not a section")
+            node = node.setdefault(key, {})
+
+
+def resolve(
+    preset: str | None = "tiny", config_file: str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Preset, then file, then ``--set`` overrides, into a checked RunConfig."""
+    raw: dict[str, Any] = load_preset(preset) if preset else {}
+    if config_file:
+        _deep_update(raw, load_file(config_file))
+    for o in overrides or []:
+        apply_override(raw, o)
+    return from_dict(RunConfig, raw, "")
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "options":
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (dataclasses allowed)."""
+    def norm(x: Any) -> Any:
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x
+
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

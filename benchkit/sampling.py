@@ -1,0 +1,109 @@
+"""The pipeline from labels to images: ``generator.generate`` -> ``tokenizer.decode`` (models stay separate).
+
+Each batch of ``batch_size`` samples draws from its own ``torch.Generator`` seeded by (seed, batch index), so the
+images do not depend on how batches are spread over processes: under torchrun each rank takes every world-th
+batch and the results are gathered in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from benchkit import distributed as bdist
+from benchkit.data.base import to_uint8
+from benchkit.errors import ConfigError
+from benchkit.interfaces import TokenKind
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """One sampling setting: the same argument names everywhere. ``diffusion_steps`` only affects diffloss."""
+
+    steps: int | None = None
+    cfg: float = 1.0
+    cfg_schedule: str = "constant"
+    temperature: float = 1.0
+    diffusion_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.cfg < 0:
+            raise ConfigError(f"cfg must be >= 0, got {self.cfg}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"unknown cfg_schedule {self.cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
+        if self.diffusion_steps is not None and self.diffusion_steps < 1:
+            raise ConfigError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}")
+
+    def label(self) -> str:
+        """Short text for logs and plot legends."""
+        return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if v is not None)
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """0, 1, ..., K-1, 0, 1, ... (n labels)."""
+    return torch.arange(n) % num_classes
+
+
+def apply_head_settings(generator: nn.Module, settings: SampleSettings) -> None:
+    """Set head-level sampling options (diffusion steps) that do not change weights."""
+    head = getattr(generator, "head", None)
+    if settings.diffusion_steps is not None and head is not None and hasattr(head, "sampling_steps"):
+        head.sampling_steps = settings.diffusion_steps
+
+
+@torch.no_grad()
+def generate_tokens(
+    generator: nn.Module, labels: torch.Tensor, settings: SampleSettings, *, seed: int, batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[torch.Tensor]:
+    """Tokens for ``labels`` in batches; returns this rank's batches (index i for i % world == rank)."""
+    device = next(generator.parameters()).device
+    apply_head_settings(generator, settings)
+    out = []
+    nb = (len(labels) + batch_size - 1) // batch_size
+    for b in range(bdist.rank(), nb, bdist.world_size()):
+        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+        lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
+        out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
+                                      temperature=settings.temperature, generator=g))
+        if progress is not None:
+            progress(min((b + 1) * batch_size, len(labels)), len(labels))
+    return out
+
+
+@torch.no_grad()
+def generate_images(
+    generator: nn.Module, tokenizer: nn.Module, kind: TokenKind, labels: torch.Tensor, settings: SampleSettings,
+    *, seed: int, batch_size: int, progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] for ``labels`` (gathered over ranks under torchrun)."""
+    parts = [to_uint8(tokenizer.decode(t, kind)).cpu()
+             for t in generate_tokens(generator, labels, settings, seed=seed, batch_size=batch_size, progress=progress)]
+    world = bdist.world_size()
+    if world == 1:
+        return torch.cat(parts)
+    return _gather_batches(parts, len(labels), batch_size)
+
+
+def _gather_batches(parts: list[torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+    """Reassemble round-robin batches from all ranks into label order."""
+    world, rank = bdist.world_size(), bdist.rank()
+    nb = (n + batch_size - 1) // batch_size
+    per_rank = (nb + world - 1) // world
+    shape = parts[0].shape[1:] if parts else None
+    assert shape is not None, "every rank needs at least one batch; use more samples or fewer processes"
+    pad = torch.zeros((per_rank * batch_size, *shape), dtype=parts[0].dtype)
+    flat = torch.cat(parts)
+    pad[: len(flat)] = flat
+    gathered = bdist.gather_cat(pad).view(world, per_rank, batch_size, *shape)
+    batches = [gathered[b % world, b // world] for b in range(nb)]
+    return torch.cat(batches)[:n]

@@ -1,0 +1,286 @@
+"""The one training loop shared by tokenizers and generators.
+
+AdamW, linear warm-up then cosine or constant learning rate, gradient clipping, EMA weights, a rich progress bar
+with loss and images/s, periodic safetensors checkpoints, resume, a CSV log, NaN/inf detection, and DDP when
+launched by torchrun. Batches are a pure function of (seed, step), so a resumed run sees exactly the batches an
+uninterrupted one would have seen, and the torch RNG state is checkpointed for the losses' own randomness.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchkit import distributed as bdist
+from benchkit.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from benchkit.config import TrainConfig
+from benchkit.errors import CheckpointError, TrainingDivergedError
+from benchkit.interfaces import LossOutput
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training stage reports."""
+
+    steps: int
+    final_loss: float
+    images_per_s: float
+    time_s: float
+    checkpoint: Path
+    resumed_from: int
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the global batch at ``step``: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    start, out = step * batch_size, []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 or constant."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EMA:
+    """Exponential moving average of parameters; buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for k, v in model.state_dict().items():
+            if k in params and v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+class _LossModule(nn.Module):
+    """Lets DDP see ``loss`` as ``forward`` so gradients are synchronised."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], LossOutput]) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Any) -> LossOutput:
+        return self.loss_fn(self.model, batch)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "emb" in name or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+    sd = opt.state_dict()
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{key}"] = val
+            else:
+                scalars[f"{idx}.{key}"] = val
+    tensors["rng.torch"] = torch.get_rng_state()
+    return tensors, {"param_groups": sd["param_groups"], "optim_scalars": scalars}
+
+
+def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        for k in ema.shadow:
+            if f"ema.{k}" in tensors:
+                ema.shadow[k].copy_(tensors[f"ema.{k}"])
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for k, v in meta.get("optim_scalars", {}).items():
+        idx, key = k.split(".", 1)
+        state.setdefault(int(idx), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], LossOutput],
+    get_batch: Callable[[torch.Tensor], Any],
+    num_items: int,
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    seed: int,
+    fingerprint: str,
+    desc: str = "train",
+    resume: bool = True,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` for ``cfg.steps`` steps; ``get_batch(indices)`` returns the batch for those item indices.
+
+    The run directory gets ``checkpoint.safetensors/.json`` (model, EMA, optimizer, RNG) and ``log.csv``.
+    With ``resume`` an existing checkpoint of the same ``fingerprint`` is continued; a different one is refused.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    world, rank = bdist.world_size(), bdist.rank()
+    if cfg.batch_size % world:
+        raise CheckpointError(f"train.batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    torch.manual_seed(seed + rank)
+    opt = _optimizer(model, cfg)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ckpt, start = run_dir / CHECKPOINT, 0
+    if checkpoint_exists(ckpt):
+        tensors, meta = load_checkpoint(ckpt, device)
+        if meta.get("fingerprint") != fingerprint:
+            raise CheckpointError(
+                f"run directory {str(run_dir)!r} was made with a different config; use a new --out-dir or delete it"
+            )
+        if not resume and meta.get("step", 0) < cfg.steps:
+            raise CheckpointError(f"{str(run_dir)!r} holds an unfinished run; pass --resume to continue it")
+        _restore(tensors, meta, model, opt, ema)
+        start = int(meta["step"])
+        log.info("%s: resuming from step %d", desc, start)
+    module: nn.Module = _LossModule(model, loss_fn)
+    if bdist.init_distributed(device):
+        module = torch.nn.parallel.DistributedDataParallel(module, broadcast_buffers=True)
+    log_path = run_dir / "log.csv"
+    rows = _read_log(log_path, upto=start) if start else []
+    per_rank = cfg.batch_size // world
+    last_loss, t0, images_done = float("nan"), time.perf_counter(), 0
+    progress = _progress(show_progress and bdist.is_main(), desc, cfg.steps, start)
+    task = progress.tasks[0].id if progress is not None else None
+    model.train()
+    try:
+        for step in range(start, cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(step, cfg)
+            idx = batch_indices(num_items, cfg.batch_size, step, seed)[rank * per_rank : (rank + 1) * per_rank]
+            out: LossOutput = module(get_batch(idx))
+            if not torch.isfinite(out.loss):
+                raise TrainingDivergedError(
+                    f"{desc}: loss became {out.loss.item()} at step {step}; "
+                    f"last good checkpoint (step {start if not checkpoint_exists(ckpt) else _ckpt_step(ckpt)}) kept in {run_dir}"
+                )
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if ema is not None:
+                ema.update(model)
+            last_loss = float(out.loss.detach())
+            images_done += cfg.batch_size
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                ips = images_done / (time.perf_counter() - t0)
+                rows.append({"step": done, "loss": last_loss, "lr": opt.param_groups[0]["lr"], "images_per_s": ips, **out.logs})
+                if progress is not None:
+                    progress.update(task, completed=done, loss=last_loss, ips=ips)
+            if bdist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                _save(ckpt, model, opt, ema, done, fingerprint, desc)
+                _write_log(log_path, rows)
+            bdist.barrier() if done % cfg.checkpoint_every == 0 else None
+    finally:
+        if progress is not None:
+            progress.stop()
+    elapsed = time.perf_counter() - t0
+    if start >= cfg.steps and not rows:
+        rows = _read_log(log_path, upto=cfg.steps)
+    if ema is not None:  # evaluate with EMA weights from here on
+        model.load_state_dict(ema.shadow)
+    model.eval()
+    return TrainResult(
+        steps=cfg.steps,
+        final_loss=last_loss if start < cfg.steps else float(rows[-1]["loss"]) if rows else float("nan"),
+        images_per_s=images_done / elapsed if images_done else float(rows[-1]["images_per_s"]) if rows else 0.0,
+        time_s=elapsed,
+        checkpoint=ckpt,
+        resumed_from=start,
+    )
+
+
+def _ckpt_step(ckpt: Path) -> int:
+    import json
+
+    return int(json.loads(ckpt.with_suffix(".json").read_text()).get("step", 0))
+
+
+def _save(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, step: int, fp: str, desc: str) -> None:
+    tensors, meta = _state_tensors(model, opt, ema)
+    save_checkpoint(ckpt, tensors, {**meta, "step": step, "fingerprint": fp, "desc": desc})
+
+
+def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= upto]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    from benchkit.checkpoint import atomic_write
+
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _progress(enabled: bool, desc: str, total: int, start: int) -> Any:
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    p.add_task(desc, total=total, completed=start, loss=float("nan"), ips=0.0)
+    p.start()
+    return p
