@@ -1,0 +1,59 @@
+"""Shared CLI pieces: consoles, logging set-up, option aliases and config resolution."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from benchkit.config import RunConfig, resolve
+
+out_console = Console()
+err_console = Console(stderr=True)
+STATE: dict[str, Any] = {"debug": False}
+
+
+def setup_logging(verbose: bool) -> None:
+    """One RichHandler on the ``benchkit`` logger, on stderr."""
+    logger = logging.getLogger("benchkit")
+    logger.handlers.clear()
+    logger.addHandler(RichHandler(console=err_console, show_path=False, rich_tracebacks=False))
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Shipped preset (tiny, small, ...).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or JSON config file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set train.lr=3e-4 (repeatable).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Results root (default: results).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | mps")]
+ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an unfinished run of the same config.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")]
+
+
+def run_config(preset: str | None, config: Path | None, sets: list[str] | None, out_dir: Path | None,
+               device: str | None, default_preset: str = "tiny") -> RunConfig:
+    """Resolve preset, file and overrides; --out-dir and --device are shorthands for --set."""
+    overrides = list(sets or [])
+    if out_dir is not None:
+        overrides.append(f'out_dir="{out_dir}"')
+    if device is not None:
+        overrides.append(f'device="{device}"')
+    return resolve(preset if preset or config else default_preset, config, overrides)
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, with one line, when the output directory cannot be created or written."""
+    from benchkit.errors import ConfigError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".benchkit-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output directory {str(path)!r} cannot be written: {e.strerror or e}") from None

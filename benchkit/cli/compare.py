@@ -1,0 +1,137 @@
+"""``benchkit run``, ``sweep``, ``table`` and ``plot``: the comparison across components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from benchkit.cli.common import OutOpt, ProgressOpt, ResumeOpt, SetOpt, check_writable, err_console, out_console
+from benchkit.errors import ConfigError
+
+ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
+
+
+def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_dir: Path | None,
+               preset: str | None, progress: bool, resume: bool) -> None:
+    from benchkit.runner import execute
+    from benchkit.sweep import expand, load_sweep, parse_shard, shard
+
+    i, n = parse_shard(shard_text)
+    spec = load_sweep(source)
+    overrides = list(sets or [])
+    if out_dir is not None:
+        overrides.append(f'out_dir="{out_dir}"')
+    jobs = expand(spec, overrides, preset)
+    valid = [j for j in jobs if j.cfg is not None]
+    if not valid:
+        raise ConfigError("the sweep has no valid combination: " + "; ".join(j.skipped or "" for j in jobs[:3]))
+    cfg0 = valid[0].cfg
+    assert cfg0 is not None
+    results_dir = Path(cfg0.out_dir) / cfg0.name
+    check_writable(results_dir)
+    mine = shard(jobs, i, n)
+    skipped = [j for j in jobs if j.cfg is None]
+    for j in skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
+    err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
+    report = execute(mine, results_dir, progress=progress, resume=resume)
+    _summary(results_dir)
+    err_console.print(f"wall time {report.wall_s:.0f} s; wrote:")
+    for p in report.outputs:
+        typer.echo(str(p))
+
+
+def _summary(results_dir: Path) -> None:
+    from benchkit.results import read_rows, rich_table
+
+    df = read_rows(results_dir)
+    for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
+        part = df[df["kind"] == kind] if "kind" in df else df
+        if len(part):
+            out_console.print(rich_table(part, title))
+
+
+def run(
+    sweep: Annotated[str, typer.Option("--sweep", help="Shipped sweep name or a sweep .toml file.")] = "tiny",
+    sets: SetOpt = None, out_dir: OutOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the sweep's).")] = None,
+    shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
+    progress: ProgressOpt = True, resume: ResumeOpt = True,
+) -> None:
+    """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
+
+    Example: benchkit run            (the tiny grid on the embedded shapes dataset, ~15 min on 2 CPU cores)
+    """
+    _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume)
+
+
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Sweep TOML file (see benchkit/configs/sweeps/tiny.toml).")],
+    sets: SetOpt = None, out_dir: OutOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the file's).")] = None,
+    shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
+    progress: ProgressOpt = True, resume: ResumeOpt = True,
+) -> None:
+    """Run a grid over components and options; finished runs are skipped, so re-running resumes.
+
+    Example: benchkit sweep my.toml --shard 0/4   (one of four machines or SLURM array tasks)
+    """
+    if not file.is_file():
+        raise ConfigError(f"sweep file {str(file)!r} does not exist")
+    _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume)
+
+
+def table(
+    results: ResultsArg,
+    filters: Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="e.g. head=ce, fid<50 (repeatable).")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", help="Column to sort by.")] = None,
+    descending: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+) -> None:
+    """Print the results table and rewrite table.csv / .md / .tex.
+
+    Example: benchkit table results/tiny --filter head=diffloss --sort fid
+    """
+    from benchkit.results import filter_rows, read_rows, rich_table, sort_rows, write_tables
+
+    if not (results / "rows.jsonl").is_file():
+        raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
+    df = read_rows(results)
+    df = filter_rows(df, list(filters or []))
+    if sort:
+        df = sort_rows(df, sort, descending)
+    if as_json:
+        typer.echo(df.to_json(orient="records", indent=1))
+        return
+    paths = write_tables(df, results)
+    for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
+        part = df[df["kind"] == kind] if "kind" in df else df
+        if len(part):
+            out_console.print(rich_table(part, title))
+    for p in paths.values():
+        err_console.print(f"wrote {p}")
+
+
+def plot(results: ResultsArg) -> None:
+    """Regenerate the Pareto, FID-vs-steps and training-curve plots of a results directory.
+
+    Example: benchkit plot results/tiny
+    """
+    from benchkit.runner import write_outputs
+
+    if not (results / "rows.jsonl").is_file():
+        raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
+    for p in write_outputs(results, results.parent):
+        if p.suffix == ".png":
+            typer.echo(str(p))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the app."""
+    app.command("run")(run)
+    app.command("sweep")(sweep)
+    app.command("table")(table)
+    app.command("plot")(plot)

@@ -1,0 +1,156 @@
+"""``benchkit train-tokenizer``, ``train``, ``sample`` and ``eval``: one run at a time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from benchkit.cli.common import (ConfigOpt, DeviceOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt,
+                                 check_writable, err_console, out_console, run_config)
+from benchkit.errors import ConfigError
+
+RunArg = Annotated[Path, typer.Argument(help="A run directory (printed by `benchkit train`).")]
+
+
+def train_tokenizer(
+    name: Annotated[Optional[str], typer.Argument(help="Tokenizer name (vq, rq, kl); default from the preset.")] = None,
+    preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
+    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure reconstructions afterwards.")] = True,
+) -> None:
+    """Train a tokenizer once (reused by every generator), cache nothing yet, and measure its reconstructions.
+
+    Example: benchkit train-tokenizer rq --set tokenizer_train.steps=200
+    """
+    from benchkit.evaluate import evaluate_tokenizer
+    from benchkit.pipeline import load_splits, train_tokenizer as _train
+    from benchkit.registry import TOKENIZERS
+
+    sets = list(sets or [])
+    if name:
+        TOKENIZERS.get(name)
+        sets.insert(0, f'tokenizer.name="{name}"')
+    cfg = run_config(preset, config, sets, out_dir, device)
+    TOKENIZERS.make_config(cfg.tokenizer.name, cfg.tokenizer.options)
+    check_writable(Path(cfg.out_dir))
+    train, test = load_splits(cfg)
+    tok = _train(cfg, train, resume=resume, progress=progress)
+    if evaluate:
+        results = Path(cfg.out_dir) / cfg.name
+        row = evaluate_tokenizer(tok, cfg, train, test, results)
+        if row:
+            out_console.print_json(json.dumps({k: row[k] for k in row if k not in ("timestamp",)}, default=str))
+    typer.echo(str(tok.dir))
+
+
+def train(
+    preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
+    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
+) -> None:
+    """Train one generator (and its tokenizer if needed) and print the run directory.
+
+    Example: benchkit train --set generator.name=mar --set head.name=diffloss --set tokenizer.name=kl
+    """
+    from benchkit.pipeline import train_generator
+
+    cfg = run_config(preset, config, sets, out_dir, device)
+    check_writable(Path(cfg.out_dir))
+    run = train_generator(cfg, resume=resume, progress=progress)
+    typer.echo(str(run.dir))
+
+
+def sample(
+    run: RunArg,
+    n_per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class in the grid.")] = 10,
+    steps: Annotated[Optional[int], typer.Option(help="Generation steps (MAR); default: the run's.")] = None,
+    cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+    cfg_schedule: Annotated[Optional[str], typer.Option(help="constant | linear")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (> 0).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same images.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/samples.png).")] = None,
+) -> None:
+    """Write a PNG grid of samples, one row per class.
+
+    Example: benchkit sample results/runs/vq-ar-ce-0123abcd --cfg 2.0
+    """
+    from benchkit.images import save_grid
+    from benchkit.pipeline import load_run
+    from benchkit.sampling import SampleSettings, balanced_labels, generate_images
+
+    r = load_run(run)
+    s = SampleSettings(
+        steps=steps if steps is not None else r.cfg.sample.steps,
+        cfg=cfg if cfg is not None else r.cfg.sample.cfg,
+        cfg_schedule=cfg_schedule or r.cfg.sample.cfg_schedule,
+        temperature=temperature if temperature is not None else r.cfg.sample.temperature,
+    )
+    k = r.generator.num_classes if hasattr(r.generator, "num_classes") else 10
+    labels = balanced_labels(k * n_per_class, k).sort().values
+    images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,
+                             seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size)
+    path = out or (r.dir / "samples.png")
+    save_grid(images, path, nrow=n_per_class)
+    typer.echo(str(path))
+
+
+def evaluate(
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory; omit with --sanity.")] = None,
+    sets: SetOpt = None,
+    results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
+    sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID sanity ladder on real data instead.")] = False,
+    preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
+) -> None:
+    """Measure FID/IS/KID/PR (two libraries), class accuracy and cost of a run; append rows to the table.
+
+    Example: benchkit eval results/runs/vq-ar-ce-0123abcd --set eval.num_samples=5000
+    """
+    from benchkit.evaluate import evaluate_run, evaluate_tokenizer
+    from benchkit.pipeline import load_run, load_splits
+
+    if sanity:
+        from benchkit.evaluate import cache_dir
+        from benchkit.metrics.features import load_extractor
+        from benchkit.metrics.sanity import sanity_ladder
+        from benchkit.distributed import pick_device
+
+        cfgx = run_config(preset, config, sets, out_dir, device)
+        train_d, test_d = load_splits(cfgx)
+        ext = load_extractor(cfgx.eval.features, train_data=train_d, cache_dir=cache_dir(cfgx),
+                             device=pick_device(cfgx.device), weights_path=cfgx.eval.inception_weights)
+        ladder = sanity_ladder(train_d, test_d, ext, cfgx.eval.num_samples)
+        out_console.print_json(json.dumps(ladder, default=str))
+        if not ladder.get("monotone", False):
+            raise typer.Exit(1)
+        return
+    if run is None:
+        raise ConfigError("benchkit eval needs a RUN directory (or --sanity)")
+    r = load_run(run)
+    cfg = r.cfg
+    if sets:
+        from benchkit.config import apply_override, from_dict, RunConfig
+
+        raw = cfg.to_dict()
+        for o in sets:
+            if not o.startswith(("eval.", "sample.")):
+                raise ConfigError(f"eval only accepts eval.* and sample.* overrides, got {o!r}")
+            apply_override(raw, o)
+        cfg = from_dict(RunConfig, raw, "")
+        r = replace(r, cfg=cfg)
+    train_d, test_d = load_splits(cfg)
+    out = results or Path(cfg.out_dir) / cfg.name
+    evaluate_tokenizer(r.tokenizer, cfg, train_d, test_d, out)
+    rows = evaluate_run(r, train_d, test_d, out, skip_done=False)
+    out_console.print_json(json.dumps(rows, default=str))
+    err_console.print(f"rows appended to {out / 'rows.jsonl'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the app."""
+    app.command("train-tokenizer")(train_tokenizer)
+    app.command("train")(train)
+    app.command("sample")(sample)
+    app.command("eval")(evaluate)

@@ -1,0 +1,195 @@
+"""Measure a trained run or tokenizer and append its rows to a results directory.
+
+Quality comes from ``benchkit.metrics`` (torch-fidelity and clean-fid on the same features), cost from
+``benchkit.metrics.cost`` (params, FLOPs per image, images/s at a stated batch, latency at batch 1, peak memory).
+One row per sampling setting, so a sweep over steps / cfg / temperature gives the speed-quality curves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchkit import distributed as bdist
+from benchkit.config import RunConfig, fingerprint
+from benchkit.data.base import ImageData, to_float, to_uint8
+from benchkit.images import reconstruction_grid, save_grid
+from benchkit.metrics import cost
+from benchkit.metrics.features import load_extractor
+from benchkit.metrics.quality import generation_metrics
+from benchkit.metrics.recon import codebook_usage, psnr, ssim
+from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
+from benchkit.provenance import git_state
+from benchkit.results import append_row, has_row
+from benchkit.sampling import SampleSettings, balanced_labels, generate_images
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(cfg: RunConfig) -> Path:
+    """Shared cache for feature networks and reference statistics."""
+    return Path(cfg.out_dir) / "_cache"
+
+
+def settings_from(cfg: RunConfig) -> list[SampleSettings]:
+    """The base sampling setting plus every ``eval.sweep`` entry (each overrides the base)."""
+    base = dict(steps=cfg.sample.steps, cfg=cfg.sample.cfg, cfg_schedule=cfg.sample.cfg_schedule,
+                temperature=cfg.sample.temperature)
+    out = [SampleSettings(**base)]
+    for extra in cfg.eval.sweep:
+        s = SampleSettings(**{**base, **extra})
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def _extractor(cfg: RunConfig, train: ImageData) -> Any:
+    return load_extractor(cfg.eval.features, train_data=train, cache_dir=cache_dir(cfg),
+                          device=next_device(cfg), weights_path=cfg.eval.inception_weights)
+
+
+def next_device(cfg: RunConfig) -> torch.device:
+    """The run's device."""
+    from benchkit.distributed import pick_device
+
+    return pick_device(cfg.device)
+
+
+def _identity(cfg: RunConfig) -> dict[str, Any]:
+    return {"dataset": cfg.data.name, "seed": cfg.seed, "git_sha": git_state()["git_sha"],
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(next_device(cfg))}
+
+
+def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir: Path,
+                 settings: list[SampleSettings] | None = None, *, skip_done: bool = True) -> list[dict[str, Any]]:
+    """Sample, measure quality and cost for each setting, append one row each; returns the rows."""
+    cfg = run.cfg
+    settings = settings or settings_from(cfg)
+    extractor = _extractor(cfg, train)
+    real = test.images[: cfg.eval.num_reference]
+    labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
+    params = cost.count_params(run.generator)
+    rows = []
+    for s in settings:
+        row_id = fingerprint("gen-row", run_fingerprint(cfg), s, cfg.eval.features, cfg.eval.num_samples,
+                             cfg.eval.num_reference, cfg.eval.cost_batch_size)
+        if skip_done and has_row(results_dir, row_id):
+            log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
+            continue
+        t0 = time.perf_counter()
+        fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
+                               seed=cfg.seed, batch_size=cfg.sample.batch_size)
+        sample_time = time.perf_counter() - t0
+        if not bdist.is_main():
+            continue
+        quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
+                                     ref_key=f"{cfg.data.name}-test-{len(real)}", labels=labels,
+                                     prc=cfg.eval.prc, device=next_device(cfg))
+        speed = sampling_cost(run, s, cfg)
+        row = {
+            "row_id": row_id, "kind": "generator", "run": run.dir.name, "tokenizer": cfg.tokenizer.name,
+            "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
+            "steps": s.steps if s.steps is not None else _default_steps(run),
+            "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
+            "diffusion_steps": _diffusion_steps(run),
+            **quality, "params": params, "sample_time_s": sample_time, **speed,
+            "train_images_per_s": _train_meta(run).get("train_images_per_s"),
+            "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
+            "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
+        }
+        append_row(results_dir, row)
+        rows.append(row)
+        log.info("%s [%s]: FID %.2f  IS %.2f  %.1f img/s", run.dir.name, s.label(), row.get("fid", math.nan),
+                 row.get("is_mean", math.nan), row.get("images_per_s", math.nan))
+    if bdist.is_main():
+        grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
+        grid = generate_images(run.generator, run.tokenizer.module, run.combo.kind, grid_labels, settings[0],
+                               seed=cfg.seed, batch_size=cfg.sample.batch_size)
+        save_grid(grid, run.dir / "samples.png", nrow=cfg.sample.grid_per_class)
+    return rows
+
+
+def _default_steps(run: TrainedRun) -> int | None:
+    return getattr(getattr(run.generator, "cfg", None), "steps", None) or getattr(run.generator, "default_steps", None)
+
+
+def _diffusion_steps(run: TrainedRun) -> int | None:
+    head = getattr(run.generator, "head", None)
+    return getattr(head, "sampling_steps", None)
+
+
+def _train_meta(run: TrainedRun) -> dict[str, Any]:
+    import json
+
+    p = run.dir / "model.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[str, Any]:
+    """Images/s at ``eval.cost_batch_size``, latency of one image, FLOPs per image, peak memory."""
+    bs = cfg.eval.cost_batch_size
+
+    def sample(n: int) -> torch.Tensor:
+        return generate_images(run.generator, run.tokenizer.module, run.combo.kind, balanced_labels(n, 10), s,
+                               seed=cfg.seed, batch_size=n)
+
+    ips = cost.throughput(lambda: sample(bs), batch_size=bs, warmup=1, repeats=cfg.eval.cost_repeats)
+    lat = cost.latency(lambda: sample(1), warmup=1, repeats=cfg.eval.cost_repeats)
+    flops = cost.flops_per_call(lambda: sample(1))
+    return {"images_per_s": ips, "sample_batch_size": bs, "latency_s": lat, "flops_per_image": flops,
+            "peak_mem_mb": cost.peak_memory_mb(next_device(cfg))}
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData,
+                       results_dir: Path, *, skip_done: bool = True) -> dict[str, Any] | None:
+    """Reconstruction quality (rFID with the generation features, PSNR, SSIM), codebook use, size and speed."""
+    row_id = fingerprint("tok-row", tok.fingerprint, cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference)
+    if (skip_done and has_row(results_dir, row_id)) or not bdist.is_main():
+        return None
+    module, device = tok.module, next_device(cfg)
+    n = min(cfg.eval.num_reference, len(test))
+    originals = test.images[:n]
+    recons, ids = [], []
+    kinds = list(module.specs)
+    for i in range(0, n, 250):
+        x = to_float(originals[i : i + 250]).to(device)
+        recons.append(to_uint8(module.reconstruct(x)).cpu())
+        if "discrete" in kinds:
+            ids.append(module.encode(x, "discrete").cpu())
+    recon = torch.cat(recons)
+    extractor = _extractor(cfg, train)
+    quality = generation_metrics(recon, originals, extractor, cache_dir=cache_dir(cfg),
+                                 ref_key=f"{cfg.data.name}-test-{n}", labels=None, prc=False, device=device)
+    native = kinds[0]
+    spec = module.specs[native]
+    row: dict[str, Any] = {
+        "row_id": row_id, "kind": "tokenizer", "run": tok.dir.name, "tokenizer": cfg.tokenizer.name,
+        "token_kind": "/".join(kinds), "grid": f"{spec.grid[0]}x{spec.grid[1]}x{spec.depth}",
+        "rfid": quality.get("fid"), "rfid_cleanfid": quality.get("fid_cleanfid"), "features": quality.get("features"),
+        "n_samples": n, "psnr": float(psnr(recon, originals)), "ssim": float(ssim(recon, originals)),
+        "params": cost.count_params(module), "config_fingerprint": tok.fingerprint, **_identity(cfg),
+    }
+    if ids:
+        usage = codebook_usage(torch.cat(ids), module.specs["discrete"].vocab_size)
+        row.update(usage)
+    x = to_float(originals[: cfg.eval.cost_batch_size]).to(device)
+    tokens = module.encode(x, native)
+    row["encode_images_per_s"] = cost.throughput(lambda: module.encode(x, native), batch_size=len(x), warmup=1,
+                                                 repeats=cfg.eval.cost_repeats)
+    row["decode_images_per_s"] = cost.throughput(lambda: module.decode(tokens, native), batch_size=len(x), warmup=1,
+                                                 repeats=cfg.eval.cost_repeats)
+    meta_path = tok.dir / "model.json"
+    if meta_path.is_file():
+        import json
+
+        meta = json.loads(meta_path.read_text())
+        row.update(train_images_per_s=meta.get("train_images_per_s"), train_time_s=meta.get("train_time_s"))
+    append_row(results_dir, row)
+    reconstruction_grid(originals[:32], recon[:32], tok.dir / "reconstructions.png")
+    return row

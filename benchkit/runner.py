@@ -1,0 +1,76 @@
+"""Execute sweep jobs: train each tokenizer once, every generator on its tokens, evaluate, write outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchkit.config import RunConfig
+from benchkit.data.base import ImageData
+from benchkit.sweep import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did: rows written, jobs skipped (with reasons), outputs and wall time."""
+
+    results_dir: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume: bool = True) -> SweepReport:
+    """Run the valid jobs in order; tokenizer rows once per tokenizer; tables and plots at the end."""
+    from benchkit.evaluate import evaluate_run, evaluate_tokenizer
+    from benchkit.pipeline import load_splits, train_generator
+
+    t0 = time.perf_counter()
+    report = SweepReport(results_dir)
+    splits: dict[str, tuple[ImageData, ImageData]] = {}
+    for job in jobs:
+        if job.cfg is None:
+            report.skipped.append((" ".join(job.overrides), job.skipped or ""))
+            continue
+        cfg: RunConfig = job.cfg
+        key = repr((cfg.data,))
+        if key not in splits:
+            splits[key] = load_splits(cfg)
+        train, test = splits[key]
+        label = f"{cfg.tokenizer.name}+{cfg.generator.name}+{cfg.head.name}"
+        log.info("[%d/%d] %s", len(report.done) + 1, sum(j.cfg is not None for j in jobs), label)
+        run = train_generator(cfg, resume=resume, progress=progress, splits=(train, test))
+        evaluate_tokenizer(run.tokenizer, cfg, train, test, results_dir)
+        evaluate_run(run, train, test, results_dir)
+        report.done.append(label)
+    report.outputs = write_outputs(results_dir, Path(jobs[0].cfg.out_dir) if jobs and jobs[0].cfg else results_dir.parent)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def write_outputs(results_dir: Path, out_root: Path) -> list[Path]:
+    """Tables (CSV, Markdown, LaTeX), the Pareto and steps plots, training curves, from ``rows.jsonl``."""
+    from benchkit.plots import plots_from_results, training_curves_plot
+    from benchkit.results import read_rows, write_tables
+
+    df = read_rows(results_dir)
+    if df.empty:
+        return []
+    paths = list(write_tables(df, results_dir).values())
+    paths += plots_from_results(results_dir, results_dir)
+    logs = {}
+    for _, row in df.iterrows():
+        sub = "tokenizers" if row.get("kind") == "tokenizer" else "runs"
+        p = out_root / sub / str(row.get("run")) / "log.csv"
+        if p.is_file():
+            logs[str(row.get("run"))] = p
+    if logs:
+        path = results_dir / "training_curves.png"
+        training_curves_plot(logs, path)
+        paths.append(path)
+    return paths

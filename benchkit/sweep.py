@@ -1,0 +1,126 @@
+"""Sweeps: a TOML file of grids over components and options, expanded into checked run configs.
+
+::
+
+    preset = "tiny"              # base preset (optional)
+    name = "mysweep"             # results/<name>/
+    set = ["train.steps=300"]    # overrides applied to every job
+    [grid]                       # cartesian product over dotted keys
+    "generator.name" = ["ar", "mar"]
+    [[combos]]                   # explicit alternatives, crossed with the grid
+    "tokenizer.name" = "vq"
+    "head.name" = "ce"
+
+Invalid combinations are skipped with the reason. Jobs are ordered so that each tokenizer is trained once and
+``--shard i/n`` takes every n-th job; any number of shards can write one results directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from benchkit.config import RunConfig, load_file, resolve
+from benchkit.errors import BenchkitError, ConfigError, suggest
+
+
+@dataclass(frozen=True)
+class Job:
+    """One expanded point of a sweep: its overrides and, if valid, its config."""
+
+    overrides: tuple[str, ...]
+    cfg: RunConfig | None
+    skipped: str | None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_fmt(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return repr(value)
+
+
+def shipped_sweeps() -> list[str]:
+    """Names of the sweep files shipped with benchkit (``benchkit run --sweep NAME``)."""
+    root = resources.files("benchkit.configs").joinpath("sweeps")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_sweep(path_or_name: str | Path) -> dict[str, Any]:
+    """Read a sweep file, or a shipped sweep by name."""
+    p = Path(path_or_name)
+    if p.suffix in (".toml", ".json") or p.exists():
+        return load_file(p)
+    names = shipped_sweeps()
+    if str(path_or_name) not in names:
+        raise ConfigError(f"unknown sweep {str(path_or_name)!r}; valid: {', '.join(names)} or a path to a .toml file"
+                          + suggest(str(path_or_name), names))
+    from benchkit.options import toml_loads
+
+    return toml_loads(resources.files("benchkit.configs").joinpath("sweeps", f"{path_or_name}.toml").read_text())
+
+
+def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, preset: str | None = None) -> list[Job]:
+    """Every job of a sweep, checked; invalid combinations carry the reason they are skipped."""
+    from benchkit.pipeline import check
+
+    valid_keys = {"preset", "name", "set", "grid", "combos", "description"}
+    unknown = [k for k in spec if k not in valid_keys]
+    if unknown:
+        raise ConfigError(f"unknown sweep key {unknown[0]!r}; valid: {', '.join(sorted(valid_keys))}")
+    base = list(spec.get("set", [])) + list(extra_overrides or [])
+    if spec.get("name"):
+        base.insert(0, f'name="{spec["name"]}"')
+    grid: dict[str, list[Any]] = spec.get("grid", {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep grid entry {key!r} must be a non-empty list")
+    combos: list[dict[str, Any]] = spec.get("combos", [{}]) or [{}]
+    jobs, seen = [], set()
+    for combo in combos:
+        for values in itertools.product(*grid.values()):
+            point = {**dict(zip(grid, values)), **combo}
+            overrides = tuple(base + [f"{k}={_fmt(v)}" for k, v in point.items()])
+            try:
+                cfg = resolve(preset or spec.get("preset", "tiny"), None, list(overrides))
+            except ConfigError as e:
+                jobs.append(Job(overrides, None, str(e)))
+                continue
+            key = repr(cfg)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check(cfg)
+            except BenchkitError as e:
+                jobs.append(Job(overrides, None, str(e)))
+                continue
+            jobs.append(Job(overrides, cfg, None))
+    return sorted(jobs, key=lambda j: (j.cfg is None, j.cfg.tokenizer.name if j.cfg else ""))
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r} must look like i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def shard(jobs: list[Job], i: int, n: int) -> list[Job]:
+    """The valid jobs of shard i of n (every n-th valid job)."""
+    valid = [j for j in jobs if j.cfg is not None]
+    return valid[i::n]
