@@ -51,7 +51,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where} = {value!r} needs {len(args)} items")
-            items = [check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             items = [check_value(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
