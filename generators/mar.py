@@ -1,0 +1,216 @@
+"""Masked autoregressive generator (MAR): a bidirectional MAE-style encoder/decoder over random-order tokens.
+
+Li et al., "Autoregressive Image Generation without Vector Quantization", arXiv 2406.11838; reference code
+https://github.com/LTH14/mar at fe470ac (models/mar.py). Training masks a random subset of each sample's tokens
+(ratio from a truncated normal on [0.7, 1], one draw per batch); the encoder sees ``buffer_size`` class-
+embedding slots plus the known tokens only; the decoder fills the masked positions with a learned mask token;
+decoder output plus one more learned position table is the condition vector z of the per-token head, whose
+loss counts the masked tokens only. Sampling fixes one random order per sample and, following MaskGIT's cosine
+schedule, predicts a growing set of tokens per step; ``steps = h*w`` is random-order AR with one token per step.
+
+Deviations:
+- The head sees only the masked rows (MAR computes all rows and multiplies by the mask): same loss, less work.
+- Discrete tokens enter through an embedding table (MAR's CE variant is unreleased); continuous through Linear.
+- One class-embedding table whose last row is the null class replaces MAR's separate ``fake_latent``.
+- All randomness at sampling comes from ``generator`` (MAR mixes numpy and torch RNGs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchkit.errors import ConfigError, IncompatibleComponentsError
+from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.nn.transformer import LN_EPS, Transformer, init_weights
+from benchkit.registry import GENERATORS, HEADS
+from benchkit.schedules import cfg_at, check_sampling_args, mask_ratio_truncnorm, tokens_to_keep_masked
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MARConfig:
+    """Options of the MAR generator (defaults = ``tiny``)."""
+
+    width: int = 128
+    encoder_depth: int = 2
+    decoder_depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    buffer_size: int = 8  # class-embedding slots in front of the sequence (64 in MAR)
+    label_drop: float = 0.1
+    mask_ratio_min: float = 0.7
+    steps: int = 16  # default generation steps (capped at h*w)
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.encoder_depth, self.decoder_depth, self.num_heads, self.buffer_size, self.steps) < 1:
+            raise ValueError("width, encoder_depth, decoder_depth, num_heads, buffer_size and steps must be >= 1")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_drop <= 1.0:
+            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
+        if not 0.0 <= self.mask_ratio_min < 1.0:
+            raise ValueError(f"mask_ratio_min must be in [0, 1), got {self.mask_ratio_min}")
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, L, ...], idx [B, n] -> x[b, idx[b]] as [B, n, ...]."""
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:]))
+
+
+@GENERATORS.register("mar", config=MARConfig)
+class MARGenerator(nn.Module):
+    """MAR: bidirectional masked autoregression in random order with a per-token head (Li et al. 2024)."""
+
+    def __init__(
+        self,
+        cfg: MARConfig,
+        *,
+        spec: TokenSpec,
+        head: str,
+        head_options: dict[str, Any] | None = None,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        reason = self.check_spec(spec)
+        if reason is not None:
+            raise IncompatibleComponentsError(reason)
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.cfg, self.spec, self.num_classes = cfg, spec, num_classes
+        self.seq_len = L = spec.positions
+        W, buf = cfg.width, cfg.buffer_size
+        if spec.kind == "discrete":
+            self.tok_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
+        else:
+            self.tok_emb = nn.Linear(int(spec.dim or 0), W)  # MAR's z_proj
+        self.class_emb = nn.Embedding(num_classes + 1, W)  # row num_classes = null class (MAR's fake_latent)
+        self.enc_pos = nn.Parameter(torch.zeros(1, buf + L, W))
+        self.enc_in_norm = nn.LayerNorm(W, eps=LN_EPS)  # MAR's z_proj_ln, applied after the position embedding
+        self.encoder = Transformer(W, cfg.encoder_depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+        self.decoder_embed = nn.Linear(W, W)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, W))
+        self.dec_pos = nn.Parameter(torch.zeros(1, buf + L, W))
+        self.decoder = Transformer(W, cfg.decoder_depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+        self.head_pos = nn.Parameter(torch.zeros(1, L, W))  # MAR's diffusion_pos_embed_learned
+        self.apply(init_weights)
+        for p in (self.enc_pos, self.mask_token, self.dec_pos, self.head_pos):
+            nn.init.normal_(p, std=0.02)
+        self.head = HEADS.create(head, spec=spec, cond_dim=W, **(head_options or {}))
+
+    @classmethod
+    def check_spec(cls, spec: TokenSpec) -> str | None:
+        """MAR models one token per grid position; stacked (depth > 1) tokens are refused."""
+        if spec.depth != 1:
+            return f"mar models one token per position (depth 1), got depth {spec.depth}; use rqtransformer or ar"
+        return None
+
+    def condition(
+        self, tokens: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, n_masked: int
+    ) -> torch.Tensor:
+        """Condition vectors z [B, L, W] for every position, given that ``order[:, :n_masked]`` is unknown.
+
+        tokens [B, L(, C)] (values at unknown positions are ignored), labels [B], order [B, L] a permutation.
+        """
+        B, L, buf = tokens.shape[0], self.seq_len, self.cfg.buffer_size
+        W = self.cfg.width
+        known = order[:, n_masked:]  # [B, L - n_masked]: positions the encoder may see
+        # 1. encoder input: buffer slots all hold the class embedding, then the known tokens (MAE: sparse)
+        cls = self.class_emb(labels)[:, None].expand(B, buf, W)
+        seen = self.tok_emb(_gather(tokens, known)) + self.enc_pos[0, buf:][known]  # [B, L - n_masked, W]
+        x = torch.cat([cls + self.enc_pos[:, :buf], seen], 1)
+        x = self.encoder(self.enc_in_norm(x))  # [B, buf + L - n_masked, W]
+        # 2. decoder: scatter back to the full sequence, unknown positions get the learned mask token
+        slots = torch.cat([torch.arange(buf, device=order.device).expand(B, buf), known + buf], 1)
+        full = self.mask_token.expand(B, buf + L, W).to(x.dtype)
+        full = full.scatter(1, slots[..., None].expand(-1, -1, W), self.decoder_embed(x))
+        z = self.decoder(full + self.dec_pos)[:, buf:]  # drop the buffer: [B, L, W]
+        # 3. one more learned position table gives the head's condition (MAR's diffusion_pos_embed)
+        return z + self.head_pos
+
+    def loss(self, batch: Batch) -> LossOutput:
+        """Head loss on the masked tokens of a random order with a truncated-normal mask ratio (MAR Sec. 3.3)."""
+        tokens, labels = batch.tokens, batch.labels
+        B, L = tokens.shape[0], self.seq_len
+        tokens = tokens.reshape(B, L) if self.spec.kind == "discrete" else tokens.reshape(B, L, -1)
+        if self.training and self.cfg.label_drop > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_drop
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        # 1. one mask ratio per batch, one random order per sample; the first ceil(L*r) positions are unknown
+        ratio = mask_ratio_truncnorm(low=self.cfg.mask_ratio_min)
+        n_masked = min(L, max(1, math.ceil(L * ratio)))
+        order = torch.argsort(torch.rand(B, L, device=tokens.device), dim=1)
+        z = self.condition(tokens, labels, order, n_masked)
+        # 2. loss on the masked tokens only
+        masked = order[:, :n_masked]
+        cond = _gather(z, masked).reshape(B * n_masked, -1)
+        target = _gather(tokens, masked)
+        target = target.reshape(B * n_masked, *target.shape[2:])
+        loss = self.head.loss(cond, target, None)
+        return LossOutput(loss, {"loss": float(loss.detach()), "mask_ratio": n_masked / L})
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: torch.Tensor,
+        *,
+        steps: int | None = None,
+        cfg: float = 1.0,
+        cfg_schedule: str = "constant",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """Sample in ``steps`` rounds (default ``cfg.steps``, at most h*w) along one random order per sample."""
+        check_sampling_args(
+            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature
+        )
+        labels = labels.to(self.class_emb.weight.device)
+        L, B = self.seq_len, labels.shape[0]
+        K = min(self.cfg.steps, L) if steps is None else steps
+        if K > L:
+            raise ConfigError(f"mar steps must be in [1, {L}] (h*w tokens), got {steps}")
+        device = labels.device
+        guided = cfg != 1.0
+        cond_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        # 1. one random generation order per sample, fixed for the whole loop (MAR: fully random order)
+        order = torch.argsort(torch.rand(B, L, generator=generator, device=device), dim=1)
+        shape = (B, L) if self.spec.kind == "discrete" else (B, L, int(self.spec.dim or 0))
+        tokens = torch.zeros(shape, dtype=self.spec.dtype, device=device)
+
+        def both(t: torch.Tensor) -> torch.Tensor:  # the unconditional half sees the same tokens and order
+            return torch.cat([t, t]) if guided else t
+
+        masked_before = L
+        for k in range(K):
+            # 2. cosine schedule (MaskGIT, as in MAR's sample_tokens): m_k = floor(L cos(pi/2 (k+1)/K)) stay masked
+            masked_after = tokens_to_keep_masked(L, k, K)
+            if masked_after < masked_before:
+                z = self.condition(both(tokens), cond_labels, both(order), masked_before)  # [B', L, W]
+                # 3. predict the masked positions that leave the mask now: order[:, masked_after:masked_before]
+                new = order[:, masked_after:masked_before]  # [B, n]
+                n = new.shape[1]
+                cond = _gather(z, both(new)).reshape(-1, z.shape[-1])  # [B'*n, W]: conditional rows first
+                # 4. guidance scale for the fraction generated after this step (Muse/MAR linear ramp)
+                w = cfg_at(cfg, cfg_schedule, (L - masked_after) / L)
+                if guided and w == 1.0:
+                    cond = cond[: B * n]
+                sampled = self.head.sample(cond, temperature=temperature, cfg=w, generator=generator)
+                sampled = sampled.reshape(B, n, *shape[2:]).to(tokens.dtype)
+                tokens = tokens.scatter(1, new.view(B, n, *([1] * (tokens.ndim - 2))).expand_as(sampled), sampled)
+                masked_before = masked_after
+            if progress is not None:
+                progress(k + 1, K)
+        return tokens.reshape(B, *self.spec.token_shape)

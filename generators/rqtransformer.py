@@ -1,0 +1,209 @@
+"""RQ-Transformer: a spatial transformer over grid positions and a depth transformer over each position's D codes.
+
+Kim et al., "Autoregressive Image Generation using Residual Quantization", CVPR 2022, arXiv 2203.01941;
+reference code https://github.com/kakaobrain/rq-vae-transformer at 341395e. The spatial transformer is causal
+over the h*w positions in raster order: slot 0 holds the class embedding, slot t the sum of the D code
+embeddings of position t-1, each plus a learned position embedding; its output h_t is the context of position t.
+The depth transformer is causal over d = 0..D-1 for every position at once: its input is h_t at d = 0 and the
+embedding of the partial sum of codes < d after that (``cumsum_depth_ctx``), plus a learned depth embedding.
+One head, shared by all depths, models each code given the depth transformer's output (CE on the discrete
+stack, or Diffusion Loss on the per-depth vectors of the continuous depth-D view). Both transformers keep a KV
+cache at sampling (the depth cache is reset at every position).
+
+Deviations:
+- Code embeddings are learned (the official model reads the frozen RQ-VAE codebook through Linear layers):
+  generators never see the tokenizer. The partial sum is taken over embeddings.
+- Class-conditional with label dropout and classifier-free guidance (the paper has no CFG and uses rejection
+  sampling); no top-k / top-p filtering; hard targets instead of soft labels and stochastic codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchkit.errors import ConfigError, IncompatibleComponentsError
+from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.nn.transformer import Transformer, init_weights
+from benchkit.registry import GENERATORS, HEADS
+from benchkit.schedules import cfg_at, check_sampling_args
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RQTransformerConfig:
+    """Options of the RQ-Transformer generator (defaults = ``tiny``)."""
+
+    width: int = 128
+    spatial_depth: int = 3  # blocks of the spatial transformer
+    depth_depth: int = 1  # blocks of the depth transformer
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    label_drop: float = 0.1
+    use_kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.spatial_depth, self.depth_depth, self.num_heads) < 1:
+            raise ValueError("width, spatial_depth, depth_depth and num_heads must be >= 1")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_drop <= 1.0:
+            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
+
+
+@GENERATORS.register("rqtransformer", config=RQTransformerConfig)
+class RQTransformerGenerator(nn.Module):
+    """RQ-Transformer: causal spatial transformer plus a depth transformer over stacked codes (Kim et al. 2022)."""
+
+    def __init__(
+        self,
+        cfg: RQTransformerConfig,
+        *,
+        spec: TokenSpec,
+        head: str,
+        head_options: dict[str, Any] | None = None,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        reason = self.check_spec(spec)
+        if reason is not None:
+            raise IncompatibleComponentsError(reason)
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.cfg, self.spec, self.num_classes = cfg, spec, num_classes
+        self.use_kv_cache = cfg.use_kv_cache
+        W, D, P = cfg.width, spec.depth, spec.positions
+        if spec.kind == "discrete":
+            self.spatial_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
+            self.depth_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
+        else:
+            self.spatial_emb = nn.Linear(int(spec.dim or 0), W)
+            self.depth_emb = nn.Linear(int(spec.dim or 0), W)
+        self.class_emb = nn.Embedding(num_classes + 1, W)  # row num_classes = null class (CFG)
+        self.spatial_pos = nn.Parameter(torch.zeros(1, P, W))  # slot 0 = class, slot t = codes of position t-1
+        self.depth_pos = nn.Parameter(torch.zeros(1, D, W))
+        self.spatial = Transformer(W, cfg.spatial_depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+        self.depth = Transformer(W, cfg.depth_depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+        self.apply(init_weights)
+        nn.init.normal_(self.spatial_pos, std=0.02)
+        nn.init.normal_(self.depth_pos, std=0.02)
+        self.head = HEADS.create(head, spec=dataclasses.replace(spec, depth=1), cond_dim=W, **(head_options or {}))
+
+    @classmethod
+    def check_spec(cls, spec: TokenSpec) -> str | None:
+        """Needs stacked tokens: depth > 1."""
+        if spec.depth < 2:
+            return "rqtransformer needs stacked tokens (depth > 1), e.g. from the rq tokenizer"
+        return None
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: codes [B, P, D(, C)], labels [B] -> condition vectors [B, P, D, W] for every code."""
+        B, P, D = codes.shape[:3]
+        # 1. spatial input: class token, then the summed code embeddings of positions 0..P-2 (shifted right)
+        e = self.spatial_emb(codes).sum(2)  # [B, P, W]
+        x = torch.cat([self.class_emb(labels)[:, None], e[:, :-1]], 1) + self.spatial_pos
+        h = self.spatial(x, causal=True)  # [B, P, W]: context of each position
+        # 2. depth input: context, then the partial sums of code embeddings of depths < d (cumsum_depth_ctx)
+        partial = self.depth_emb(codes[:, :, :-1]).cumsum(2)  # [B, P, D-1, W]
+        y = torch.cat([h[:, :, None], partial], 2) + self.depth_pos  # [B, P, D, W]
+        z = self.depth(y.reshape(B * P, D, -1), causal=True)  # [B*P, D, W]
+        return z.reshape(B, P, D, -1)
+
+    def loss(self, batch: Batch) -> LossOutput:
+        """Head loss averaged over every code of every position (all depths share one head)."""
+        B, P, D = batch.tokens.shape[0], self.spec.positions, self.spec.depth
+        codes = batch.tokens.reshape(B, P, D, *batch.tokens.shape[4:])  # [B, P, D(, C)]
+        labels = batch.labels
+        if self.training and self.cfg.label_drop > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_drop
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        z = self.forward(codes, labels)
+        loss = self.head.loss(z.reshape(B * P * D, -1), codes.reshape(B * P * D, *codes.shape[3:]), None)
+        return LossOutput(loss, {"loss": float(loss.detach())})
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: torch.Tensor,
+        *,
+        steps: int | None = None,
+        cfg: float = 1.0,
+        cfg_schedule: str = "constant",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """Sample position by position in raster order, each position's D codes by the depth transformer.
+
+        ``steps`` must be None or h*w (one spatial step per position). ``use_kv_cache`` switches the caches of
+        both transformers; without them every step recomputes its prefix (same tokens for the same seed).
+        """
+        check_sampling_args(
+            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature
+        )
+        labels = labels.to(self.class_emb.weight.device)
+        P, D = self.spec.positions, self.spec.depth
+        if steps is not None and steps != P:
+            raise ConfigError(f"rqtransformer steps once per position: steps must be None or {P} (h*w), got {steps}")
+        B = labels.shape[0]
+        guided = cfg != 1.0
+
+        def both(t: torch.Tensor) -> torch.Tensor:  # the unconditional half is fed the same codes
+            return torch.cat([t, t]) if guided else t
+
+        cond_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        x = self.class_emb(cond_labels)[:, None] + self.spatial_pos[:, :1]  # [B', 1, W] slot 0
+        s_cache = self.spatial.new_cache(x.shape[0], P, x) if self.use_kv_cache else None
+        d_cache = self.depth.new_cache(x.shape[0], D, x) if self.use_kv_cache else None
+        s_prefix = x
+        out: list[torch.Tensor] = []
+        for t in range(P):
+            # 1. spatial context h_t of position t (slot t holds the codes of position t-1)
+            if s_cache is not None:
+                h = self.spatial(x, causal=True, cache=s_cache)[:, -1]  # [B', W]
+            else:
+                h = self.spatial(s_prefix, causal=True)[:, -1]
+            # 2. depth loop: code d given h_t and the partial sum of codes < d
+            y = (h + self.depth_pos[:, 0])[:, None]  # [B', 1, W]
+            d_prefix, partial = y, torch.zeros_like(h)
+            if d_cache is not None:
+                d_cache.reset()
+            codes: list[torch.Tensor] = []
+            for d in range(D):
+                if d_cache is not None:
+                    z = self.depth(y, causal=True, cache=d_cache)[:, -1]
+                else:
+                    z = self.depth(d_prefix, causal=True)[:, -1]
+                # 3. guidance for the fraction of codes generated after this one (Muse/MAR linear ramp)
+                w = cfg_at(cfg, cfg_schedule, (t * D + d + 1) / (P * D))
+                if guided and w == 1.0:
+                    z = z[:B]
+                code = self.head.sample(z, temperature=temperature, cfg=w, generator=generator)  # [B(, C)]
+                codes.append(code)
+                if d + 1 < D:
+                    partial = partial + self.depth_emb(both(code))
+                    y = (partial + self.depth_pos[:, d + 1])[:, None]
+                    if d_cache is None:
+                        d_prefix = torch.cat([d_prefix, y], 1)
+            stacked = torch.stack(codes, 1)  # [B, D(, C)]
+            out.append(stacked)
+            if progress is not None:
+                progress(t + 1, P)
+            if t + 1 < P:
+                # 4. feed the summed code embeddings of position t at slot t+1
+                x = self.spatial_emb(both(stacked)).sum(1)[:, None] + self.spatial_pos[:, t + 1 : t + 2]
+                if s_cache is None:
+                    s_prefix = torch.cat([s_prefix, x], 1)
+        tokens = torch.stack(out, 1)  # [B, P, D(, C)]
+        return tokens.reshape(B, *self.spec.token_shape).to(self.spec.dtype)
