@@ -1,0 +1,240 @@
+"""Diffusion Loss head: a small denoising MLP models p(x | z) of one continuous token given its condition z.
+
+MAR (Li et al., "Autoregressive Image Generation without Vector Quantization", arXiv 2406.11838; reference
+implementation https://github.com/LTH14/mar at fe470ac, ``models/diffloss.py``). The denoiser is a residual MLP
+with adaLN conditioning on y = TimestepEmbedding(t) + Linear(z) (the DiT block, Peebles & Xie, arXiv 2212.09748,
+reduced to an MLP); adaLN outputs and the final layer start at zero, so every block starts as the identity and
+the first prediction is 0. Training: DDPM noise prediction (Ho et al., arXiv 2006.11239) on a 1000-step cosine
+schedule (IDDPM, arXiv 2102.09672), each token drawn ``batch_mul`` times per step (MAR Sec. 3.3). Sampling:
+ancestral DDPM over an evenly respaced chain, the denoiser fed the ORIGINAL timestep indices; temperature scales
+only the per-step noise (MAR Sec. 3.2); classifier-free guidance on the predicted noise in every step, with the
+same initial noise for the conditional and unconditional copy (MAR Sec. 3.3 / code).
+
+Deviations:
+- Variance is fixed to the posterior variance beta~_t by default (``learn_sigma = False``); MAR learns it with
+  IDDPM's hybrid loss, available here with ``learn_sigma = True`` (t = 0 term: see benchkit.nn.diffusion).
+- DDIM (Song et al., arXiv 2010.02502) is offered as a faster sampler (``sampler = "ddim"``); MAR uses DDPM only.
+- Predicted x_0 is clipped to the per-channel range of the training targets (``clip_x0``; the range is the buffer
+  ``x0_bound``, tracked by ``loss`` in train mode, so an EMA copy must copy buffers too); MAR does not clip.
+  With the cosine schedule (abar_999 = 2.4e-9) the first respaced step multiplies the error of the predicted
+  noise by sqrt(abar_t' / abar_999), t' the next kept step: ~316 for 100 steps, ~1300 for 25. A head trained
+  for minutes is not that precise and, unclipped, sends most samples of the 2-D mixture in the unit tests far
+  off the data; clipped, accurate predictions are untouched. ``clip_x0 = False`` gives MAR's behaviour.
+- Only the N conditional rows are stepped under CFG (the official code steps 2N and keeps the first half, whose
+  result is the same); the learned variance, when on, is taken from the conditional rows.
+- Parameter names match the official ``SimpleMLPAdaLN`` under ``net.`` (MAR keys ``diffloss.net.*``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchkit.errors import ConfigError
+from benchkit.heads import check_head_kind, masked_mean
+from benchkit.interfaces import TokenKind, TokenSpec
+from benchkit.nn.diffusion import GaussianDiffusion
+from benchkit.nn.embed import TimestepEmbedding, modulate
+from benchkit.registry import HEADS
+
+log = logging.getLogger(__name__)
+
+Sampler = Literal["ddpm", "ddim"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+
+
+class ResBlock(nn.Module):
+    """x + gate * MLP(modulate(LN(x), shift, scale)), with (shift, scale, gate) = Linear(SiLU(y))."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x, y [N, W] -> [N, W]."""
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    """Linear(modulate(LN(x), shift, scale)) with a parameter-free LayerNorm."""
+
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x, y [N, W] -> [N, out_dim]."""
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DenoiserMLP(nn.Module):
+    """MAR's SimpleMLPAdaLN: predicts noise (and optionally a variance interpolation) of x_t given t and z."""
+
+    def __init__(self, in_dim: int, cond_dim: int, width: int, depth: int, out_dim: int) -> None:
+        super().__init__()
+        self.time_embed = TimestepEmbedding(width)
+        self.cond_embed = nn.Linear(cond_dim, width)
+        self.input_proj = nn.Linear(in_dim, width)
+        self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
+        self.final_layer = FinalLayer(width, out_dim)
+        # MAR init: xavier Linear with zero bias (the time embedding keeps its N(0, 0.02)); zero adaLN outputs and
+        # final Linear, so gates start at 0 (identity blocks) and the first output is 0
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and not name.startswith("time_embed"):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for block in [*self.res_blocks, self.final_layer]:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x [N, C], t long [N] (original timestep indices), z [N, cond_dim] -> [N, out_dim]."""
+        y = self.time_embed(t) + self.cond_embed(z)
+        h = self.input_proj(x)
+        for block in self.res_blocks:
+            h = block(h, y)
+        return self.final_layer(h, y)
+
+
+@dataclass(frozen=True)
+class DiffLossConfig:
+    """Options of the Diffusion Loss head."""
+
+    width: int = 128
+    depth: int = 3
+    batch_mul: int = 4  # independent (t, noise) draws per token per training step
+    num_timesteps: int = 1000  # training chain length (cosine schedule)
+    sampling_steps: int = 100  # respaced chain length at sampling; also a plain attribute of the head
+    sampler: Sampler = "ddpm"  # also a plain attribute of the head
+    ddim_eta: float = 0.0  # DDIM noise level (0 = deterministic)
+    learn_sigma: bool = False  # learn the reverse variance with IDDPM's hybrid loss (MAR does)
+    clip_x0: bool = True  # at sampling, clip predicted x_0 to the per-channel range of the training targets
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "batch_mul"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
+        if not 1 <= self.sampling_steps <= self.num_timesteps:
+            raise ValueError(f"sampling_steps must be in [1, {self.num_timesteps}], got {self.sampling_steps}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.ddim_eta < 0:
+            raise ValueError(f"ddim_eta must be >= 0, got {self.ddim_eta}")
+
+
+@HEADS.register("diffloss", config=DiffLossConfig)
+class DiffLossHead(nn.Module):
+    """Diffusion Loss (MAR): an adaLN MLP denoiser models each continuous token; DDPM/DDIM sampling with CFG."""
+
+    kinds: ClassVar[tuple[TokenKind, ...]] = ("continuous",)
+
+    def __init__(self, cfg: DiffLossConfig, *, spec: TokenSpec, cond_dim: int) -> None:
+        super().__init__()
+        check_head_kind("diffloss", self.kinds, spec)
+        assert spec.dim is not None, "a continuous TokenSpec always has dim"
+        self.cfg, self.dim, self.cond_dim = cfg, int(spec.dim), cond_dim
+        # plain attributes so an evaluation sweep can change them without a rebuild; checked in sample()
+        self.sampling_steps: int = cfg.sampling_steps
+        self.sampler: str = cfg.sampler
+        out_dim = 2 * self.dim if cfg.learn_sigma else self.dim  # [eps | v]
+        self.net = DenoiserMLP(self.dim, cond_dim, cfg.width, cfg.depth, out_dim)
+        self.diffusion = GaussianDiffusion.cosine(cfg.num_timesteps)
+        self._chains: dict[int, GaussianDiffusion] = {}
+        # largest |target| per channel seen in training (inf until the first training batch): the x_0 clip range
+        self.register_buffer("x0_bound", torch.full((self.dim,), float("inf")))
+
+    def chain(self, steps: int) -> GaussianDiffusion:
+        """The training chain respaced to ``steps`` steps (cached)."""
+        if steps not in self._chains:
+            self._chains[steps] = self.diffusion.respace(steps)
+        return self._chains[steps]
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Denoiser output -> (eps [N, C], v [N, C] in [-1, 1] or None)."""
+        if not self.cfg.learn_sigma:
+            return out, None
+        eps, v = out.split(self.dim, dim=-1)
+        return eps, v
+
+    def loss(self, cond: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise-prediction MSE of target tokens [N, C] given cond [N, cond_dim], mean over rows where mask == 1."""
+        assert target.shape == (cond.shape[0], self.dim), f"target {tuple(target.shape)} must be [N, {self.dim}]"
+        mul = self.cfg.batch_mul
+        if self.training:  # track the data range for clip_x0
+            seen = target.detach().float().abs().amax(dim=0)
+            self.x0_bound.copy_(torch.where(torch.isinf(self.x0_bound), seen, torch.maximum(self.x0_bound, seen)))
+        # 1. tile rows: each token gets `mul` independent (t, noise) draws (MAR Sec. 3.3)     [N*mul, ...]
+        x0 = target.float().repeat(mul, 1)
+        z = cond.repeat(mul, 1)
+        w = mask.repeat(mul) if mask is not None else None
+        # 2. t ~ U{0..T-1}, eps ~ N(0, I); x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (Ho et al. eq. 4)
+        t = torch.randint(0, self.diffusion.num_steps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        # 3. predict eps; L_simple = ||eps - eps_theta(x_t, t, z)||^2 averaged over channels   (Ho et al. eq. 14)
+        eps, v = self._split(self.net(x_t, t, z).float())
+        per_row = F.mse_loss(eps, noise, reduction="none").mean(dim=-1)
+        # 4. learned variance: add the bound term with eps detached (IDDPM hybrid loss, eq. 16, lambda = 1)
+        if v is not None:
+            per_row = per_row + self.diffusion.vlb_bits(x0, x_t, t, eps.detach(), v)
+        return masked_mean(per_row, w)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        cfg: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw tokens float [N, C]; with cfg != 1, cond holds 2N rows (conditional first) and N rows come back."""
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if not 1 <= self.sampling_steps <= self.diffusion.num_steps:
+            raise ConfigError(f"sampling_steps must be in [1, {self.diffusion.num_steps}], got {self.sampling_steps}")
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        guided = cfg != 1.0
+        rows = cond.shape[0]
+        assert not guided or rows % 2 == 0, f"cfg != 1 needs 2N rows (cond then uncond), got {rows}"
+        n = rows // 2 if guided else rows
+        chain, ddim = self.chain(self.sampling_steps), self.sampler == "ddim"
+        stochastic = not ddim or self.cfg.ddim_eta > 0
+        dev = cond.device
+        bound = self.x0_bound if self.cfg.clip_x0 and bool(torch.isfinite(self.x0_bound).all()) else None
+        # 1. x_K ~ N(0, I), not scaled by temperature; one copy shared by the cond and uncond rows
+        x = torch.randn(n, self.dim, generator=generator, device=dev)
+        for i in reversed(range(chain.num_steps)):
+            # 2. the denoiser sees the ORIGINAL timestep index of respaced step i
+            t = torch.full((rows,), int(chain.timesteps[i]), dtype=torch.long, device=dev)
+            eps, v = self._split(self.net(torch.cat([x, x]) if guided else x, t, cond).float())
+            # 3. CFG on the predicted noise: eps = eps_u + w (eps_c - eps_u)
+            if guided:
+                eps_c, eps_u = eps.chunk(2, dim=0)
+                eps = eps_u + cfg * (eps_c - eps_u)
+                v = v[:n] if v is not None else None
+            # 4. x_{t-1} from x_t: ancestral DDPM (tau scales sigma_t z) or DDIM
+            noise = None
+            if i > 0 and stochastic and temperature > 0:
+                noise = torch.randn(n, self.dim, generator=generator, device=dev)
+            if ddim:
+                x = chain.ddim_step(x, i, eps, noise, eta=self.cfg.ddim_eta, temperature=temperature, x0_bound=bound)
+            else:
+                x = chain.ddpm_step(x, i, eps, noise, temperature=temperature, v=v, x0_bound=bound)
+        return x
