@@ -1,0 +1,99 @@
+"""Cost metrics: parameters, FLOPs per call, throughput, latency, peak memory and this machine's matmul peak.
+
+Timings follow the usual benchmarking discipline: warm-up calls first (allocator, caches, lazy init), then the
+median of timed repeats; CUDA work is synchronised before every clock read. FLOPs come from PyTorch's
+``torch.utils.flop_counter.FlopCounterMode``, which counts matmul/conv/attention ops (2 FLOPs per multiply-add) and
+ignores elementwise work.
+
+Deviations:
+- CPU peak memory is the process's peak resident set size (``getrusage`` maxrss): a high-water mark over the whole
+  process lifetime that cannot be reset, unlike ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+def count_params(module: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def flops_per_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one call ``fn(*args, **kwargs)`` as counted by FlopCounterMode (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def median_seconds(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    _sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def throughput(fn: Callable[[], Any], batch_size: int, warmup: int = 1, repeats: int = 3) -> float:
+    """Images per second of ``fn()``, which produces ``batch_size`` images per call (median over repeats)."""
+    return batch_size / median_seconds(fn, warmup=warmup, repeats=repeats)
+
+
+def latency(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> float:
+    """Median seconds of ``fn()``, a call that produces one image (batch 1)."""
+    return median_seconds(fn, warmup=warmup, repeats=repeats)
+
+
+def peak_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Peak memory: torch.cuda.max_memory_allocated on CUDA, else the process's peak resident set size."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS reports bytes, Linux kilobytes
+
+
+def peak_memory_mb(device: torch.device | str = "cpu") -> float:
+    """``peak_memory_bytes`` in MiB."""
+    return peak_memory_bytes(device) / 2**20
+
+
+def reset_peak_memory(device: torch.device | str = "cpu") -> None:
+    """Reset the CUDA peak counter (a no-op on the CPU, whose maxrss cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def matmul_peak_flops(device: torch.device | str = "cpu", size: int = 1024, repeats: int = 5) -> float:
+    """Measured fp32 FLOP/s of a size x size matmul on ``device`` (median of repeats): the machine's practical peak."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device)
+    b = torch.randn(size, size, generator=g).to(device)
+    seconds = median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=repeats)
+    return 2.0 * size**3 / seconds

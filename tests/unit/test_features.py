@@ -1,0 +1,187 @@
+"""Feature networks: the cached dataset classifier, torch-fidelity registration, offline Inception loading."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from benchkit.data.base import ImageData
+from benchkit.errors import ConfigError
+from benchkit.metrics import features as bf
+from benchkit.metrics.features import INCEPTION_ENV, INCEPTION_FILE, load_extractor
+
+TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():  # noqa: ANN202
+    """Tiny tensors gain nothing from threads, and on a shared, loaded 2-core box OpenMP spinning made them ~100x
+    slower (measured: 40 tiny training steps 0.3 s with 1 thread, 30-40 s with 2 under a load of ~3-10)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _patterns(n: int, seed: int, split: str, size: int = 16) -> ImageData:
+    """Three classes: horizontal stripes, vertical stripes, a disk; random colours, phases and noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n) % 3)[torch.randperm(n, generator=g)]
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    period = torch.randint(3, 6, (n, 1, 1), generator=g)
+    phase = torch.randint(0, 6, (n, 1, 1), generator=g)
+    centre = torch.randint(5, size - 5, (2, n, 1, 1), generator=g)
+    radius = torch.randint(3, 5, (n, 1, 1), generator=g)
+    masks = torch.stack([((yy + phase) % period) * 2 < period, ((xx + phase) % period) * 2 < period,
+                         (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2])
+    mask = masks[labels, torch.arange(n)].float()[:, None]  # [n, 1, size, size]
+    fg, bg = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=g), 0.4 * torch.rand(n, 3, 1, 1, generator=g)
+    img = bg + (fg - bg) * mask + 0.05 * torch.randn(n, 3, size, size, generator=g)
+    return ImageData("patterns", split, img.clamp(0, 1).mul(255).round().to(torch.uint8), labels, ("h", "v", "disk"))
+
+
+@pytest.fixture(scope="module")
+def train_data() -> ImageData:
+    return _patterns(300, 0, "train")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bk_cache")
+
+
+def test_dataset_extractor_trains_caches_and_registers(train_data: ImageData, cache: Path) -> None:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    assert re.fullmatch(r"dataset-cnn@[0-9a-f]{8}", ext.tag)
+    assert ext.weights_hash.startswith(ext.tag.split("@")[1])
+    assert ext.weights_hash[:16] in ext.fidelity_name and ext.fidelity_name in FEATURE_EXTRACTORS_REGISTRY
+    assert ext.weights_path.suffix == ".safetensors" and ext.weights_path.with_suffix(".json").is_file()
+    feats, logits = ext.features_and_logits(train_data.images[:10])
+    assert feats.shape == (10, 32) and logits.shape == (10, 3) and feats.dtype == torch.float32
+    assert ext.num_classes == 3
+    assert ext.info["n_val"] == 30 and ext.info["val_acc"] > 0.6  # chance is 1/3
+
+    # Second load: same fingerprint -> no training, same weights; double registration is a no-op.
+    with mock.patch.object(bf, "train_classifier", side_effect=AssertionError("retrained")):
+        again = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    assert again.weights_hash == ext.weights_hash and again.fidelity_name == ext.fidelity_name
+    with pytest.raises(AssertionError, match="already taken"):
+        bf.register_with_fidelity(ext.fidelity_name, bf._inception_class())
+    assert torch.equal(again.features(train_data.images[:10]), feats)
+
+    # Other images or another config give another fingerprint, hence a retrain.
+    assert bf.classifier_fingerprint(train_data.subset(299), bf.DatasetCNNConfig(**TINY)) != bf.classifier_fingerprint(
+        train_data, bf.DatasetCNNConfig(**TINY)
+    )
+    assert bf.classifier_fingerprint(train_data, bf.DatasetCNNConfig(**{**TINY, "seed": 1})) != (
+        bf.classifier_fingerprint(train_data, bf.DatasetCNNConfig(**TINY))
+    )
+
+
+def test_fidelity_contract_requested_order(train_data: ImageData, cache: Path) -> None:
+    from torch_fidelity.utils import create_feature_extractor
+
+    ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    fe = create_feature_extractor(ext.fidelity_name, ["logits", "feat"], cuda=False,
+                                  feature_extractor_weights_path=str(ext.weights_path), verbose=False)
+    out = fe(train_data.images[:4])
+    assert isinstance(out, tuple) and out[0].shape == (4, 3) and out[1].shape == (4, 32)
+    assert torch.allclose(out[1], ext.features(train_data.images[:4]), atol=1e-6)
+    with pytest.raises(AssertionError, match="uint8"):
+        fe(train_data.images[:4].float())
+
+
+def test_dataset_extractor_needs_train_data(cache: Path) -> None:
+    with pytest.raises(ConfigError, match="training split"):
+        load_extractor("dataset", train_data=None, cache_dir=cache, device=CPU)
+    with pytest.raises(ConfigError, match="unknown feature extractor 'incepton'.*did you mean 'inception'"):
+        load_extractor("incepton", train_data=None, cache_dir=cache, device=CPU)
+
+
+def test_inception_missing_weights_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU)
+    msg = str(err.value)
+    assert INCEPTION_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert "weights_path" in msg and INCEPTION_ENV in msg and "never downloads" in msg
+    with pytest.raises(ConfigError, match="weights_path=/nowhere/w.pth"):
+        load_extractor("auto", train_data=None, cache_dir=tmp_path, device=CPU, weights_path="/nowhere/w.pth")
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE).exists()  # nothing fetched
+
+
+def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    with caplog.at_level(logging.INFO, logger="benchkit.metrics.features"):
+        ext = load_extractor("auto", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    assert ext.tag.startswith("dataset-cnn@")
+    notices = [r.getMessage() for r in caplog.records if "no Inception-V3 weights" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0]
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state_dict of torch-fidelity's FeatureExtractorInceptionV3 with random (Kaiming) weights."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    cls = fe.FeatureExtractorInceptionV3
+    # Its constructor always loads weights (download when no path): stub both to get a random instance.
+    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
+            mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None):
+        net = cls("tmp-random-inception", ["2048"])
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):  # default init shrinks activations to denormals: slow on CPU
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_loads_offline_from_file(random_inception: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch_fidelity.utils import create_feature_extractor
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    ext = load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU,
+                         weights_path=str(random_inception))
+    assert re.fullmatch(r"inception-v3@[0-9a-f]{8}", ext.tag)  # not the standard weights: the tag says so
+    assert ext.num_classes is None and ext.weights_hash[:16] in ext.fidelity_name
+    images = _patterns(2, 1, "test").images
+    feats, logits = ext.features_and_logits(images)
+    assert feats.shape == (2, 2048) and logits.shape == (2, 1008) and torch.isfinite(feats).all()
+    # torch-fidelity builds the same network under the registered name from the same file.
+    fe = create_feature_extractor(ext.fidelity_name, ["2048"], cuda=False,
+                                  feature_extractor_weights_path=str(random_inception), verbose=False)
+    with torch.no_grad():
+        assert torch.allclose(fe(images)[0], feats, rtol=1e-4, atol=1e-5)
+
+    # The env var and the torch.hub cache path are found too (no module load: resolution only).
+    monkeypatch.setenv(INCEPTION_ENV, str(random_inception))
+    assert load_extractor("auto", train_data=None, cache_dir=tmp_path, device=CPU).tag == ext.tag
+    monkeypatch.delenv(INCEPTION_ENV)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / INCEPTION_FILE).symlink_to(random_inception)
+    assert load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU).weights_hash == ext.weights_hash
+
+
+def test_truncated_weights_give_config_error(random_inception: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(random_inception.read_bytes()[:4096])
+    ext = load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU, weights_path=str(broken))
+    with pytest.raises(ConfigError, match="truncated"):
+        ext.features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
