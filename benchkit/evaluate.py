@@ -145,7 +145,6 @@ def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[st
             "peak_mem_mb": cost.peak_memory_mb(next_device(cfg))}
 
 
-@torch.no_grad()
 def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData,
                        results_dir: Path, *, skip_done: bool = True) -> dict[str, Any] | None:
     """Reconstruction quality (rFID with the generation features, PSNR, SSIM), codebook use, size and speed."""
@@ -157,11 +156,12 @@ def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
     originals = test.images[:n]
     recons, ids = [], []
     kinds = list(module.specs)
-    for i in range(0, n, 250):
-        x = to_float(originals[i : i + 250]).to(device)
-        recons.append(to_uint8(module.reconstruct(x)).cpu())
-        if "discrete" in kinds:
-            ids.append(module.encode(x, "discrete").cpu())
+    with torch.no_grad():
+        for i in range(0, n, 250):
+            x = to_float(originals[i : i + 250]).to(device)
+            recons.append(to_uint8(module.reconstruct(x)).cpu())
+            if "discrete" in kinds:
+                ids.append(module.encode(x, "discrete").cpu())
     recon = torch.cat(recons)
     extractor = _extractor(cfg, train)
     quality = generation_metrics(recon, originals, extractor, cache_dir=cache_dir(cfg),
@@ -179,11 +179,12 @@ def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
         usage = codebook_usage(torch.cat(ids), module.specs["discrete"].vocab_size)
         row.update(usage)
     x = to_float(originals[: cfg.eval.cost_batch_size]).to(device)
-    tokens = module.encode(x, native)
-    row["encode_images_per_s"] = cost.throughput(lambda: module.encode(x, native), batch_size=len(x), warmup=1,
-                                                 repeats=cfg.eval.cost_repeats)
-    row["decode_images_per_s"] = cost.throughput(lambda: module.decode(tokens, native), batch_size=len(x), warmup=1,
-                                                 repeats=cfg.eval.cost_repeats)
+    with torch.no_grad():
+        tokens = module.encode(x, native)
+        row["encode_images_per_s"] = cost.throughput(lambda: module.encode(x, native), batch_size=len(x), warmup=1,
+                                                     repeats=cfg.eval.cost_repeats)
+        row["decode_images_per_s"] = cost.throughput(lambda: module.decode(tokens, native), batch_size=len(x),
+                                                     warmup=1, repeats=cfg.eval.cost_repeats)
     meta_path = tok.dir / "model.json"
     if meta_path.is_file():
         import json

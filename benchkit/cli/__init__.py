@@ -64,11 +64,10 @@ def main() -> None:
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:  # usage errors of Typer's click layer, and anything unexpected
+        show = getattr(e, "show", None)
+        if callable(show) and isinstance(getattr(e, "exit_code", None), int):
+            show()
             sys.exit(e.exit_code)
         if isinstance(e, OSError):
             if common.STATE.get("debug"):

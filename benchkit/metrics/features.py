@@ -171,6 +171,7 @@ def _accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     return correct / max(1, len(images))
 
 
+@torch.enable_grad()
 def train_classifier(data: ImageData, cfg: DatasetCNNConfig, device: torch.device) -> tuple[ClassifierCNN, dict]:
     """Train the classifier on ``data`` minus a held-out tail (min(1000, N/10) images); returns it and its stats."""
     n_val = min(1000, len(data) // 10) if len(data) >= 50 else 0
