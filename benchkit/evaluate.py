@@ -22,7 +22,7 @@ from benchkit.images import reconstruction_grid, save_grid
 from benchkit.metrics import cost
 from benchkit.metrics.features import load_extractor
 from benchkit.metrics.quality import generation_metrics
-from benchkit.metrics.recon import codebook_usage, psnr, ssim
+from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
 from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
 from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
@@ -176,8 +176,10 @@ def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
         "params": cost.count_params(module), "config_fingerprint": tok.fingerprint, **_identity(cfg),
     }
     if ids:
-        usage = codebook_usage(torch.cat(ids), module.specs["discrete"].vocab_size)
-        row.update(usage)
+        dspec = module.specs["discrete"]
+        usage = codebook_usage(torch.cat(ids), dspec.vocab_size)
+        row.update({k.replace("codebook_perplexity", "perplexity"): v for k, v in usage.items()})
+        row["bits_per_image"] = bits_per_image(dspec.positions, dspec.depth, dspec.vocab_size)
     x = to_float(originals[: cfg.eval.cost_batch_size]).to(device)
     with torch.no_grad():
         tokens = module.encode(x, native)
