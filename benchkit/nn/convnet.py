@@ -1,0 +1,199 @@
+"""The one convolutional encoder/decoder that every benchkit tokenizer uses.
+
+Method: the taming-transformers / latent-diffusion autoencoder (Esser et al. 2021, arXiv 2012.09841; Rombach et
+al. 2022, arXiv 2112.10752), as used by RQ-VAE, LlamaGen's VQ tokenizer and MAR's KL-16: per resolution level a
+stack of pre-activation ResBlocks (GroupNorm + SiLU + 3x3 conv), a stride-2 conv between levels, a middle block
+res / attention / res at the lowest resolution, and a GroupNorm + SiLU + 3x3 conv head. The decoder mirrors it with
+nearest-neighbour x2 upsampling followed by a 3x3 conv. ``channel_mult`` has one entry per level, so the spatial
+downsampling factor is ``2 ** (len(channel_mult) - 1)``: ``(1, 2, 2)`` -> 4, ``(1, 2, 2, 2)`` -> 8,
+``(1, 1, 2, 2, 4)`` -> 16. Widths are ``ch * channel_mult[level]``. The small helpers at the bottom
+(``latent_grid``, ``reconstruction_loss``, ``check_kind``) are shared by the three conv tokenizers.
+
+Deviations:
+- Downsampling uses a symmetric zero padding of 1 (taming pads (0, 1, 0, 1)); the output grid is the same.
+- Optional attention only in the middle block (the lowest resolution); the paper-sized models also place
+  attention blocks inside the lowest level (LlamaGen, MAR's KL-16 encoder), which the tiny sizes do not need.
+- The GroupNorm group count is the largest of 32, 16, 8, 4, 2, 1 that divides the width, so narrow tiny models
+  (widths 16-64) still work; eps 1e-6 as in taming.
+- No gradient checkpointing and no timestep embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchkit.errors import ConfigError
+from benchkit.interfaces import TokenKind, TokenSpec
+
+__all__ = [
+    "AttnBlock",
+    "ConvDecoder",
+    "ConvEncoder",
+    "ResBlock",
+    "check_kind",
+    "downsample_factor",
+    "group_norm",
+    "latent_grid",
+    "reconstruction_loss",
+]
+
+
+def downsample_factor(channel_mult: tuple[int, ...]) -> int:
+    """Spatial downsampling factor of an encoder with these levels: ``2 ** (len(channel_mult) - 1)``."""
+    return 2 ** (len(channel_mult) - 1)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count in (32, 16, 8, 4, 2, 1) that divides ``channels``."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (GN, SiLU, conv3x3) x 2 plus a 1x1 skip when the width changes."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = group_norm(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in_ch, H, W] -> [B, out_ch, H, W]."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with 1x1-conv projections and a residual connection."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.norm = group_norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C, H, W]."""
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # each [B, HW, C]
+        h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [B, HW, C]
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+def _mid_block(ch: int, attention: bool) -> nn.Sequential:
+    return nn.Sequential(ResBlock(ch, ch), AttnBlock(ch) if attention else nn.Identity(), ResBlock(ch, ch))
+
+
+def _check_args(ch: int, channel_mult: tuple[int, ...], num_res_blocks: int) -> None:
+    if ch < 1 or not channel_mult or min(channel_mult) < 1 or num_res_blocks < 1:
+        raise ValueError(
+            f"need ch >= 1, a non-empty channel_mult of positive ints and num_res_blocks >= 1; "
+            f"got ch={ch}, channel_mult={channel_mult}, num_res_blocks={num_res_blocks}"
+        )
+
+
+class ConvEncoder(nn.Module):
+    """Images [B, in_ch, H, W] -> latents [B, out_ch, H/f, W/f] with f = 2 ** (len(channel_mult) - 1)."""
+
+    def __init__(
+        self,
+        *,
+        out_ch: int,
+        ch: int = 32,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention: bool = True,
+        in_ch: int = 3,
+    ) -> None:
+        super().__init__()
+        _check_args(ch, channel_mult, num_res_blocks)
+        self.factor = downsample_factor(channel_mult)
+        self.conv_in = nn.Conv2d(in_ch, ch * channel_mult[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        width = ch * channel_mult[0]
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers.append(ResBlock(width, ch * mult))
+                width = ch * mult
+            if level < len(channel_mult) - 1:  # stride-2 conv between levels
+                layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.down = nn.Sequential(*layers)
+        self.mid = _mid_block(width, attention)
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in_ch, H, W] -> [B, out_ch, H/f, W/f]."""
+        h = self.mid(self.down(self.conv_in(x)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ConvDecoder(nn.Module):
+    """Latents [B, in_ch, h, w] -> images [B, out_ch, h*f, w*f] (no output activation; callers clamp)."""
+
+    def __init__(
+        self,
+        *,
+        in_ch: int,
+        ch: int = 32,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention: bool = True,
+        out_ch: int = 3,
+    ) -> None:
+        super().__init__()
+        _check_args(ch, channel_mult, num_res_blocks)
+        self.factor = downsample_factor(channel_mult)
+        width = ch * channel_mult[-1]
+        self.conv_in = nn.Conv2d(in_ch, width, 3, padding=1)
+        self.mid = _mid_block(width, attention)
+        layers: list[nn.Module] = []
+        for level in reversed(range(len(channel_mult))):
+            for _ in range(num_res_blocks):
+                layers.append(ResBlock(width, ch * channel_mult[level]))
+                width = ch * channel_mult[level]
+            if level > 0:  # nearest x2 then a 3x3 conv (taming Upsample)
+                layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)]
+        self.up = nn.Sequential(*layers)
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, in_ch, h, w] -> [B, out_ch, h*f, w*f]."""
+        h = self.up(self.mid(self.conv_in(z)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# Helpers shared by the conv tokenizers (vq, rq, kl).
+
+
+def latent_grid(image_size: int, channel_mult: tuple[int, ...], name: str) -> int:
+    """Side of the token grid for ``image_size``; ConfigError if the image does not divide by the stride."""
+    f = downsample_factor(channel_mult)
+    if image_size < f or image_size % f:
+        raise ConfigError(
+            f"tokenizer {name!r}: image size {image_size} is not divisible by its downsampling factor {f} "
+            f"(channel_mult={channel_mult}); use an image size that is a multiple of {f} or a shorter channel_mult"
+        )
+    return image_size // f
+
+
+def reconstruction_loss(
+    images: torch.Tensor, recon: torch.Tensor, l1_weight: float, l2_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """l1_weight * mean|x - x'| + l2_weight * mean (x - x')^2, with both terms logged."""
+    l1 = F.l1_loss(recon, images)
+    l2 = F.mse_loss(recon, images)
+    return l1_weight * l1 + l2_weight * l2, {"l1": l1.item(), "mse": l2.item()}
+
+
+def check_kind(kind: str, specs: dict[TokenKind, TokenSpec], name: str) -> None:
+    """ConfigError unless ``kind`` is one of the tokenizer's token views."""
+    if kind not in specs:
+        raise ConfigError(f"tokenizer {name!r} has no {kind!r} tokens; valid: {', '.join(specs)}")
