@@ -65,7 +65,7 @@ def load_sweep(path_or_name: str | Path) -> dict[str, Any]:
                           + suggest(str(path_or_name), names))
     from benchkit.options import toml_loads
 
-    return toml_loads(resources.files("benchkit.configs").joinpath("sweeps", f"{path_or_name}.toml").read_text())
+    return toml_loads(resources.files("benchkit.configs").joinpath("sweeps").joinpath(f"{path_or_name}.toml").read_text())
 
 
 def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, preset: str | None = None) -> list[Job]:

@@ -1,0 +1,66 @@
+"""Sweep files: expansion over grids and combos, skipped invalid combinations, shards, the shipped sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchkit.errors import ConfigError
+from benchkit.sweep import expand, load_sweep, parse_shard, shard, shipped_sweeps
+
+
+def test_grid_expansion_skips_invalid_with_reason() -> None:
+    spec = {"name": "g", "set": ["train.steps=5"],
+            "grid": {"tokenizer.name": ["vq", "kl"], "generator.name": ["ar", "mar"], "head.name": ["ce", "diffloss"]}}
+    jobs = expand(spec)
+    valid = [j for j in jobs if j.cfg is not None]
+    skipped = [j for j in jobs if j.cfg is None]
+    assert len(jobs) == 8 and len(valid) == 6 and len(skipped) == 2
+    combos = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in valid}
+    assert ("kl", "ar", "ce") not in combos and ("vq", "mar", "diffloss") in combos
+    assert all("valid heads for kl" in (j.skipped or "") for j in skipped)
+    assert all(j.cfg.train.steps == 5 and j.cfg.name == "g" for j in valid)
+
+
+def test_combos_cross_grid_and_duplicates_collapse() -> None:
+    spec = {"combos": [{"generator.name": "ar"}, {"generator.name": "ar"}, {"generator.name": "mar"}],
+            "grid": {"seed": [0, 1]}}
+    jobs = expand(spec)
+    assert len(jobs) == 4 and {(j.cfg.generator.name, j.cfg.seed) for j in jobs} == {
+        ("ar", 0), ("ar", 1), ("mar", 0), ("mar", 1)}
+
+
+def test_shards_partition_the_valid_jobs() -> None:
+    jobs = expand({"grid": {"seed": list(range(7))}})
+    parts = [shard(jobs, i, 3) for i in range(3)]
+    seeds = sorted(j.cfg.seed for p in parts for j in p)
+    assert seeds == list(range(7)) and [len(p) for p in parts] == [3, 2, 2]
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
+    for bad in ("3/3", "a/b", "1", "-1/2"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_bad_sweep_files() -> None:
+    with pytest.raises(ConfigError, match="unknown sweep key 'grids'"):
+        expand({"grids": {}})
+    with pytest.raises(ConfigError, match="must be a non-empty list"):
+        expand({"grid": {"seed": 3}})
+    bad = expand({"grid": {"train.lrr": [1]}})
+    assert bad[0].cfg is None and "unknown config key 'train.lrr'" in (bad[0].skipped or "")
+    with pytest.raises(ConfigError, match="unknown sweep 'tinny'.*did you mean 'tiny'"):
+        load_sweep("tinny")
+
+
+def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
+    assert "tiny" in shipped_sweeps()
+    jobs = expand(load_sweep("tiny"))
+    triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg}
+    assert all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
+    assert {("vq", "ar", "ce"), ("kl", "ar", "diffloss"), ("vq", "mar", "ce"), ("kl", "mar", "diffloss"),
+            ("vq", "mar", "diffloss"), ("rq", "rqtransformer", "ce"), ("rq", "ar", "ce")} <= triples
+    order = [j.cfg.tokenizer.name for j in jobs if j.cfg]
+    assert order == sorted(order), "jobs are grouped by tokenizer so each is trained once"
+    (tmp_path / "s.toml").write_text('name = "x"\n[grid]\n"generator.name" = ["ar"]\n')
+    assert load_sweep(tmp_path / "s.toml")["name"] == "x"
