@@ -104,6 +104,7 @@ class EvalConfig:
     sweep: list[dict[str, Any]] = field(default_factory=list)
     cost_batch_size: int = 64
     cost_repeats: int = 3
+    seed_spread: bool = True  # sample the base setting twice (seed, seed+1) and record the FID difference
 
     def __post_init__(self) -> None:
         if self.num_samples < 2 or self.num_reference < 2:

@@ -89,7 +89,9 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
             continue
         quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
                                      ref_key=f"{cfg.data.name}-test-{len(real)}", labels=labels,
-                                     prc=cfg.eval.prc, device=next_device(cfg))
+                                     prc=cfg.eval.prc, device=next_device(cfg), fid_inf=True)
+        if cfg.eval.seed_spread and s == settings[0]:
+            quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
         speed = sampling_cost(run, s, cfg)
         row = {
             "row_id": row_id, "kind": "generator", "run": run.dir.name, "tokenizer": cfg.tokenizer.name,
@@ -112,6 +114,16 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
                                seed=cfg.seed, batch_size=cfg.sample.batch_size)
         save_grid(grid, run.dir / "samples.png", nrow=cfg.sample.grid_per_class)
     return rows
+
+
+def _seed_spread(run: TrainedRun, s: SampleSettings, cfg: RunConfig, labels: torch.Tensor, real: torch.Tensor,
+                 extractor: Any, fid: float) -> float:
+    """|FID(seed) - FID(seed + 1)| for the same model and setting: differences below this are sampling noise."""
+    other = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
+                            seed=cfg.seed + 1, batch_size=cfg.sample.batch_size)
+    q = generation_metrics(other, real, extractor, cache_dir=cache_dir(cfg), ref_key=f"{cfg.data.name}-test-{len(real)}",
+                           labels=None, prc=False, device=next_device(cfg), clean_fid=False)
+    return abs(float(q["fid"]) - fid)
 
 
 def _default_steps(run: TrainedRun) -> int | None:

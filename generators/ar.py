@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 class ARConfig:
     """Options of the raster-order AR generator (defaults = ``tiny``)."""
 
-    width: int = 128
-    depth: int = 4  # transformer blocks
+    width: int = 96
+    depth: int = 3  # transformer blocks
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class MARConfig:
     """Options of the MAR generator (defaults = ``tiny``)."""
 
-    width: int = 128
+    width: int = 96
     encoder_depth: int = 2
     decoder_depth: int = 2
     num_heads: int = 4

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class RQTransformerConfig:
     """Options of the RQ-Transformer generator (defaults = ``tiny``)."""
 
-    width: int = 128
+    width: int = 96
     spatial_depth: int = 3  # blocks of the spatial transformer
     depth_depth: int = 1  # blocks of the depth transformer
     num_heads: int = 4

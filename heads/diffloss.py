@@ -100,9 +100,13 @@ class DenoiserMLP(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x [N, C], t long [N] (original timestep indices), z [N, cond_dim] -> [N, out_dim]."""
-        y = self.time_embed(t) + self.cond_embed(z)
+    def embed(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The adaLN condition y = TimestepEmbedding(t) + Linear(z): t long [N] (original indices), z [N, cond_dim]."""
+        return self.time_embed(t) + self.cond_embed(z)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x [N, C], condition y [N, width] (see :meth:`embed`; MAR's forward(x, t, c) is forward(x, embed(t, c)))
+        -> [N, out_dim]. The condition is an argument so callers can reuse its parts across rows and steps."""
         h = self.input_proj(x)
         for block in self.res_blocks:
             h = block(h, y)
@@ -113,8 +117,8 @@ class DenoiserMLP(nn.Module):
 class DiffLossConfig:
     """Options of the Diffusion Loss head."""
 
-    width: int = 128
-    depth: int = 3
+    width: int = 64
+    depth: int = 2
     batch_mul: int = 4  # independent (t, noise) draws per token per training step
     num_timesteps: int = 1000  # training chain length (cosine schedule)
     sampling_steps: int = 100  # respaced chain length at sampling; also a plain attribute of the head
@@ -180,16 +184,24 @@ class DiffLossHead(nn.Module):
             self.x0_bound.copy_(torch.where(torch.isinf(self.x0_bound), seen, torch.maximum(self.x0_bound, seen)))
         # 1. tile rows: each token gets `mul` independent (t, noise) draws (MAR Sec. 3.3)     [N*mul, ...]
         x0 = target.float().repeat(mul, 1)
-        z = cond.repeat(mul, 1)
         w = mask.repeat(mul) if mask is not None else None
         # 2. t ~ U{0..T-1}, eps ~ N(0, I); x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (Ho et al. eq. 4)
-        t = torch.randint(0, self.diffusion.num_steps, (x0.shape[0],), device=x0.device)
+        T = self.diffusion.num_steps
+        t = torch.randint(0, T, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        # 3. predict eps; L_simple = ||eps - eps_theta(x_t, t, z)||^2 averaged over channels   (Ho et al. eq. 14)
-        eps, v = self._split(self.net(x_t, t, z).float())
+        # 3. condition y = TimestepEmbedding(t) + Linear(z), the same values as net.embed(t, z.repeat(mul, 1)) with
+        #    less work: Linear(z) once per token, then tiled; with more rows than timesteps, the time embedding
+        #    once per timestep, then gathered
+        if t.numel() > T:
+            t_emb = F.embedding(t, self.net.time_embed(torch.arange(T, device=t.device)))
+        else:
+            t_emb = self.net.time_embed(t)
+        y = t_emb + self.net.cond_embed(cond).repeat(mul, 1)
+        # 4. predict eps; L_simple = ||eps - eps_theta(x_t, t, z)||^2 averaged over channels   (Ho et al. eq. 14)
+        eps, v = self._split(self.net(x_t, y).float())
         per_row = F.mse_loss(eps, noise, reduction="none").mean(dim=-1)
-        # 4. learned variance: add the bound term with eps detached (IDDPM hybrid loss, eq. 16, lambda = 1)
+        # 5. learned variance: add the bound term with eps detached (IDDPM hybrid loss, eq. 16, lambda = 1)
         if v is not None:
             per_row = per_row + self.diffusion.vlb_bits(x0, x_t, t, eps.detach(), v)
         return masked_mean(per_row, w)
@@ -220,10 +232,13 @@ class DiffLossHead(nn.Module):
         bound = self.x0_bound if self.cfg.clip_x0 and bool(torch.isfinite(self.x0_bound).all()) else None
         # 1. x_K ~ N(0, I), not scaled by temperature; one copy shared by the cond and uncond rows
         x = torch.randn(n, self.dim, generator=generator, device=dev)
+        # the condition's parts are computed once: Linear(z) per row, the time embedding per step (one call)
+        z_emb = self.net.cond_embed(cond)  # [rows, W]
+        t_emb = self.net.time_embed(chain.timesteps.to(dev))  # [K, W]: ORIGINAL timestep indices of the chain
         for i in reversed(range(chain.num_steps)):
             # 2. the denoiser sees the ORIGINAL timestep index of respaced step i
-            t = torch.full((rows,), int(chain.timesteps[i]), dtype=torch.long, device=dev)
-            eps, v = self._split(self.net(torch.cat([x, x]) if guided else x, t, cond).float())
+            y = z_emb + t_emb[i]
+            eps, v = self._split(self.net(torch.cat([x, x]) if guided else x, y).float())
             # 3. CFG on the predicted noise: eps = eps_u + w (eps_c - eps_u)
             if guided:
                 eps_c, eps_u = eps.chunk(2, dim=0)

@@ -275,13 +275,13 @@ def test_config_checks() -> None:
         GENERATORS.create("mar", spec=SPECS["discrete-d1"], head="ce", num_classes=2, encoder_layers=2)
 
 
-def test_tiny_defaults_are_about_a_million_parameters() -> None:
+def test_tiny_defaults_are_a_few_hundred_thousand_parameters() -> None:
     spec = TokenSpec("discrete", (8, 8), 1, vocab_size=256)
     spec4 = TokenSpec("discrete", (8, 8), 4, vocab_size=256)
     for name, s in (("ar", spec), ("mar", spec), ("rqtransformer", spec4)):
         model = GENERATORS.create(name, spec=s, head="ce", num_classes=10)
         n = sum(p.numel() for p in model.parameters())
-        assert 0.5e6 < n < 1.1e6, (name, n)
+        assert 0.2e6 < n < 0.8e6, (name, n)  # tiny: trains in about a minute on 2 CPU cores
 
 
 def test_ar_learns_a_fixed_sequence() -> None:
