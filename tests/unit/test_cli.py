@@ -94,9 +94,12 @@ def test_readme_head_example_registers_and_samples() -> None:
         module = types.ModuleType("readme_example")
         sys.modules["readme_example"] = module
         exec(compile(code.group(1), "README.md", "exec"), module.__dict__)
-    head = HEADS.create("linear_ce", spec=TokenSpec("discrete", (2, 2), vocab_size=7), cond_dim=5)
-    cond = torch.randn(6, 5)
-    loss = head.loss(cond, torch.randint(0, 7, (6,)))
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    ids = head.sample(torch.cat([cond, cond]), cfg=2.0, generator=torch.Generator().manual_seed(0))
-    assert ids.shape == (6,) and int(ids.max()) < 7
+    try:
+        head = HEADS.create("linear_ce", spec=TokenSpec("discrete", (2, 2), vocab_size=7), cond_dim=5)
+        cond = torch.randn(6, 5)
+        loss = head.loss(cond, torch.randint(0, 7, (6,)))
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        ids = head.sample(torch.cat([cond, cond]), cfg=2.0, generator=torch.Generator().manual_seed(0))
+        assert ids.shape == (6,) and int(ids.max()) < 7
+    finally:  # keep the global registry as the other tests expect it
+        HEADS._entries.pop("linear_ce", None)
