@@ -22,7 +22,9 @@ Deviations:
   off the data; clipped, accurate predictions are untouched. ``clip_x0 = False`` gives MAR's behaviour.
 - Only the N conditional rows are stepped under CFG (the official code steps 2N and keeps the first half, whose
   result is the same); the learned variance, when on, is taken from the conditional rows.
-- Parameter names match the official ``SimpleMLPAdaLN`` under ``net.`` (MAR keys ``diffloss.net.*``).
+- Parameter names match the official ``SimpleMLPAdaLN`` under ``net.`` (MAR keys ``diffloss.net.*``); its forward
+  takes the adaLN condition precomputed (MAR's ``forward(x, t, c)`` is ``net(x, net.embed(t, c))``), so training
+  embeds each timestep value and each token's z once, and sampling embeds z once per call: same values, less work.
 """
 
 from __future__ import annotations

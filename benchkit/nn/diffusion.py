@@ -70,7 +70,7 @@ def _at(table: torch.Tensor, i: int | torch.Tensor, x: torch.Tensor) -> torch.Te
 
 def _clip(x0: torch.Tensor, bound: torch.Tensor | None) -> torch.Tensor:
     """Clamp x0 [N, C] to [-bound, bound] per channel (bound [C]); None leaves it as is."""
-    return x0 if bound is None else torch.maximum(torch.minimum(x0, bound), -bound)
+    return x0 if bound is None else x0.clamp(min=-bound, max=bound)
 
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,9 @@ class GaussianDiffusion:
         mean = self.q_posterior_mean(x0, x_t, i)
         if i == 0 or noise is None or temperature == 0:  # 2. no noise on the final step
             return mean
-        # 3. add tau * sigma_t * z with sigma_t^2 = beta~_t (fixed) or the learned range
+        # 3. add tau * sigma_t * z with sigma_t^2 = beta~_t (fixed: one scalar per step) or the learned range
+        if v is None:
+            return mean + temperature * math.exp(0.5 * float(self.posterior_log_variance_clipped[i])) * noise
         return mean + temperature * torch.exp(0.5 * self.log_variance(i, x_t, v)) * noise
 
     def ddim_sigma(self, i: int, eta: float) -> float:
