@@ -1,13 +1,25 @@
-"""Device choice and torchrun/DDP helpers (gloo on CPU, NCCL on CUDA). Single-process runs need none of it."""
+"""Device choice and torchrun/DDP helpers (gloo on CPU, NCCL on CUDA). Single-process runs need none of it.
+
+Every helper is a no-op (or the identity) in a single process, and a collective that every rank must call in the
+same order under torchrun.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from filelock import FileLock
 
 from benchkit.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -55,7 +67,15 @@ def init_distributed(device: torch.device) -> bool:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # A rank that exits with its process group alive can abort in the backend's thread teardown
+        # ("terminate called without an active exception", SIGABRT) when it finishes before the others.
+        atexit.register(_shutdown)
     return True
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -71,3 +91,60 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def _active() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (so all ranks take the same branch); identity when single-process."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_floats(values: dict[str, float]) -> dict[str, float]:
+    """Per-key means over ranks of rank 0's keys (one broadcast, one all-reduce); identity when single-process."""
+    if not _active():
+        return dict(values)
+    keys = broadcast_object(sorted(values))
+    t = torch.tensor([float(values.get(k, float("nan"))) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank."""
+    if not _active():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+@contextmanager
+def stage_lock(path: Path) -> Iterator[None]:
+    """Hold the file lock ``path`` around a stage, safely under torchrun.
+
+    Single-process: a plain inter-process file lock (e.g. two sweep shards training the same tokenizer).
+    Under torchrun only rank 0 takes the file lock; the other ranks wait at a barrier until it holds it and again
+    before it is released. Were every rank to lock the file, rank 1 would block on it while rank 0, holding it,
+    waits for rank 1 in the first all-reduce: a deadlock.
+    """
+    if not _active():
+        with FileLock(str(path)):
+            yield
+        return
+    lock = FileLock(str(path)) if is_main() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        barrier()  # nobody enters before rank 0 holds the lock
+        yield
+        barrier()  # rank 0 keeps the lock until every rank is done with the stage's files
+    finally:
+        if lock is not None:
+            lock.release()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from benchkit import distributed as bdist
 from benchkit.config import RunConfig, fingerprint
@@ -78,42 +79,59 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
     for s in settings:
         row_id = fingerprint("gen-row", run_fingerprint(cfg), s, cfg.eval.features, cfg.eval.num_samples,
                              cfg.eval.num_reference, cfg.eval.cost_batch_size)
-        if skip_done and has_row(results_dir, row_id):
-            log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
-            continue
-        t0 = time.perf_counter()
-        fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
-                               seed=cfg.seed, batch_size=cfg.sample.batch_size)
-        sample_time = time.perf_counter() - t0
-        if not bdist.is_main():
-            continue
-        quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
-                                     ref_key=f"{cfg.data.name}-test-{len(real)}", labels=labels,
-                                     prc=cfg.eval.prc, device=next_device(cfg), fid_inf=True)
-        if cfg.eval.seed_spread and s == settings[0]:
-            quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
-        speed = sampling_cost(run, s, cfg)
-        row = {
-            "row_id": row_id, "kind": "generator", "run": run.dir.name, "tokenizer": cfg.tokenizer.name,
-            "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
-            "steps": s.steps if s.steps is not None else _default_steps(run),
-            "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
-            "diffusion_steps": _diffusion_steps(run),
-            **quality, "params": params, "sample_time_s": sample_time, **speed,
-            "train_images_per_s": _train_meta(run).get("train_images_per_s"),
-            "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
-            "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
-        }
-        append_row(results_dir, row)
-        rows.append(row)
-        log.info("%s [%s]: FID %.2f  IS %.2f  %.1f img/s", run.dir.name, s.label(), row.get("fid", math.nan),
-                 row.get("is_mean", math.nan), row.get("images_per_s", math.nan))
+        with bdist.stage_lock(_row_lock(results_dir, row_id)):  # one writer per row, even across processes
+            row = _measure_generator(run, s, row_id, labels, real, extractor, params, results_dir, skip_done,
+                                     first=s == settings[0])
+        if row is not None:
+            rows.append(row)
     if bdist.is_main():
         grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
         grid = generate_images(run.generator, run.tokenizer.module, run.combo.kind, grid_labels, settings[0],
                                seed=cfg.seed, batch_size=cfg.sample.batch_size)
         save_grid(grid, run.dir / "samples.png", nrow=cfg.sample.grid_per_class)
     return rows
+
+
+def _row_lock(results_dir: Path, row_id: str) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return results_dir / f".row-{row_id}.lock"
+
+
+def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: torch.Tensor, real: torch.Tensor,
+                       extractor: Any, params: int, results_dir: Path, skip_done: bool, *,
+                       first: bool) -> dict[str, Any] | None:
+    """One generator row (rank 0 returns it; every rank samples its share). Called under the row's lock."""
+    cfg = run.cfg
+    if skip_done and bdist.broadcast_object(has_row(results_dir, row_id)):  # rank 0 decides for every rank
+        log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
+        return None
+    t0 = time.perf_counter()
+    fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
+                           seed=cfg.seed, batch_size=cfg.sample.batch_size, distributed=True)
+    sample_time = time.perf_counter() - t0
+    if not bdist.is_main():
+        return None
+    quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
+                                 ref_key=f"{cfg.data.name}-test-{len(real)}", labels=labels,
+                                 prc=cfg.eval.prc, device=next_device(cfg), fid_inf=True)
+    if cfg.eval.seed_spread and first:
+        quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
+    speed = sampling_cost(run, s, cfg)
+    row = {
+        "row_id": row_id, "kind": "generator", "run": run.dir.name, "tokenizer": cfg.tokenizer.name,
+        "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
+        "steps": s.steps if s.steps is not None else _default_steps(run),
+        "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
+        "diffusion_steps": _diffusion_steps(run),
+        **quality, "params": params, "sample_time_s": sample_time, **speed,
+        "train_images_per_s": _train_meta(run).get("train_images_per_s"),
+        "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
+        "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
+    }
+    append_row(results_dir, row)
+    log.info("%s [%s]: FID %.2f  IS %.2f  %.1f img/s", run.dir.name, s.label(), row.get("fid", math.nan),
+             row.get("is_mean", math.nan), row.get("images_per_s", math.nan))
+    return row
 
 
 def _seed_spread(run: TrainedRun, s: SampleSettings, cfg: RunConfig, labels: torch.Tensor, real: torch.Tensor,
@@ -161,8 +179,17 @@ def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
                        results_dir: Path, *, skip_done: bool = True) -> dict[str, Any] | None:
     """Reconstruction quality (rFID with the generation features, PSNR, SSIM), codebook use, size and speed."""
     row_id = fingerprint("tok-row", tok.fingerprint, cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference)
-    if (skip_done and has_row(results_dir, row_id)) or not bdist.is_main():
+    if not bdist.is_main():
         return None
+    with FileLock(str(_row_lock(results_dir, row_id))):  # sweep shards sharing a tokenizer measure it once
+        if skip_done and has_row(results_dir, row_id):
+            return None
+        return _measure_tokenizer(tok, cfg, train, test, results_dir, row_id)
+
+
+def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData, results_dir: Path,
+                       row_id: str) -> dict[str, Any]:
+    """The tokenizer row (rank 0, under the row's lock)."""
     module, device = tok.module, next_device(cfg)
     n = min(cfg.eval.num_reference, len(test))
     originals = test.images[:n]

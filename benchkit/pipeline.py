@@ -7,30 +7,45 @@ Layout under ``out_dir``::
 
 A tokenizer's fingerprint covers the data, its options, its training and the seed, so every generator of every
 comparison that uses the same tokenizer config reuses the same trained weights and token cache.
+
+Each stage (tokenizer, token cache, generator) runs under a file lock in its directory, so concurrent processes
+(sweep shards, repeated commands) train and write each artefact once; under torchrun only rank 0 takes the lock
+(``distributed.stage_lock``) and rank 0 decides, for every rank, whether a stage is already done. Model weights
+are initialised from ``torch.manual_seed(cfg.seed)``, so a run does not depend on what ran before it in the process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from torch import nn
 
-from benchkit.checkpoint import atomic_write, checkpoint_exists, load_checkpoint, load_module_weights, save_checkpoint
+from benchkit import distributed as bdist
+from benchkit.checkpoint import (
+    apply_weights,
+    atomic_write,
+    checkpoint_exists,
+    load_checkpoint,
+    load_module_weights,
+    save_checkpoint,
+)
 from benchkit.compat import Combination, check_combination
 from benchkit.config import RunConfig, fingerprint, from_dict
 from benchkit.data import load_dataset
 from benchkit.data.base import ImageData, to_float
 from benchkit.distributed import is_main, pick_device
-from benchkit.errors import CheckpointError, DataError
+from benchkit.errors import CheckpointError, ConfigError, DataError
 from benchkit.interfaces import Batch, TokenKind
+from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
 from benchkit.provenance import environment
-from benchkit.registry import GENERATORS, TOKENIZERS
+from benchkit.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
 from benchkit.trainer import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -67,18 +82,56 @@ def load_splits(cfg: RunConfig) -> tuple[ImageData, ImageData]:
     return train, test
 
 
-def check(cfg: RunConfig) -> Combination:
-    """All checks that can run before any compute: names, options, combination, batch vs dataset size."""
+def check(cfg: RunConfig, *, include_eval: bool = True) -> Combination:
+    """All checks that can run before any compute: names and options of the dataset and the three components,
+    their combination and, with ``include_eval``, the evaluation settings (``check_eval``)."""
+    base, colon, path = cfg.data.name.partition(":")
+    options = dict(cfg.data.options)
+    if colon:  # NAME:PATH, as load_dataset reads it
+        config = DATASETS.get(base).config
+        if config is None or "path" not in {f.name for f in dataclasses.fields(config)}:
+            raise ConfigError(f"dataset {base!r} takes no path, so {cfg.data.name!r} is invalid; "
+                              f"a folder of your own images is imagefolder:PATH")
+        options["path"] = path
+    DATASETS.make_config(base, options)
     TOKENIZERS.make_config(cfg.tokenizer.name, cfg.tokenizer.options)
     GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
     combo = check_combination(
         cfg.tokenizer.name, cfg.generator.name, cfg.head.name,
         tokenizer_options=cfg.tokenizer.options, image_size=cfg.data.image_size,
     )
-    from benchkit.registry import HEADS
-
     HEADS.make_config(cfg.head.name, cfg.head.options)
+    if include_eval:
+        check_eval(cfg)
     return combo
+
+
+def check_eval(cfg: RunConfig) -> None:
+    """Feature network name, every ``eval.sweep`` setting, and Inception weights on disk when ``inception`` is set
+    (benchkit never downloads, so a missing file is reported before training rather than after it)."""
+    from benchkit.sampling import SampleSettings
+
+    FEATURES.get(cfg.eval.features)
+    base = {"steps": cfg.sample.steps, "cfg": cfg.sample.cfg, "cfg_schedule": cfg.sample.cfg_schedule,
+            "temperature": cfg.sample.temperature}
+    for i, extra in enumerate(cfg.eval.sweep):
+        unknown = sorted(set(extra) - {f for f in SampleSettings.__dataclass_fields__})
+        if unknown:
+            raise ConfigError(f"eval.sweep[{i}] has unknown key {unknown[0]!r}; valid: "
+                              f"{', '.join(SampleSettings.__dataclass_fields__)}")
+        try:
+            SampleSettings(**{**base, **extra})
+        except ConfigError as e:
+            raise ConfigError(f"eval.sweep[{i}]: {e}") from None
+    named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file
+    if cfg.eval.features == "inception" or (cfg.eval.features == "auto" and named):
+        found, where = find_inception_weights(cfg.eval.inception_weights)
+        if found is None:
+            raise ConfigError(
+                f"eval.features = {cfg.eval.features!r} needs Inception-V3 weights, not found ({where}); benchkit "
+                f"never downloads: set eval.inception_weights or ${INCEPTION_ENV} to the file, or use "
+                f"eval.features = \"dataset\""
+            )
 
 
 def tokenizer_fingerprint(cfg: RunConfig) -> str:
@@ -119,11 +172,13 @@ def build_tokenizer(cfg: RunConfig, device: torch.device) -> nn.Module:
 def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, progress: bool = True) -> TrainedTokenizer:
     """Train the tokenizer once (or load it), calibrate its continuous scale, and save final weights."""
     device = pick_device(cfg.device)
+    bdist.init_distributed(device)
     fp, tdir = tokenizer_fingerprint(cfg), tokenizer_dir(cfg)
     tdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
     module = build_tokenizer(cfg, device)
-    with FileLock(str(tdir / ".lock")):
-        if checkpoint_exists(tdir / MODEL):
+    with bdist.stage_lock(tdir / ".lock"):
+        if bdist.broadcast_object(checkpoint_exists(tdir / MODEL)):
             meta = load_module_weights(module, tdir / MODEL)
             if meta.get("fingerprint") != fp:
                 raise CheckpointError(f"{str(tdir)!r} holds a tokenizer of another config")
@@ -151,24 +206,40 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
     return TrainedTokenizer(module.eval(), tdir, fp, result)
 
 
+def _read_cache(path: Path, tok: TrainedTokenizer, n: int) -> torch.Tensor | None:
+    """A stored token cache of this tokenizer and dataset size, or None (a damaged cache is recomputed)."""
+    if not checkpoint_exists(path):
+        return None
+    try:
+        tensors, meta = load_checkpoint(path)
+    except CheckpointError as e:
+        log.warning("recomputing the token cache: %s", e)
+        return None
+    if meta.get("n") == n and meta.get("fingerprint") == tok.fingerprint:
+        return tensors["cache"]
+    return None
+
+
 @torch.no_grad()
 def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_size: int = 256) -> torch.Tensor:
-    """What the tokenizer's ``encode_for_cache`` gives for every training image, computed once and stored."""
+    """What the tokenizer's ``encode_for_cache`` gives for every training image, computed once (by rank 0) and
+    stored."""
     path = tok.dir / f"tokens-{kind}"
-    with FileLock(str(tok.dir / ".lock")):
-        if checkpoint_exists(path):
-            tensors, meta = load_checkpoint(path)
-            if meta.get("n") == len(data) and meta.get("fingerprint") == tok.fingerprint:
-                return tensors["cache"]
-        device = next(tok.module.parameters()).device
-        parts = [
-            tok.module.encode_for_cache(to_float(data.images[i : i + batch_size]).to(device), kind).cpu()
-            for i in range(0, len(data), batch_size)
-        ]
-        cache = torch.cat(parts)
-        if is_main():
+    with bdist.stage_lock(tok.dir / ".lock"):
+        cache = _read_cache(path, tok, len(data)) if is_main() else None
+        if is_main() and cache is None:
+            device = next(tok.module.parameters()).device
+            parts = [
+                tok.module.encode_for_cache(to_float(data.images[i : i + batch_size]).to(device), kind).cpu()
+                for i in range(0, len(data), batch_size)
+            ]
+            cache = torch.cat(parts)
             save_checkpoint(path, {"cache": cache}, {"n": len(data), "kind": kind, "fingerprint": tok.fingerprint})
-        log.info("cached %s tokens of %d images in %s", kind, len(data), path)
+            log.info("cached %s tokens of %d images in %s", kind, len(data), path)
+        bdist.barrier()
+        if cache is None:  # the other ranks read what rank 0 wrote
+            cache = _read_cache(path, tok, len(data))
+            assert cache is not None, f"rank {bdist.rank()} found no token cache at {path} after rank 0 wrote it"
     return cache
 
 
@@ -192,29 +263,36 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
     """The whole training path of one config: checks, data, tokenizer, token cache, generator."""
     combo = check(cfg)
     device = pick_device(cfg.device)
+    bdist.init_distributed(device)
     train, _ = splits or load_splits(cfg)
     _check_sizes(cfg, train)
     tok = train_tokenizer(cfg, train, resume=resume, progress=progress)
     cache = token_cache(tok, combo.kind, train)
     labels = train.labels
     rdir, fp = run_dir(cfg), run_fingerprint(cfg)
+    rdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
     gen = build_generator(cfg, combo, train.num_classes, device)
-    if is_main():
-        write_run_files(cfg, rdir, device)
-    if checkpoint_exists(rdir / MODEL):
-        load_module_weights(gen, rdir / MODEL)
-        return TrainedRun(cfg, gen.eval(), tok, combo, rdir, None)
+    with bdist.stage_lock(rdir / ".lock"):
+        if bdist.broadcast_object(checkpoint_exists(rdir / MODEL)):
+            meta = load_module_weights(gen, rdir / MODEL)
+            if meta.get("fingerprint") != fp:
+                raise CheckpointError(f"{str(rdir)!r} holds a generator of another config; use a new --out-dir")
+            return TrainedRun(cfg, gen.eval(), tok, combo, rdir, None)
+        if is_main():
+            write_run_files(cfg, rdir, device)
 
-    def get_batch(idx: torch.Tensor) -> Batch:
-        tokens = tok.module.tokens_from_cache(cache[idx].to(device), combo.kind)
-        return Batch(tokens, labels[idx].to(device))
+        def get_batch(idx: torch.Tensor) -> Batch:
+            tokens = tok.module.tokens_from_cache(cache[idx].to(device), combo.kind)
+            return Batch(tokens, labels[idx].to(device))
 
-    result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed, fingerprint=fp,
-                 desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume, show_progress=progress)
-    if is_main():
-        meta = {"fingerprint": fp, "train_images_per_s": result.images_per_s, "train_time_s": result.time_s,
-                "steps": result.steps, "final_loss": result.final_loss, "num_classes": train.num_classes}
-        save_checkpoint(rdir / MODEL, {f"model.{k}": v for k, v in gen.state_dict().items()}, meta)
+        result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,
+                     fingerprint=fp, desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume,
+                     show_progress=progress)
+        if is_main():
+            meta = {"fingerprint": fp, "train_images_per_s": result.images_per_s, "train_time_s": result.time_s,
+                    "steps": result.steps, "final_loss": result.final_loss, "num_classes": train.num_classes}
+            save_checkpoint(rdir / MODEL, {f"model.{k}": v for k, v in gen.state_dict().items()}, meta)
     return TrainedRun(cfg, gen.eval(), tok, combo, rdir, result)
 
 
@@ -223,16 +301,28 @@ def load_run(path: str | Path) -> TrainedRun:
     rdir = Path(path)
     if not (rdir / "config.json").is_file():
         raise CheckpointError(f"{str(rdir)!r} is not a run directory (no config.json); train one with `benchkit train`")
-    cfg = from_dict(RunConfig, json.loads((rdir / "config.json").read_text()), "")
+    try:
+        raw = json.loads((rdir / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{str(rdir / 'config.json')!r} is corrupt: {e}") from None
+    cfg = from_dict(RunConfig, raw, "")
     if not checkpoint_exists(rdir / MODEL):
         raise CheckpointError(f"run {str(rdir)!r} has not finished training; rerun `benchkit train` with --resume")
-    combo = check(cfg)
+    combo = check(cfg, include_eval=False)  # sampling needs no feature network; `eval` checks its own settings
     device = pick_device(cfg.device)
+    bdist.init_distributed(device)
     tdir = tokenizer_dir(replace(cfg, out_dir=str(rdir.parent.parent)))
     tok_module = build_tokenizer(cfg, device)
-    meta = load_module_weights(tok_module, tdir / MODEL)
-    tok = TrainedTokenizer(tok_module.eval(), tdir, meta["fingerprint"], None)
-    num_classes = int(json.loads((rdir / f"{MODEL}.json").read_text())["num_classes"])
-    gen = build_generator(cfg, combo, num_classes, device)
-    load_module_weights(gen, rdir / MODEL)
+    tok_meta = load_module_weights(tok_module, tdir / MODEL)
+    if tok_meta.get("fingerprint") != tokenizer_fingerprint(cfg):
+        raise CheckpointError(f"tokenizer {str(tdir)!r} does not match {str(rdir / 'config.json')!r}")
+    tok = TrainedTokenizer(tok_module.eval(), tdir, tok_meta["fingerprint"], None)
+    tensors, meta = load_checkpoint(rdir / MODEL)
+    if meta.get("fingerprint") != run_fingerprint(cfg):
+        raise CheckpointError(
+            f"{str(rdir / 'config.json')!r} does not describe the weights in {str(rdir)!r} (fingerprint "
+            f"{run_fingerprint(cfg)} != {meta.get('fingerprint')}); was config.json edited?"
+        )
+    gen = build_generator(cfg, combo, int(meta["num_classes"]), device)
+    apply_weights(gen, tensors, rdir / MODEL)
     return TrainedRun(cfg, gen.eval(), tok, combo, rdir, None)

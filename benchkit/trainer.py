@@ -175,7 +175,7 @@ def fit(
         log.info("%s: resuming from step %d", desc, start)
     module: nn.Module = _LossModule(model, loss_fn)
     if bdist.init_distributed(device):
-        module = torch.nn.parallel.DistributedDataParallel(module, broadcast_buffers=True)
+        module = torch.nn.parallel.DistributedDataParallel(module)  # buffers follow rank 0 (the default)
     log_path = run_dir / "log.csv"
     rows = _read_log(log_path, upto=start) if start else []
     per_rank = cfg.batch_size // world
@@ -189,10 +189,13 @@ def fit(
                 g["lr"] = cfg.lr * lr_factor(step, cfg)
             idx = batch_indices(num_items, cfg.batch_size, step, seed)[rank * per_rank : (rank + 1) * per_rank]
             out: LossOutput = module(get_batch(idx))
-            if not torch.isfinite(out.loss):
+            if bdist.any_rank(not bool(torch.isfinite(out.loss))):  # every rank stops at the same step
+                good = _ckpt_step(ckpt) if checkpoint_exists(ckpt) else None
                 raise TrainingDivergedError(
                     f"{desc}: loss became {out.loss.item()} at step {step}; "
-                    f"last good checkpoint (step {start if not checkpoint_exists(ckpt) else _ckpt_step(ckpt)}) kept in {run_dir}"
+                    + (f"last good checkpoint (step {good}) kept in {run_dir}" if good is not None
+                       else f"no checkpoint was written yet (checkpoint_every = {cfg.checkpoint_every})")
+                    + "; lower the learning rate or raise warmup_steps"
                 )
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -205,13 +208,19 @@ def fit(
             images_done += cfg.batch_size
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
+                # under DDP: the loss and numeric logs of the global batch, not of rank 0's share
+                numeric = {k: float(v) for k, v in out.logs.items() if isinstance(v, (int, float))}
+                logs = {**out.logs, **bdist.mean_floats({**numeric, "loss": last_loss})}
+                last_loss = logs["loss"]
                 ips = images_done / (time.perf_counter() - t0)
-                rows.append({"step": done, "loss": last_loss, "lr": opt.param_groups[0]["lr"], "images_per_s": ips, **out.logs})
+                rows.append({"step": done, "loss": last_loss, "lr": opt.param_groups[0]["lr"], "images_per_s": ips,
+                             **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")}})
                 if progress is not None:
                     progress.update(task, completed=done, loss=last_loss, ips=ips)
             if bdist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                _save(ckpt, model, opt, ema, done, fingerprint, desc)
+                # the log first: a kill in between leaves extra rows, which a resume drops, never missing ones
                 _write_log(log_path, rows)
+                _save(ckpt, model, opt, ema, done, fingerprint, desc)
             bdist.barrier() if done % cfg.checkpoint_every == 0 else None
     finally:
         if progress is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -52,7 +53,7 @@ def check_writable(path: Path) -> None:
 
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".benchkit-write-test"
+        probe = path / f".benchkit-write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

@@ -77,10 +77,13 @@ def sample(
 
     Example: benchkit sample results/runs/vq-ar-ce-0123abcd --cfg 2.0
     """
+    from benchkit.distributed import is_main
     from benchkit.images import save_grid
     from benchkit.pipeline import load_run
     from benchkit.sampling import SampleSettings, balanced_labels, generate_images
 
+    if out is not None:
+        check_writable(out.parent)
     r = load_run(run)
     s = SampleSettings(
         steps=steps if steps is not None else r.cfg.sample.steps,
@@ -91,10 +94,12 @@ def sample(
     k = r.generator.num_classes if hasattr(r.generator, "num_classes") else 10
     labels = balanced_labels(k * n_per_class, k).sort().values
     images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,
-                             seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size)
+                             seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size,
+                             distributed=True)  # under torchrun each rank samples its share
     path = out or (r.dir / "samples.png")
-    save_grid(images, path, nrow=n_per_class)
-    typer.echo(str(path))
+    if is_main():
+        save_grid(images, path, nrow=n_per_class)
+        typer.echo(str(path))
 
 
 def evaluate(
@@ -109,7 +114,7 @@ def evaluate(
     Example: benchkit eval results/runs/vq-ar-ce-0123abcd --set eval.num_samples=5000
     """
     from benchkit.evaluate import evaluate_run, evaluate_tokenizer
-    from benchkit.pipeline import load_run, load_splits
+    from benchkit.pipeline import check_eval, load_run, load_splits
 
     if sanity:
         from benchkit.evaluate import cache_dir
@@ -140,8 +145,10 @@ def evaluate(
             apply_override(raw, o)
         cfg = from_dict(RunConfig, raw, "")
         r = replace(r, cfg=cfg)
-    train_d, test_d = load_splits(cfg)
+    check_eval(cfg)  # features name, eval.sweep entries, Inception weights: before any compute
     out = results or Path(cfg.out_dir) / cfg.name
+    check_writable(out)
+    train_d, test_d = load_splits(cfg)
     evaluate_tokenizer(r.tokenizer, cfg, train_d, test_d, out)
     rows = evaluate_run(r, train_d, test_d, out, skip_done=False)
     out_console.print_json(json.dumps(rows, default=str))

@@ -1,0 +1,60 @@
+"""Two ``benchkit sweep --shard`` processes writing one results directory at the same time lose and duplicate no
+row, and train their shared tokenizer once (the other shard waits on its lock and reuses it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import TINY, bk_cmd, cli_env, seed_cache
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep_file(path: Path) -> Path:
+    sets = [TINY[i + 1] for i in range(0, len(TINY), 2)]
+    lines = ['preset = "tiny"', 'name = "conc"', "set = [" + ", ".join(json.dumps(s) for s in sets) + "]",
+             "[grid]", '"train.lr" = [0.001, 0.002]', '"generator.options.depth" = [1, 2]']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_two_shards_on_one_results_directory(tmp_path: Path, feature_cache: Path) -> None:
+    out = tmp_path / "out"
+    seed_cache(feature_cache, out)
+    sweep = _sweep_file(tmp_path / "conc.toml")
+    procs = [
+        subprocess.Popen(bk_cmd("sweep", str(sweep), "--shard", f"{i}/2", "--out-dir", str(out), "--no-progress"),
+                         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for i, (p, (_, err)) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"shard {i}/2 failed:\n{err[-4000:]}"
+        assert f"2 of 4 valid jobs in shard {i}/2" in err.replace("\n", " ")
+
+    # Raw lines, not the de-duplicated table: every row is written exactly once and every line is whole.
+    lines = (out / "conc" / "rows.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    gen = [r for r in rows if r["kind"] == "generator"]
+    tok = [r for r in rows if r["kind"] == "tokenizer"]
+    assert len(gen) == 4 and len({r["row_id"] for r in gen}) == 4, [r["run"] for r in gen]
+    assert len({r["config_fingerprint"] for r in gen}) == 4
+    assert len(tok) == 1, f"the shared tokenizer was evaluated {len(tok)} times"
+    assert all(r["fid"] is not None and r["fid"] > 0 for r in gen)
+
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 4 and all((r / "model.safetensors").is_file() for r in runs)
+    configs = {(json.loads((r / "config.json").read_text())["train"]["lr"],
+                json.loads((r / "config.json").read_text())["generator"]["options"]["depth"]) for r in runs}
+    assert configs == {(0.001, 1), (0.001, 2), (0.002, 1), (0.002, 2)}
+
+    # One tokenizer, trained by one shard only: its log has each step once, and only one process calibrated it.
+    tok_dirs = list((out / "tokenizers").iterdir())
+    assert len(tok_dirs) == 1
+    steps = [int(line.split(",")[0]) for line in (tok_dirs[0] / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(2, 49, 2))
+    calibrations = sum(err.count("continuous-token scale factor") for _, err in outputs)
+    assert calibrations == 1, f"the tokenizer was trained {calibrations} times"
