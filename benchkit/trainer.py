@@ -217,6 +217,8 @@ def fit(
                              **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")}})
                 if progress is not None:
                     progress.update(task, completed=done, loss=last_loss, ips=ips)
+                    if not progress.console.is_terminal and done % max(cfg.log_every, cfg.steps // 10) == 0:
+                        log.info("%s: step %d/%d  loss %.4f  %.0f img/s", desc, done, cfg.steps, last_loss, ips)
             if bdist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 # the log first: a kill in between leaves extra rows, which a resume drops, never missing ones
                 _write_log(log_path, rows)
