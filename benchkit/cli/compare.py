@@ -44,14 +44,23 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
         typer.echo(str(p))
 
 
+SUMMARY = {
+    "tokenizer": ["tokenizer", "grid", "rfid", "psnr", "ssim", "codebook_usage", "params", "encode_images_per_s"],
+    "generator": ["tokenizer", "generator", "head", "steps", "cfg", "cfg_schedule", "fid", "seed_spread_fid",
+                  "kid_mean", "class_acc", "params", "images_per_s", "latency_s"],
+}
+
+
 def _summary(results_dir: Path) -> None:
+    """A compact rich table per kind (the CSV, Markdown and LaTeX files keep every column)."""
     from benchkit.results import read_rows, rich_table
 
     df = read_rows(results_dir)
     for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
         part = df[df["kind"] == kind] if "kind" in df else df
         if len(part):
-            out_console.print(rich_table(part, title))
+            cols = [c for c in SUMMARY[kind] if c in part.columns] + ["kind"]
+            out_console.print(rich_table(part[cols], title))
 
 
 def run(
