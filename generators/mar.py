@@ -17,7 +17,6 @@ Deviations:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass

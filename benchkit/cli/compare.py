@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from benchkit.cli.common import OutOpt, ProgressOpt, ResumeOpt, SetOpt, check_writable, err_console, out_console
 from benchkit.errors import ConfigError
