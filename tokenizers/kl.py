@@ -26,7 +26,15 @@ import torch
 from torch import nn
 
 from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
-from benchkit.nn.convnet import ConvDecoder, ConvEncoder, check_kind, latent_grid, reconstruction_loss
+from benchkit.nn.convnet import (
+    ConvDecoder,
+    ConvEncoder,
+    check_conv_options,
+    check_kind,
+    conv_kwargs,
+    latent_grid,
+    reconstruction_loss,
+)
 from benchkit.registry import TOKENIZERS
 
 log = logging.getLogger(__name__)
@@ -51,8 +59,7 @@ class KLConfig:
             raise ValueError(f"z_channels must be >= 1, got {self.z_channels}")
         if self.kl_weight < 0 or self.l1_weight < 0 or self.l2_weight < 0:
             raise ValueError("kl_weight, l1_weight and l2_weight must be >= 0")
-        if self.ch < 1 or self.num_res_blocks < 1 or not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError("ch and num_res_blocks must be >= 1 and channel_mult a non-empty list of ints >= 1")
+        check_conv_options(self)
 
 
 @TOKENIZERS.register("kl", config=KLConfig)
@@ -63,7 +70,7 @@ class KLTokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "kl")
-        net = dict(ch=cfg.ch, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks, attention=cfg.attention)
+        net = conv_kwargs(cfg)
         self.encoder = ConvEncoder(out_ch=2 * cfg.z_channels, **net)  # mean and logvar ("double_z")
         self.decoder = ConvDecoder(in_ch=cfg.z_channels, **net)
         self.register_buffer("scale", torch.tensor(1.0))  # token scale 1/std, set by calibrate()

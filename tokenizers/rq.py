@@ -30,7 +30,15 @@ from torch import nn
 
 from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.nn.codebook import Codebook, code_usage, straight_through
-from benchkit.nn.convnet import ConvDecoder, ConvEncoder, check_kind, latent_grid, reconstruction_loss
+from benchkit.nn.convnet import (
+    ConvDecoder,
+    ConvEncoder,
+    check_conv_options,
+    check_kind,
+    conv_kwargs,
+    latent_grid,
+    reconstruction_loss,
+)
 from benchkit.registry import TOKENIZERS
 
 log = logging.getLogger(__name__)
@@ -64,8 +72,7 @@ class RQConfig:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
         if self.beta < 0 or self.restart_threshold < 0 or self.l1_weight < 0 or self.l2_weight < 0:
             raise ValueError("beta, restart_threshold, l1_weight and l2_weight must be >= 0")
-        if self.ch < 1 or self.num_res_blocks < 1 or not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError("ch and num_res_blocks must be >= 1 and channel_mult a non-empty list of ints >= 1")
+        check_conv_options(self)
 
 
 @TOKENIZERS.register("rq", config=RQConfig)
@@ -76,7 +83,7 @@ class RQTokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "rq")
-        net = dict(ch=cfg.ch, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks, attention=cfg.attention)
+        net = conv_kwargs(cfg)
         self.encoder = ConvEncoder(out_ch=cfg.code_dim, **net)
         self.decoder = ConvDecoder(in_ch=cfg.code_dim, **net)
         self.codebook = Codebook(

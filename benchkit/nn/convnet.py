@@ -20,6 +20,8 @@ Deviations:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,3 +199,14 @@ def check_kind(kind: str, specs: dict[TokenKind, TokenSpec], name: str) -> None:
     """ConfigError unless ``kind`` is one of the tokenizer's token views."""
     if kind not in specs:
         raise ConfigError(f"tokenizer {name!r} has no {kind!r} tokens; valid: {', '.join(specs)}")
+
+
+def check_conv_options(cfg: Any) -> None:
+    """Range check of the encoder/decoder options every tokenizer config carries (ch, channel_mult, ...)."""
+    if cfg.ch < 1 or cfg.num_res_blocks < 1 or not cfg.channel_mult or min(cfg.channel_mult) < 1:
+        raise ValueError("ch and num_res_blocks must be >= 1 and channel_mult a non-empty list of ints >= 1")
+
+
+def conv_kwargs(cfg: Any) -> dict[str, Any]:
+    """The ConvEncoder/ConvDecoder keyword arguments taken from a tokenizer config."""
+    return dict(ch=cfg.ch, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks, attention=cfg.attention)
