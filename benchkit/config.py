@@ -78,7 +78,8 @@ class SampleConfig:
     cfg: float = 1.0
     cfg_schedule: Literal["constant", "linear"] = "constant"
     temperature: float = 1.0
-    batch_size: int = 250
+    diffusion_steps: int | None = None  # Diffusion Loss sampling chain length; None: the head's own sampling_steps
+    batch_size: int = 500  # samples per generate call (larger amortises per-step overhead)
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:
@@ -90,6 +91,8 @@ class SampleConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.diffusion_steps is not None and self.diffusion_steps < 1:
+            raise ValueError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}")
 
 
 @dataclass(frozen=True, kw_only=True)

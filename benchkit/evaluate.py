@@ -7,6 +7,7 @@ One row per sampling setting, so a sweep over steps / cfg / temperature gives th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -27,7 +28,7 @@ from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
 from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
 from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
-from benchkit.sampling import SampleSettings, balanced_labels, generate_images
+from benchkit.sampling import SampleSettings, balanced_labels, base_settings, generate_images
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,22 @@ def cache_dir(cfg: RunConfig) -> Path:
 
 def settings_from(cfg: RunConfig) -> list[SampleSettings]:
     """The base sampling setting plus every ``eval.sweep`` entry (each overrides the base)."""
-    base = dict(steps=cfg.sample.steps, cfg=cfg.sample.cfg, cfg_schedule=cfg.sample.cfg_schedule,
-                temperature=cfg.sample.temperature)
+    base = base_settings(cfg.sample)
     out = [SampleSettings(**base)]
     for extra in cfg.eval.sweep:
         s = SampleSettings(**{**base, **extra})
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def resolve_settings(run: TrainedRun, settings: list[SampleSettings]) -> list[SampleSettings]:
+    """Fill the model's defaults (generation steps, diffusion steps) into each setting and drop repeats, so that a
+    sweep entry equal to the base setting (MAR's ``steps = 16`` when 16 is its default) is measured once."""
+    out: list[SampleSettings] = []
+    for s in settings:
+        s = dataclasses.replace(s, steps=s.steps if s.steps is not None else _default_steps(run),
+                                diffusion_steps=s.diffusion_steps or _diffusion_steps(run))
         if s not in out:
             out.append(s)
     return out
@@ -70,7 +82,7 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
                  settings: list[SampleSettings] | None = None, *, skip_done: bool = True) -> list[dict[str, Any]]:
     """Sample, measure quality and cost for each setting, append one row each; returns the rows."""
     cfg = run.cfg
-    settings = settings or settings_from(cfg)
+    settings = resolve_settings(run, settings or settings_from(cfg))
     extractor = _extractor(cfg, train)
     real = test.images[: cfg.eval.num_reference]
     labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
@@ -120,9 +132,8 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
     row = {
         "row_id": row_id, "kind": "generator", "run": run.dir.name, "tokenizer": cfg.tokenizer.name,
         "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
-        "steps": s.steps if s.steps is not None else _default_steps(run),
-        "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
-        "diffusion_steps": _diffusion_steps(run),
+        "steps": s.steps, "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
+        "diffusion_steps": s.diffusion_steps,
         **quality, "params": params, "sample_time_s": sample_time, **speed,
         "train_images_per_s": _train_meta(run).get("train_images_per_s"),
         "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
@@ -161,16 +172,18 @@ def _train_meta(run: TrainedRun) -> dict[str, Any]:
 
 
 def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[str, Any]:
-    """Images/s at ``eval.cost_batch_size``, latency of one image, FLOPs per image, peak memory."""
+    """Images/s and FLOPs per image at ``eval.cost_batch_size``, latency of one image, peak memory."""
     bs = cfg.eval.cost_batch_size
 
     def sample(n: int) -> torch.Tensor:
         return generate_images(run.generator, run.tokenizer.module, run.combo.kind, balanced_labels(n, 10), s,
                                seed=cfg.seed, batch_size=n)
 
-    ips = cost.throughput(lambda: sample(bs), batch_size=bs, warmup=1, repeats=cfg.eval.cost_repeats)
+    # the counted call doubles as the throughput warm-up; per-image FLOPs at the stated batch (a few ops, such as
+    # the diffusion timestep embedding, run once per batch, so batch 1 would count them once per image)
+    flops = round(cost.flops_per_call(lambda: sample(bs)) / bs)
+    ips = cost.throughput(lambda: sample(bs), batch_size=bs, warmup=0, repeats=cfg.eval.cost_repeats)
     lat = cost.latency(lambda: sample(1), warmup=1, repeats=cfg.eval.cost_repeats)
-    flops = cost.flops_per_call(lambda: sample(1))
     return {"images_per_s": ips, "sample_batch_size": bs, "latency_s": lat, "flops_per_image": flops,
             "peak_mem_mb": cost.peak_memory_mb(next_device(cfg))}
 

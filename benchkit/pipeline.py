@@ -109,11 +109,10 @@ def check(cfg: RunConfig, *, include_eval: bool = True) -> Combination:
 def check_eval(cfg: RunConfig) -> None:
     """Feature network name, every ``eval.sweep`` setting, and Inception weights on disk when ``inception`` is set
     (benchkit never downloads, so a missing file is reported before training rather than after it)."""
-    from benchkit.sampling import SampleSettings
+    from benchkit.sampling import SampleSettings, base_settings
 
     FEATURES.get(cfg.eval.features)
-    base = {"steps": cfg.sample.steps, "cfg": cfg.sample.cfg, "cfg_schedule": cfg.sample.cfg_schedule,
-            "temperature": cfg.sample.temperature}
+    base = base_settings(cfg.sample)
     for i, extra in enumerate(cfg.eval.sweep):
         unknown = sorted(set(extra) - {f for f in SampleSettings.__dataclass_fields__})
         if unknown:

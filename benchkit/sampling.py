@@ -9,8 +9,10 @@ the default and computes every batch itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,16 +52,30 @@ class SampleSettings:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if v is not None)
 
 
+def base_settings(sample: Any) -> dict[str, Any]:
+    """The ``SampleSettings`` fields of a config's ``[sample]`` table (the base point that sweeps override)."""
+    return {name: getattr(sample, name) for name in SampleSettings.__dataclass_fields__}
+
+
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """0, 1, ..., K-1, 0, 1, ... (n labels)."""
     return torch.arange(n) % num_classes
 
 
-def apply_head_settings(generator: nn.Module, settings: SampleSettings) -> None:
-    """Set head-level sampling options (diffusion steps) that do not change weights."""
+@contextmanager
+def head_settings(generator: nn.Module, settings: SampleSettings) -> Iterator[None]:
+    """Within the block, apply head-level sampling options that do not change weights (the Diffusion Loss head's
+    ``sampling_steps``); the head's own values come back afterwards, so one setting never leaks into the next."""
     head = getattr(generator, "head", None)
-    if settings.diffusion_steps is not None and head is not None and hasattr(head, "sampling_steps"):
-        head.sampling_steps = settings.diffusion_steps
+    if settings.diffusion_steps is None or head is None or not hasattr(head, "sampling_steps"):
+        yield
+        return
+    before = head.sampling_steps
+    head.sampling_steps = settings.diffusion_steps
+    try:
+        yield
+    finally:
+        head.sampling_steps = before
 
 
 @torch.no_grad()
@@ -70,17 +86,18 @@ def generate_tokens(
     """Tokens for ``labels`` in batches: all of them, or with ``distributed`` (every rank must call) this rank's
     batches (index i for i % world == rank)."""
     device = next(generator.parameters()).device
-    apply_head_settings(generator, settings)
     out = []
     nb = (len(labels) + batch_size - 1) // batch_size
     rank, world = (bdist.rank(), bdist.world_size()) if distributed else (0, 1)
-    for b in range(rank, nb, world):
-        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-        lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
-        out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
-                                      temperature=settings.temperature, generator=g))
-        if progress is not None:
-            progress(min((b + 1) * batch_size, len(labels)), len(labels))
+    with head_settings(generator, settings):
+        for b in range(rank, nb, world):
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+            lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
+            out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg,
+                                          cfg_schedule=settings.cfg_schedule, temperature=settings.temperature,
+                                          generator=g))
+            if progress is not None:
+                progress(min((b + 1) * batch_size, len(labels)), len(labels))
     return out
 
 

@@ -27,22 +27,22 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import benchkit.generators
+import benchkit.heads  # noqa: F401  (registers the heads)
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-import benchkit.generators  # noqa: F401  (registers the generators)
-import benchkit.heads  # noqa: F401  (registers the heads)
 from benchkit.generators.ar import ARConfig
+from torch import nn
+
 from benchkit.interfaces import Batch, TokenSpec
-from benchkit.metrics.cost import count_params, matmul_peak_flops
+from benchkit.metrics.cost import count_params, flops_per_call, matmul_peak_flops
 from benchkit.registry import GENERATORS
+from benchkit.sampling import SampleSettings, head_settings
 
 log = logging.getLogger("benchkit.speed")
 
@@ -105,21 +105,9 @@ class Row:
 
 # measurement helpers -----------------------------------------------------------------------------------------
 
-# FlopCounterMode has formulas for the CUDA attention kernels only; SDPA on the CPU dispatches to these two ops,
-# which would otherwise count 0 FLOPs (the formulas are torch's own, for the same arguments)
-CPU_SDPA_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v)
-    ),
-}
-
-
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of ``fn()`` (2 per multiply-add; matmuls, convolutions and attention, CPU attention included)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-        fn()
-    return int(counter.get_total_flops())
+    """FLOPs of ``fn()`` (benchkit's counter: matmuls, convolutions and attention, CPU attention included)."""
+    return flops_per_call(fn)
 
 
 def _sync(device: torch.device) -> None:
@@ -173,16 +161,9 @@ def generate(model: nn.Module, batch: int, device: torch.device, steps: int | No
     return run
 
 
-@contextmanager
-def diffusion_steps(model: nn.Module, steps: int) -> Iterator[None]:
-    """Temporarily set the Diffusion Loss head's sampling steps (a plain attribute of the head)."""
-    head = model.head
-    before = head.sampling_steps
-    head.sampling_steps = steps
-    try:
-        yield
-    finally:
-        head.sampling_steps = before
+def diffusion_steps(model: nn.Module, steps: int) -> AbstractContextManager[None]:
+    """Temporarily set the Diffusion Loss head's sampling steps."""
+    return head_settings(model, SampleSettings(diffusion_steps=steps))
 
 
 # sections ----------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Cost metrics: parameters, FLOPs per call, throughput, latency, peak memory and this machine's matmul peak.
 
 Timings follow the usual benchmarking discipline: warm-up calls first (allocator, caches, lazy init), then the
-median of timed repeats; CUDA work is synchronised before every clock read. FLOPs come from PyTorch's
-``torch.utils.flop_counter.FlopCounterMode``, which counts matmul/conv/attention ops (2 FLOPs per multiply-add) and
-ignores elementwise work.
+median of timed repeats; CUDA work is synchronised before every clock read. FLOPs come from PyTorch's own
+per-op formulas (``torch.utils.flop_counter``), which count matmul/conv/attention ops (2 FLOPs per multiply-add)
+and ignore elementwise work.
 
 Deviations:
 - CPU peak memory is the process's peak resident set size (``getrusage`` maxrss): a high-water mark over the whole
@@ -20,7 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import (
+    flop_registry,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+    shape_wrapper,
+)
 
 
 def count_params(module: nn.Module, *, trainable_only: bool = False) -> int:
@@ -33,13 +40,42 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def flops_per_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
-    """FLOPs of one call ``fn(*args, **kwargs)`` as counted by FlopCounterMode (2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
+class FlopCount(TorchDispatchMode):
+    """Sums torch's own per-op FLOP formulas (``torch.utils.flop_counter.flop_registry``) over every op dispatched.
 
-    with FlopCounterMode(display=False) as counter:
+    A lean stand-in for ``FlopCounterMode``: no per-module tracking (whose hooks double the cost of counting a
+    sampler that runs thousands of small ops), and formulas for the CPU attention kernels, which that registry
+    lacks (SDPA on the CPU would otherwise count 0 FLOPs).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = _FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+_FORMULAS: dict[Any, Callable[..., int]] = {
+    **flop_registry,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(
+        lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v)),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(
+        lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v)),
+}
+
+
+def flops_per_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one call ``fn(*args, **kwargs)``: matmuls, convolutions and attention (CPU included), 2 per
+    multiply-add, elementwise work ignored."""
+    with FlopCount() as counter:
         fn(*args, **kwargs)
-    return int(counter.get_total_flops())
+    return counter.total
 
 
 def median_seconds(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> float:

@@ -332,3 +332,34 @@ def test_cfg_schedules() -> None:
     assert cfg_at(1.0, "linear", 0.3) == 1.0
     with pytest.raises(ConfigError, match="valid: constant, linear"):
         cfg_at(2.0, "cosine", 0.5)
+
+
+# ------------------------------------------------------------------------------------ sampling settings
+
+
+def test_head_settings_apply_within_one_call_only() -> None:
+    from benchkit.sampling import SampleSettings, generate_tokens
+
+    model = build("mar", "diffloss", "continuous-d1").eval()
+    seen: list[int] = []
+    original = model.head.sample
+    model.head.sample = lambda *a, **kw: (seen.append(model.head.sampling_steps), original(*a, **kw))[1]
+    generate_tokens(model, torch.tensor([0, 1]), SampleSettings(steps=2, diffusion_steps=7), seed=0, batch_size=2)
+    generate_tokens(model, torch.tensor([0, 1]), SampleSettings(steps=2), seed=0, batch_size=2)
+    assert seen == [7, 7, 3, 3]  # the second call is back at the head's own 3 steps
+    assert model.head.sampling_steps == 3
+
+
+def test_eval_settings_resolve_defaults_and_drop_repeats() -> None:
+    from types import SimpleNamespace
+
+    from benchkit.evaluate import resolve_settings
+    from benchkit.sampling import SampleSettings
+
+    run: Any = SimpleNamespace(generator=build("mar", "diffloss", "continuous-d1"))
+    base = SampleSettings()
+    out = resolve_settings(run, [base, SampleSettings(steps=4), SampleSettings(diffusion_steps=3),
+                                 SampleSettings(steps=2, cfg=2.0)])
+    assert out == [SampleSettings(steps=4, diffusion_steps=3), SampleSettings(steps=2, cfg=2.0, diffusion_steps=3)]
+    ar: Any = SimpleNamespace(generator=build("ar", "ce", "discrete-d1"))
+    assert resolve_settings(ar, [base, SampleSettings(cfg=2.0)]) == [base, SampleSettings(cfg=2.0)]

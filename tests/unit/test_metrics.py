@@ -205,6 +205,11 @@ def test_flops_params_and_timers() -> None:
     x = torch.randn(4, 16)
     assert cost.flops_per_call(lin, x) == 2 * 16 * 8 * 4
     assert cost.count_params(lin) == 16 * 8 + 8
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))  # batch, heads, tokens, head dim
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert cost.flops_per_call(sdpa, q, k, v) == 2 * (2 * 2 * 3 * 5 * 5 * 4)  # QK^T and AV on the CPU kernel
+    conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+    assert cost.flops_per_call(conv, torch.randn(1, 3, 8, 8)) == 2 * 3 * 6 * 9 * 64
     lin.bias.requires_grad_(False)
     assert cost.count_params(lin, trainable_only=True) == 16 * 8
     seconds = cost.latency(lambda: time.sleep(0.01), warmup=0, repeats=3)
