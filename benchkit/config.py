@@ -56,6 +56,9 @@ class TrainConfig:
     ema_decay: float = 0.0
     checkpoint_every: int = 250
     log_every: int = 10
+    # random horizontal flips: a tokenizer sees mirrored images; a generator draws each image's tokens from the
+    # cache of the image or of its mirror (a second cache, encoded once), half the time each
+    hflip: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -79,7 +82,7 @@ class SampleConfig:
     cfg_schedule: Literal["constant", "linear"] = "constant"
     temperature: float = 1.0
     diffusion_steps: int | None = None  # Diffusion Loss sampling chain length; None: the head's own sampling_steps
-    batch_size: int = 500  # samples per generate call (larger amortises per-step overhead)
+    batch_size: int = 250  # samples per generate call
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:

@@ -183,10 +183,14 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
                 raise CheckpointError(f"{str(tdir)!r} holds a tokenizer of another config")
             return TrainedTokenizer(module.eval(), tdir, fp, None)
         _check_sizes(cfg, train)
+        def get_images(idx: torch.Tensor) -> torch.Tensor:
+            images = to_float(train.images[idx]).to(device)
+            return _random_mirror(images, images.flip(-1)) if cfg.tokenizer_train.hflip else images
+
         result = fit(
             module,
             lambda m, images: m.loss(images),
-            lambda idx: to_float(train.images[idx]).to(device),
+            get_images,
             len(train),
             cfg.tokenizer_train,
             tdir,
@@ -205,6 +209,12 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
     return TrainedTokenizer(module.eval(), tdir, fp, result)
 
 
+def _random_mirror(x: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Per row, ``x`` or ``mirrored`` with equal odds (torch's global RNG: seeded and checkpointed by ``fit``)."""
+    pick = torch.rand(len(x)) < 0.5
+    return torch.where(pick.view(-1, *[1] * (x.dim() - 1)).to(x.device), mirrored, x)
+
+
 def _read_cache(path: Path, tok: TrainedTokenizer, n: int) -> torch.Tensor | None:
     """A stored token cache of this tokenizer and dataset size, or None (a damaged cache is recomputed)."""
     if not checkpoint_exists(path):
@@ -220,21 +230,23 @@ def _read_cache(path: Path, tok: TrainedTokenizer, n: int) -> torch.Tensor | Non
 
 
 @torch.no_grad()
-def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_size: int = 256) -> torch.Tensor:
-    """What the tokenizer's ``encode_for_cache`` gives for every training image, computed once (by rank 0) and
-    stored."""
-    path = tok.dir / f"tokens-{kind}"
+def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_size: int = 256, *,
+                mirrored: bool = False) -> torch.Tensor:
+    """What the tokenizer's ``encode_for_cache`` gives for every training image (with ``mirrored``, for its
+    horizontal mirror image), computed once (by rank 0) and stored."""
+    path = tok.dir / f"tokens-{kind}{'-hflip' if mirrored else ''}"
     with bdist.stage_lock(tok.dir / ".lock"):
         cache = _read_cache(path, tok, len(data)) if is_main() else None
         if is_main() and cache is None:
             device = next(tok.module.parameters()).device
-            parts = [
-                tok.module.encode_for_cache(to_float(data.images[i : i + batch_size]).to(device), kind).cpu()
-                for i in range(0, len(data), batch_size)
-            ]
+            parts = []
+            for i in range(0, len(data), batch_size):
+                x = to_float(data.images[i : i + batch_size]).to(device)
+                parts.append(tok.module.encode_for_cache(x.flip(-1) if mirrored else x, kind).cpu())
             cache = torch.cat(parts)
-            save_checkpoint(path, {"cache": cache}, {"n": len(data), "kind": kind, "fingerprint": tok.fingerprint})
-            log.info("cached %s tokens of %d images in %s", kind, len(data), path)
+            save_checkpoint(path, {"cache": cache}, {"n": len(data), "kind": kind, "fingerprint": tok.fingerprint,
+                                                     "mirrored": mirrored})
+            log.info("cached %s tokens of %d %simages in %s", kind, len(data), "mirrored " if mirrored else "", path)
         bdist.barrier()
         if cache is None:  # the other ranks read what rank 0 wrote
             cache = _read_cache(path, tok, len(data))
@@ -267,6 +279,7 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
     _check_sizes(cfg, train)
     tok = train_tokenizer(cfg, train, resume=resume, progress=progress)
     cache = token_cache(tok, combo.kind, train)
+    mirror = token_cache(tok, combo.kind, train, mirrored=True) if cfg.train.hflip else None
     labels = train.labels
     rdir, fp = run_dir(cfg), run_fingerprint(cfg)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +295,8 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
             write_run_files(cfg, rdir, device)
 
         def get_batch(idx: torch.Tensor) -> Batch:
-            tokens = tok.module.tokens_from_cache(cache[idx].to(device), combo.kind)
+            cached = cache[idx] if mirror is None else _random_mirror(cache[idx], mirror[idx])
+            tokens = tok.module.tokens_from_cache(cached.to(device), combo.kind)
             return Batch(tokens, labels[idx].to(device))
 
         result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,

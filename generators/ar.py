@@ -28,6 +28,11 @@ from torch import nn
 
 from benchkit.errors import ConfigError
 from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.nn.conditioning import (
+    check_transformer_options,
+    drop_labels,
+    guidance_labels,
+)
 from benchkit.nn.transformer import Transformer, init_weights
 from benchkit.registry import GENERATORS, HEADS
 from benchkit.schedules import cfg_at, check_sampling_args
@@ -50,14 +55,7 @@ class ARConfig:
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 1 or self.num_heads < 1:
             raise ValueError(f"width, depth, num_heads must be >= 1, got {self.width}, {self.depth}, {self.num_heads}")
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.label_drop <= 1.0:
-            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
+        check_transformer_options(self)
 
 
 @GENERATORS.register("ar", config=ARConfig)
@@ -110,9 +108,8 @@ class ARGenerator(nn.Module):
     def loss(self, batch: Batch) -> LossOutput:
         """Head loss averaged over every token of the sequence, with labels dropped to the null class."""
         tokens, labels = self._flat(batch.tokens), batch.labels
-        if self.training and self.cfg.label_drop > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_drop
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        if self.training:
+            labels = drop_labels(labels, self.cfg.label_drop, self.num_classes)
         z = self.forward(tokens, labels)  # [B, L, W]
         target = tokens.reshape(-1) if self.spec.kind == "discrete" else tokens.reshape(-1, tokens.shape[-1])
         loss = self.head.loss(z.reshape(-1, z.shape[-1]), target, None)
@@ -144,7 +141,7 @@ class ARGenerator(nn.Module):
             raise ConfigError(f"ar generates one token per step: steps must be None or {L} (h*w*depth), got {steps}")
         B = labels.shape[0]
         guided = cfg != 1.0
-        cond_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        cond_labels = guidance_labels(labels, self.num_classes, guided)
         x = self.class_emb(cond_labels)[:, None] + self.pos_emb[:, :1]  # [B', 1, W] slot 0
         cache = self.transformer.new_cache(x.shape[0], L, x) if self.use_kv_cache else None
         prefix = x  # uncached path: every input slot so far, [B', t+1, W]

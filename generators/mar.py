@@ -27,9 +27,19 @@ from torch import nn
 
 from benchkit.errors import ConfigError, IncompatibleComponentsError
 from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.nn.conditioning import (
+    check_transformer_options,
+    drop_labels,
+    guidance_labels,
+)
 from benchkit.nn.transformer import LN_EPS, Transformer, init_weights
 from benchkit.registry import GENERATORS, HEADS
-from benchkit.schedules import cfg_at, check_sampling_args, mask_ratio_truncnorm, tokens_to_keep_masked
+from benchkit.schedules import (
+    cfg_at,
+    check_sampling_args,
+    mask_ratio_truncnorm,
+    tokens_to_keep_masked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +62,7 @@ class MARConfig:
     def __post_init__(self) -> None:
         if min(self.width, self.encoder_depth, self.decoder_depth, self.num_heads, self.buffer_size, self.steps) < 1:
             raise ValueError("width, encoder_depth, decoder_depth, num_heads, buffer_size and steps must be >= 1")
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.label_drop <= 1.0:
-            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
+        check_transformer_options(self)
         if not 0.0 <= self.mask_ratio_min < 1.0:
             raise ValueError(f"mask_ratio_min must be in [0, 1), got {self.mask_ratio_min}")
 
@@ -144,9 +147,8 @@ class MARGenerator(nn.Module):
         tokens, labels = batch.tokens, batch.labels
         B, L = tokens.shape[0], self.seq_len
         tokens = tokens.reshape(B, L) if self.spec.kind == "discrete" else tokens.reshape(B, L, -1)
-        if self.training and self.cfg.label_drop > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_drop
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        if self.training:
+            labels = drop_labels(labels, self.cfg.label_drop, self.num_classes)
         # 1. one mask ratio per batch, one random order per sample; the first ceil(L*r) positions are unknown
         ratio = mask_ratio_truncnorm(low=self.cfg.mask_ratio_min)
         n_masked = min(L, max(1, math.ceil(L * ratio)))
@@ -183,7 +185,7 @@ class MARGenerator(nn.Module):
             raise ConfigError(f"mar steps must be in [1, {L}] (h*w tokens), got {steps}")
         device = labels.device
         guided = cfg != 1.0
-        cond_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        cond_labels = guidance_labels(labels, self.num_classes, guided)
         # 1. one random generation order per sample, fixed for the whole loop (MAR: fully random order)
         order = torch.argsort(torch.rand(B, L, generator=generator, device=device), dim=1)
         shape = (B, L) if self.spec.kind == "discrete" else (B, L, int(self.spec.dim or 0))

@@ -29,6 +29,11 @@ from torch import nn
 
 from benchkit.errors import ConfigError, IncompatibleComponentsError
 from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.nn.conditioning import (
+    check_transformer_options,
+    drop_labels,
+    guidance_labels,
+)
 from benchkit.nn.transformer import Transformer, init_weights
 from benchkit.registry import GENERATORS, HEADS
 from benchkit.schedules import cfg_at, check_sampling_args
@@ -52,14 +57,7 @@ class RQTransformerConfig:
     def __post_init__(self) -> None:
         if min(self.width, self.spatial_depth, self.depth_depth, self.num_heads) < 1:
             raise ValueError("width, spatial_depth, depth_depth and num_heads must be >= 1")
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.label_drop <= 1.0:
-            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
+        check_transformer_options(self)
 
 
 @GENERATORS.register("rqtransformer", config=RQTransformerConfig)
@@ -125,9 +123,8 @@ class RQTransformerGenerator(nn.Module):
         B, P, D = batch.tokens.shape[0], self.spec.positions, self.spec.depth
         codes = batch.tokens.reshape(B, P, D, *batch.tokens.shape[4:])  # [B, P, D(, C)]
         labels = batch.labels
-        if self.training and self.cfg.label_drop > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_drop
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        if self.training:
+            labels = drop_labels(labels, self.cfg.label_drop, self.num_classes)
         z = self.forward(codes, labels)
         loss = self.head.loss(z.reshape(B * P * D, -1), codes.reshape(B * P * D, *codes.shape[3:]), None)
         return LossOutput(loss, {"loss": float(loss.detach())})
@@ -162,7 +159,7 @@ class RQTransformerGenerator(nn.Module):
         def both(t: torch.Tensor) -> torch.Tensor:  # the unconditional half is fed the same codes
             return torch.cat([t, t]) if guided else t
 
-        cond_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        cond_labels = guidance_labels(labels, self.num_classes, guided)
         x = self.class_emb(cond_labels)[:, None] + self.spatial_pos[:, :1]  # [B', 1, W] slot 0
         s_cache = self.spatial.new_cache(x.shape[0], P, x) if self.use_kv_cache else None
         d_cache = self.depth.new_cache(x.shape[0], D, x) if self.use_kv_cache else None

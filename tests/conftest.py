@@ -1,4 +1,5 @@
-"""Shared pieces of the end-to-end tests: a tiny fast config, a CLI runner, and a shared feature-network cache.
+"""Shared pieces of the tests: a tiny fast config, CLI runners (subprocess and in-process), a shared feature-network
+cache, and one torch thread per test module.
 
 Every subprocess runs with one torch/BLAS thread (``OMP_NUM_THREADS=1``): on a small shared machine that is several
 times faster than oversubscribed threads, and it keeps float reductions in one fixed order.
@@ -10,9 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tiny everything: 256 training images of the embedded shapes dataset, an 8-channel VQ tokenizer and a
 # 32-wide AR generator, a few dozen steps each with frequent checkpoints, and a small evaluation.
@@ -132,3 +135,34 @@ def reference_row(reference_run: Path, tmp_path_factory: pytest.TempPathFactory)
     rows = json.loads(bk("eval", str(reference_run), "--results", str(results)).stdout)
     assert len(rows) == 1 and rows[0]["fid"] is not None
     return rows[0]
+
+
+CliRunner = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and on a shared, loaded 2-core box OpenMP spinning made them ~100x
+    slower (measured: 40 tiny training steps 0.3 s with 1 thread, 30-40 s with 2 under a load of ~3-10)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """``run_cli(args)`` runs ``benchkit ARGS`` in this process: (exit code, stdout, stderr)."""
+    from benchkit.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["benchkit", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -18,7 +18,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +28,7 @@ from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.nn.convnet import (
     ConvDecoder,
     ConvEncoder,
+    calibrate_scale,
     check_conv_options,
     check_kind,
     conv_kwargs,
@@ -36,8 +36,6 @@ from benchkit.nn.convnet import (
     reconstruction_loss,
 )
 from benchkit.registry import TOKENIZERS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,8 +55,8 @@ class KLConfig:
     def __post_init__(self) -> None:
         if self.z_channels < 1:
             raise ValueError(f"z_channels must be >= 1, got {self.z_channels}")
-        if self.kl_weight < 0 or self.l1_weight < 0 or self.l2_weight < 0:
-            raise ValueError("kl_weight, l1_weight and l2_weight must be >= 0")
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         check_conv_options(self)
 
 
@@ -136,16 +134,13 @@ class KLTokenizer(nn.Module):
     @torch.no_grad()
     def calibrate(self, images: torch.Tensor, batch_size: int = 256) -> None:
         """Set scale = 1/std of the latents (as ``encode_mode`` gives them) of ``images``; seeded for repeatability."""
-        was_training = self.training
-        self.eval()
         gen = torch.Generator(device=images.device).manual_seed(0)
-        latents = []
-        for i in range(0, len(images), batch_size):
-            mean, logvar = self.moments(images[i : i + batch_size])
-            latents.append(mean if self.cfg.encode_mode == "mode" else self._sample(mean, logvar, gen))
-        self.scale.fill_(1.0 / torch.cat(latents).float().std().clamp_min(1e-8).item())
-        log.info("kl: latent scale factor %.4f from %d images", self.scale.item(), len(images))
-        self.train(was_training)
+
+        def latents(batch: torch.Tensor) -> torch.Tensor:
+            mean, logvar = self.moments(batch)
+            return mean if self.cfg.encode_mode == "mode" else self._sample(mean, logvar, gen)
+
+        calibrate_scale(self, latents, images, batch_size, "kl: latent")
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Decode the posterior mode: images [B, 3, H, W] -> [B, 3, H, W] in [-1, 1]."""

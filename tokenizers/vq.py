@@ -18,7 +18,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,10 +25,17 @@ import torch
 from torch import nn
 
 from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
-from benchkit.nn.codebook import Codebook, code_usage, straight_through
+from benchkit.nn.codebook import (
+    Codebook,
+    check_codebook_options,
+    code_usage,
+    straight_through,
+)
 from benchkit.nn.convnet import (
     ConvDecoder,
     ConvEncoder,
+    DeterministicTokenCache,
+    calibrate_scale,
     check_conv_options,
     check_kind,
     conv_kwargs,
@@ -37,8 +43,6 @@ from benchkit.nn.convnet import (
     reconstruction_loss,
 )
 from benchkit.registry import TOKENIZERS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,20 +65,15 @@ class VQConfig:
     quantize_continuous: bool = False
 
     def __post_init__(self) -> None:
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
-        if self.code_dim < 1:
-            raise ValueError(f"code_dim must be >= 1, got {self.code_dim}")
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
-        if self.beta < 0 or self.restart_threshold < 0 or self.l1_weight < 0 or self.l2_weight < 0:
-            raise ValueError("beta, restart_threshold, l1_weight and l2_weight must be >= 0")
+        check_codebook_options(self)
         check_conv_options(self)
 
 
 @TOKENIZERS.register("vq", config=VQConfig)
-class VQTokenizer(nn.Module):
+class VQTokenizer(DeterministicTokenCache, nn.Module):
     """VQ-VAE tokenizer: conv encoder/decoder with an EMA (or learned) codebook (van den Oord et al. 2017)."""
+
+    name = "vq"
 
     def __init__(self, cfg: VQConfig, *, image_size: int = 32) -> None:
         super().__init__()
@@ -136,28 +135,11 @@ class VQTokenizer(nn.Module):
             z = self.codebook.lookup(self.codebook.nearest(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1]))
         return self._decode_latent(z)
 
-    def encode_for_cache(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor:
-        """What the token cache stores: the tokens themselves (VQ encoding is deterministic)."""
-        return self.encode(images, kind)
-
-    def tokens_from_cache(
-        self, cached: torch.Tensor, kind: TokenKind, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Cached tokens back to training tokens: the identity for VQ (``generator`` is unused)."""
-        check_kind(kind, self.specs, "vq")
-        return cached
-
     @torch.no_grad()
     def calibrate(self, images: torch.Tensor, batch_size: int = 256) -> None:
         """Set the continuous-token scale to 1/std of the code vectors of ``images`` (DiT/MAR, no mean shift)."""
-        was_training = self.training
-        self.eval()
         self.scale.fill_(1.0)
-        batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        codes = torch.cat([self.encode(b, "continuous") for b in batches])
-        self.scale.fill_(1.0 / codes.float().std().clamp_min(1e-8).item())
-        log.info("vq: continuous-token scale factor %.4f from %d images", self.scale.item(), len(images))
-        self.train(was_training)
+        calibrate_scale(self, lambda b: self.encode(b, "continuous"), images, batch_size, "vq: continuous-token")
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Encode to ids and decode back: images [B, 3, H, W] -> [B, 3, H, W] in [-1, 1]."""

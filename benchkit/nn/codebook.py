@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,18 @@ CodebookUpdate = Literal["ema", "learned"]
 def straight_through(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Straight-through estimator: the value of ``q`` with the gradient of ``z`` (z + sg(q - z))."""
     return z + (q - z).detach()
+
+
+def check_codebook_options(cfg: Any) -> None:
+    """Range check of the codebook options the quantizing tokenizers' configs carry (size, dim, decay, beta, ...)."""
+    if cfg.codebook_size < 2:
+        raise ValueError(f"codebook_size must be >= 2, got {cfg.codebook_size}")
+    if cfg.code_dim < 1:
+        raise ValueError(f"code_dim must be >= 1, got {cfg.code_dim}")
+    if not 0.0 <= cfg.decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {cfg.decay}")
+    if cfg.beta < 0 or cfg.restart_threshold < 0:
+        raise ValueError("beta and restart_threshold must be >= 0")
 
 
 def code_usage(ids: torch.Tensor, num_codes: int) -> tuple[float, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import torch
 from conftest import build_feature_cache
 
 from benchkit.checkpoint import load_checkpoint
-from benchkit.cli import main
+
+CliRunner = Callable[[list[str]], tuple[int, str, str]]  # the run_cli fixture of tests/conftest.py
 
 # Tiny and quick, so that a case which wrongly passes validation trains for a second, not for minutes.
 BASE = ["--set", "data.options={num_train = 32, num_test = 32}", "--set", "tokenizer.options.ch=8",
@@ -28,15 +28,6 @@ BASE = ["--set", "data.options={num_train = 32, num_test = 32}", "--set", "token
 TRAIN_LIKE = ("train", "train-tokenizer", "run", "sweep")
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["benchkit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_lines(err: str) -> list[str]:
@@ -228,7 +219,7 @@ def _check_one_line(code: int, err: str, want_code: int, pattern: str) -> str:
 
 
 @pytest.mark.parametrize("case_id, args, code, pattern", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line(case_id, args, code, pattern, capsys, monkeypatch, tmp_path, no_inception) -> None:
+def test_bad_input_one_line(case_id, args, code, pattern, capsys, monkeypatch, tmp_path, no_inception, run_cli: CliRunner) -> None:
     monkeypatch.setenv("COLUMNS", "300")  # one error per line, however long
     args = _fill(args, tmp_path)
     if args[0] in TRAIN_LIKE:
@@ -236,7 +227,7 @@ def test_bad_input_one_line(case_id, args, code, pattern, capsys, monkeypatch, t
         if "--out-dir" not in args:
             args += ["--out-dir", str(tmp_path / "out")]
         args[1:1] = BASE if args[0] != "sweep" else []
-    got, _, err = run_cli(args, capsys, monkeypatch)
+    got, _, err = run_cli(args)
     _check_one_line(got, err, code, pattern)
 
 
@@ -259,10 +250,10 @@ RUN_CASES = [
 
 
 @pytest.mark.parametrize("case_id, args, code, pattern", RUN_CASES, ids=[c[0] for c in RUN_CASES])
-def test_bad_input_on_a_run(case_id, args, code, pattern, tiny_run, capsys, monkeypatch, tmp_path, no_inception) -> None:
+def test_bad_input_on_a_run(case_id, args, code, pattern, tiny_run, capsys, monkeypatch, tmp_path, no_inception, run_cli: CliRunner) -> None:
     monkeypatch.setenv("COLUMNS", "300")
     args = [a.replace("{run}", str(tiny_run)) for a in _fill(args, tmp_path)]
-    got, _, err = run_cli(args, capsys, monkeypatch)
+    got, _, err = run_cli(args)
     _check_one_line(got, err, code if code is not None else got, pattern)
     assert got in (1, 2)
 
@@ -281,7 +272,7 @@ def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
     ("edit-config", r"does not describe the weights .* was config.json edited"),
     ("remove-tokenizer", r"checkpoint .*tokenizers.*model.* is missing"),
 ])
-def test_damaged_run_is_refused_with_exit_1(damage, pattern, tiny_run, capsys, monkeypatch, tmp_path) -> None:
+def test_damaged_run_is_refused_with_exit_1(damage, pattern, tiny_run, capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
     monkeypatch.setenv("COLUMNS", "300")
     rdir = _copy_run(tiny_run, tmp_path)
     weights = rdir / "model.safetensors"
@@ -299,12 +290,12 @@ def test_damaged_run_is_refused_with_exit_1(damage, pattern, tiny_run, capsys, m
         (rdir / "config.json").write_text(json.dumps(cfg))
     elif damage == "remove-tokenizer":
         shutil.rmtree(rdir.parent.parent / "tokenizers")
-    got, _, err = run_cli(["sample", str(rdir), "--out", str(tmp_path / "g.png")], capsys, monkeypatch)
+    got, _, err = run_cli(["sample", str(rdir), "--out", str(tmp_path / "g.png")])
     _check_one_line(got, err, 1, pattern)
     assert not (tmp_path / "g.png").exists()
 
 
-def test_resuming_a_directory_of_another_config_is_refused(tiny_run, capsys, monkeypatch, tmp_path) -> None:
+def test_resuming_a_directory_of_another_config_is_refused(tiny_run, capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
     """A run directory whose checkpoint came from another config is never continued."""
     from benchkit.config import resolve
     from benchkit.pipeline import run_dir
@@ -318,11 +309,11 @@ def test_resuming_a_directory_of_another_config_is_refused(tiny_run, capsys, mon
     target.mkdir(parents=True)
     for name in ("checkpoint.safetensors", "checkpoint.json"):
         shutil.copy(tiny_run / name, target / name)
-    got, _, err = run_cli(["train", *BASE, *other, "--out-dir", str(out), "--no-progress"], capsys, monkeypatch)
+    got, _, err = run_cli(["train", *BASE, *other, "--out-dir", str(out), "--no-progress"])
     _check_one_line(got, err, 1, r"was made with a different config; use a new --out-dir")
 
 
-def test_no_resume_refuses_an_unfinished_run(tiny_run, capsys, monkeypatch, tmp_path) -> None:
+def test_no_resume_refuses_an_unfinished_run(tiny_run, capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
     monkeypatch.setenv("COLUMNS", "300")
     rdir = _copy_run(tiny_run, tmp_path)
     for name in ("model.safetensors", "model.json"):
@@ -331,20 +322,20 @@ def test_no_resume_refuses_an_unfinished_run(tiny_run, capsys, monkeypatch, tmp_
     meta["step"] = 1  # as if killed after one of its two steps
     (rdir / "checkpoint.json").write_text(json.dumps(meta))
     args = ["train", *BASE, "--out-dir", str(rdir.parent.parent), "--no-progress"]
-    got, _, err = run_cli([*args, "--no-resume"], capsys, monkeypatch)
+    got, _, err = run_cli([*args, "--no-resume"])
     _check_one_line(got, err, 1, r"holds an unfinished run; pass --resume")
-    got, out, err = run_cli(args, capsys, monkeypatch)  # --resume (the default) finishes it
+    got, out, err = run_cli(args)  # --resume (the default) finishes it
     assert got == 0, err
     assert Path(out.strip().splitlines()[-1]) == rdir and (rdir / "model.safetensors").is_file()
 
 
 def test_absurd_learning_rate_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys, monkeypatch,
-                                                                                     tmp_path) -> None:
+                                                                                     tmp_path, run_cli: CliRunner) -> None:
     """NaN/inf loss at the CLI: exit 1, one line naming the step; the checkpoint left behind is finite."""
     monkeypatch.setenv("COLUMNS", "300")
     args = ["train", *BASE, "--out-dir", str(tmp_path), "--no-progress", "--set", "tokenizer_train.lr=1e30",
             "--set", "tokenizer_train.steps=6", "--set", "tokenizer_train.checkpoint_every=1"]
-    got, _, err = run_cli(args, capsys, monkeypatch)
+    got, _, err = run_cli(args)
     line = _check_one_line(got, err, 1, r"tokenizer vq: loss became (nan|inf|-inf) at step (\d+); "
                                         r"last good checkpoint \(step (\d+)\) kept in")
     step, good = (int(x) for x in re.search(r"at step (\d+); last good checkpoint \(step (\d+)\)", line).groups())

@@ -5,41 +5,31 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from benchkit.cli import main
+CliRunner = Callable[[list[str]], tuple[int, str, str]]  # the run_cli fixture of tests/conftest.py
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["benchkit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_version_and_help(capsys, monkeypatch) -> None:
-    code, out, _ = run_cli(["--version"], capsys, monkeypatch)
+def test_version_and_help(capsys, monkeypatch, run_cli: CliRunner) -> None:
+    code, out, _ = run_cli(["--version"])
     assert code == 0 and re.match(r"benchkit \d+\.\d+", out)
-    code, out, _ = run_cli(["--help"], capsys, monkeypatch)
+    code, out, _ = run_cli(["--help"])
     assert code == 0 and "components" in out and "sweep" in out
 
 
-def test_components_json_lists_every_family(capsys, monkeypatch) -> None:
-    code, out, _ = run_cli(["components", "--json"], capsys, monkeypatch)
+def test_components_json_lists_every_family(capsys, monkeypatch, run_cli: CliRunner) -> None:
+    code, out, _ = run_cli(["components", "--json"])
     data = json.loads(out)
     assert code == 0 and set(data) == {"tokenizers", "generators", "heads", "datasets", "features"}
     heads = {e["name"]: e for e in data["heads"]}
     assert {"ce", "diffloss"} <= set(heads) and heads["diffloss"]["summary"] and "options" in heads["diffloss"]
 
 
-def test_compat_table_marks_ce_on_kl_invalid(capsys, monkeypatch) -> None:
-    code, out, _ = run_cli(["components", "--compat", "--json"], capsys, monkeypatch)
+def test_compat_table_marks_ce_on_kl_invalid(capsys, monkeypatch, run_cli: CliRunner) -> None:
+    code, out, _ = run_cli(["components", "--compat", "--json"])
     rows = {(r["tokenizer"], r["generator"], r["head"]): r["status"] for r in json.loads(out)}
     assert rows[("vq", "ar", "ce")] == "ok" and rows[("kl", "mar", "diffloss")] == "ok"
     assert rows[("kl", "ar", "ce")] != "ok" and rows[("vq", "rqtransformer", "ce")] != "ok"
@@ -58,23 +48,22 @@ def test_compat_table_marks_ce_on_kl_invalid(capsys, monkeypatch) -> None:
     (["sweep", "missing.toml"], r"sweep file 'missing.toml' does not exist"),
     (["run", "--shard", "3/2"], r"--shard '3/2'"),
 ])
-def test_usage_errors_exit_2_with_one_line(args, pattern, capsys, monkeypatch, tmp_path) -> None:
-    code, out, err = run_cli([*args, "--no-progress"] if args[0] in ("train", "run", "sweep") else args,
-                             capsys, monkeypatch)
+def test_usage_errors_exit_2_with_one_line(args, pattern, capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
+    code, out, err = run_cli([*args, "--no-progress"] if args[0] in ("train", "run", "sweep") else args)
     assert code == 2, err
     assert re.search(pattern, err.replace("\n", " ")), err
     assert "Traceback" not in err
 
 
-def test_sample_on_missing_run_exits_1(capsys, monkeypatch, tmp_path) -> None:
-    code, _, err = run_cli(["sample", str(tmp_path)], capsys, monkeypatch)
+def test_sample_on_missing_run_exits_1(capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
+    code, _, err = run_cli(["sample", str(tmp_path)])
     assert code == 1 and "is not a run directory" in err
 
 
-def test_unwritable_out_dir_is_refused(capsys, monkeypatch, tmp_path) -> None:
+def test_unwritable_out_dir_is_refused(capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run_cli(["train", "--out-dir", str(blocker / "sub"), "--no-progress"], capsys, monkeypatch)
+    code, _, err = run_cli(["train", "--out-dir", str(blocker / "sub"), "--no-progress"])
     assert code == 2 and "cannot be written" in err
 
 
@@ -86,7 +75,7 @@ def test_readme_head_example_registers_and_samples() -> None:
     from benchkit.registry import HEADS
 
     text = (Path(__file__).parents[2] / "README.md").read_text()
-    code = re.search(r"```python\n# my_heads.py\n(.*?)```", text, re.S)
+    code = re.search(r"```python\n# my_heads.py\n(.*?)```", text, re.DOTALL)
     assert code, "README lost its component example"
     if "linear_ce" not in HEADS:
         import types

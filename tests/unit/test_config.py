@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.config import RunConfig, apply_override, fingerprint, preset_names, resolve
+from benchkit.config import (
+    RunConfig,
+    apply_override,
+    fingerprint,
+    preset_names,
+    resolve,
+)
 from benchkit.errors import ConfigError
 
 

@@ -19,14 +19,6 @@ TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # noqa: ANN202
-    """Tiny tensors gain nothing from threads, and on a shared, loaded 2-core box OpenMP spinning made them ~100x
-    slower (measured: 40 tiny training steps 0.3 s with 1 thread, 30-40 s with 2 under a load of ~3-10)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _patterns(n: int, seed: int, split: str, size: int = 16) -> ImageData:

@@ -13,7 +13,12 @@ from benchkit.errors import ConfigError, IncompatibleComponentsError
 from benchkit.interfaces import Batch, Generator, TokenSpec
 from benchkit.nn.transformer import Transformer
 from benchkit.registry import GENERATORS
-from benchkit.schedules import CFG_SCHEDULES, cfg_at, mask_ratio_truncnorm, tokens_to_keep_masked
+from benchkit.schedules import (
+    CFG_SCHEDULES,
+    cfg_at,
+    mask_ratio_truncnorm,
+    tokens_to_keep_masked,
+)
 
 NUM_CLASSES = 3
 GRID = (2, 3)  # non-square on purpose: catches h/w mix-ups
@@ -42,13 +47,6 @@ COMBOS = [  # (generator, head, token layout): every valid combination
 IDS = [f"{g}-{h}-{s}" for g, h, s in COMBOS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """These models are tiny: one intra-op thread avoids OpenMP stalls when the few cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(name: str, head: str, layout: str, **options: Any) -> Any:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-
-from benchkit.errors import ConfigError, IncompatibleComponentsError
 from benchkit.heads import masked_mean
 from benchkit.heads.ce import CEHead, filter_top_k, filter_top_p
 from benchkit.heads.diffloss import DiffLossHead
+
+from benchkit.errors import ConfigError, IncompatibleComponentsError
 from benchkit.interfaces import Head, TokenSpec
 from benchkit.nn.diffusion import GaussianDiffusion, cosine_betas, respaced_timesteps
 from benchkit.nn.embed import TimestepEmbedding, modulate, sinusoidal_embedding

@@ -21,14 +21,6 @@ CPU = torch.device("cpu")
 TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # noqa: ANN202
-    """Tiny tensors gain nothing from threads, and on a shared, loaded 2-core box OpenMP spinning made them ~100x
-    slower (measured: 40 tiny training steps 0.3 s with 1 thread, 30-40 s with 2 under a load of ~3-10)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _stripes_and_disks(n: int, seed: int, split: str, size: int = 16) -> ImageData:
@@ -58,14 +50,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def extractor(data: tuple[ImageData, ImageData], cache: Path):  # noqa: ANN201
+def extractor(data: tuple[ImageData, ImageData], cache: Path):
     return load_extractor("dataset", train_data=data[0], cache_dir=cache, device=CPU, options=TINY)
 
 
 # ---------------------------------------------------------------------------------------------- quality
 
 
-def test_fidelity_and_cleanfid_agree(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:  # noqa: ANN001
+def test_fidelity_and_cleanfid_agree(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:
     train, test = data
     fake, labels = train.images[:150], train.labels[:150]
     m = quality.generation_metrics(fake, test.images, extractor, cache_dir=cache, ref_key="stripes-test",
@@ -90,13 +82,13 @@ def test_fidelity_refuses_unknown_options() -> None:
         quality.fidelity_metrics(fid=True, typo_option=3)
 
 
-def test_rejects_float_images(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:  # noqa: ANN001
+def test_rejects_float_images(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:
     with pytest.raises(ValueError, match="uint8"):
         quality.generation_metrics(data[0].images[:10].float(), data[1].images, extractor, cache_dir=cache,
                                    ref_key="x", device=CPU)
 
 
-def test_reference_cache_reused_and_keyed_by_weights(data: tuple[ImageData, ImageData], extractor,  # noqa: ANN001
+def test_reference_cache_reused_and_keyed_by_weights(data: tuple[ImageData, ImageData], extractor,
                                                       cache: Path) -> None:
     train, test = data
     first = quality.reference_stats(test.images, extractor, cache_dir=cache, ref_key="ref-test")
@@ -143,7 +135,7 @@ def test_frechet_matches_cleanfid_on_random_stats() -> None:
         assert quality.frechet_distance(*s1, *s2) == pytest.approx(quality.cleanfid_fid(*s1, *s2), rel=1e-8)
 
 
-def test_sanity_ladder_is_monotone(data: tuple[ImageData, ImageData], extractor) -> None:  # noqa: ANN001
+def test_sanity_ladder_is_monotone(data: tuple[ImageData, ImageData], extractor) -> None:
     ladder = sanity_ladder(data[0], data[1], extractor, n=500)
     names = [name for name, _ in ladder["rows"]]
     assert names[0] == "train vs held-out" and names[-1] == "uniform noise" and len(names) == 4

@@ -118,7 +118,7 @@ def test_reconstruction_grid_alternates_rows(tmp_path: Path) -> None:
     img = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
     # ceil(5/3) = 2 row pairs -> 4 rows of 3 tiles.
     assert tuple(img.shape) == (3, 4 * (h + 2) + 2, 3 * (w + 2) + 2)
-    tile = lambda r, c: img[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w]  # noqa: E731
+    tile = lambda r, c: img[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w]
     assert int(tile(0, 0).float().mean()) == 10 and int(tile(1, 0).float().mean()) == 200
     assert int(tile(2, 1).float().mean()) == 10 and int(tile(3, 1).float().mean()) == 200
     assert int(tile(2, 2).float().mean()) == 255  # blank fill for the short last row

@@ -308,3 +308,29 @@ def test_vq_codebook_usage_stays_high_with_tiny_codebook() -> None:
     logs = train(tok, x, steps=40, batch=32)
     assert logs["usage"] >= 0.8, logs
     assert code_usage(tok.encode(x, "discrete"), 256)[0] >= 0.8
+
+
+def test_token_cache_is_written_once_and_reused_with_a_mirrored_copy(tmp_path, monkeypatch) -> None:
+    from benchkit.data.base import ImageData, to_float, to_uint8
+    from benchkit.pipeline import TrainedTokenizer, _random_mirror, token_cache
+
+    tok = TrainedTokenizer(make("vq").eval(), tmp_path, "fp0", None)
+    images = to_uint8(smooth_images(6))
+    data = ImageData("toy", "train", images, torch.arange(6) % 2, ("a", "b"))
+    plain = token_cache(tok, "discrete", data, batch_size=4)
+    mirror = token_cache(tok, "discrete", data, batch_size=4, mirrored=True)
+    with torch.no_grad():
+        assert torch.equal(plain, tok.module.encode(to_float(images), "discrete"))
+        assert torch.equal(mirror, tok.module.encode(to_float(images).flip(-1), "discrete"))
+    assert not torch.equal(plain, mirror)  # an encoder is not flip-equivariant: the mirror is its own encoding
+    assert {p.name for p in tmp_path.glob("tokens-*.safetensors")} == {"tokens-discrete.safetensors",
+                                                                      "tokens-discrete-hflip.safetensors"}
+    monkeypatch.setattr(tok.module, "encode_for_cache", lambda *a, **k: pytest.fail("re-encoded a cached dataset"))
+    assert torch.equal(token_cache(tok, "discrete", data), plain)
+    assert torch.equal(token_cache(tok, "discrete", data, mirrored=True), mirror)
+    torch.manual_seed(0)
+    a, b = torch.zeros(400, 2, 2), torch.ones(400, 2, 2)
+    mixed = _random_mirror(a, b)
+    per_row = mixed.flatten(1)
+    assert ((per_row == 0).all(1) | (per_row == 1).all(1)).all()  # whole rows, never a blend
+    assert 0.4 < per_row[:, 0].mean() < 0.6

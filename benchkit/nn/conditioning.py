@@ -1,0 +1,37 @@
+"""Class conditioning shared by the generators: option checks, label dropout in training and the doubled batch
+of classifier-free guidance at sampling.
+
+The null class is ``num_classes`` (one extra row of each generator's class embedding). Training replaces each label
+by it with probability ``label_drop``; a guided sampler runs [conditional rows; unconditional rows] in one batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def check_transformer_options(cfg: Any) -> None:
+    """Range checks of the options every transformer generator config carries."""
+    if cfg.width % cfg.num_heads:
+        raise ValueError(f"width {cfg.width} must be divisible by num_heads {cfg.num_heads}")
+    if cfg.mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be > 0, got {cfg.mlp_ratio}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0.0 <= cfg.label_drop <= 1.0:
+        raise ValueError(f"label_drop must be in [0, 1], got {cfg.label_drop}")
+
+
+def drop_labels(labels: torch.Tensor, p: float, num_classes: int) -> torch.Tensor:
+    """Each label replaced by the null class ``num_classes`` with probability ``p`` (torch's global RNG)."""
+    if p <= 0:
+        return labels
+    drop = torch.rand(labels.shape, device=labels.device) < p
+    return torch.where(drop, torch.full_like(labels, num_classes), labels)
+
+
+def guidance_labels(labels: torch.Tensor, num_classes: int, guided: bool) -> torch.Tensor:
+    """[labels; null class] when ``guided`` (the batch CFG runs), else ``labels``."""
+    return torch.cat([labels, torch.full_like(labels, num_classes)]) if guided else labels
