@@ -346,6 +346,7 @@ def markdown(rows: list[Row]) -> str:
 def run(device: torch.device, plan: Plan, quick: bool) -> tuple[list[Row], dict[str, Any]]:
     """Every section in order; returns the table rows and the run's metadata."""
     t_start = time.perf_counter()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None  # before our own threads add to it
     log.info("peak: 1024^3 fp32 matmul")
     peak0, mlp, mlp_shape = bench_peak(device, plan, plan.train_batch * 64)
     models = {c: build(*c, device) for c in COMBOS}
@@ -416,7 +417,7 @@ def run(device: torch.device, plan: Plan, quick: bool) -> tuple[list[Row], dict[
         "cpu": platform.processor() or platform.machine(),
         "quick": quick,
         "plan": dataclasses.asdict(plan),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "loadavg": load_start,  # at the start: at the end it mostly counts this benchmark's own threads
         "seconds": time.perf_counter() - t_start,
         "peak_gflops": peak / 1e9,
         "targets": {
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {meta['torch']}, {meta['seconds']:.0f} s"
     )
     if load:
-        title += f", load average {load[0]:.1f} on {os.cpu_count()} cores"
+        title += f", load average {load[0]:.1f} on {os.cpu_count()} cores before the run"
         if args.device == "cpu" and load[0] > (os.cpu_count() or 1) * 0.75:
             title += " (busy machine: timings unreliable)"
     summary = (
