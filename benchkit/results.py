@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import operator
 import os
 import re
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 from rich.table import Table
@@ -38,15 +40,16 @@ ROWS_FILE = "rows.jsonl"
 TABLE_FILES_CSV = ("table.csv", "tokenizers.csv")
 
 # Column groups, in table order: who (identity), how good (quality), what it cost (cost), where from.
-IDENTITY = ("run", "dataset", "tokenizer", "generator", "head", "features", "steps", "cfg", "cfg_schedule",
-            "temperature", "n_samples", "seed")
+IDENTITY = ("run", "dataset", "tokenizer", "grid", "generator", "head", "features", "steps", "cfg", "cfg_schedule",
+            "temperature", "diffusion_steps", "n_samples", "seed")
 QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", "is_mean", "is_std", "kid_mean",
            "kid_std", "precision", "recall", "class_acc")
 TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "codebook_usage", "perplexity", "bits_per_image")
 COST = ("params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s", "encode_images_per_s",
         "decode_images_per_s", "train_images_per_s", "train_steps", "train_time_s", "peak_mem_mb")
 PROVENANCE = ("row_id", "config_fingerprint", "git_sha", "timestamp", "device")
-INT_COLUMNS = ("steps", "n_samples", "seed", "params", "flops_per_image", "sample_batch_size", "train_steps")
+INT_COLUMNS = ("steps", "n_samples", "seed", "params", "flops_per_image", "sample_batch_size", "train_steps",
+               "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
 # Decimals shown per column; other float columns get 4.
 DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_diff": 3, "fid_inf": 2,
             "seed_spread_fid": 2, "is_mean": 2, "is_std": 2, "kid_mean": 4, "kid_std": 4, "precision": 3,
@@ -277,9 +280,9 @@ def _cell(v: Any, col: str) -> str:
         return "-"
     if isinstance(v, bool):
         return str(v).lower()
-    if col in HUMAN_COLUMNS and isinstance(v, (int, float)):
+    if col in HUMAN_COLUMNS and isinstance(v, numbers.Real):  # numpy scalars included
         return _human(float(v))
-    if isinstance(v, float):
+    if isinstance(v, (float, np.floating)):
         return f"{v:.{DECIMALS.get(col, 4)}f}"
     return str(v)
 
@@ -359,8 +362,10 @@ def rich_table(df: pd.DataFrame, title: str) -> Table:
     kind = "tokenizer" if "kind" in df.columns and len(df) and (df["kind"] == "tokenizer").all() else "generator"
     cols, rows, numeric = _display(_int_columns(df), kind)
     table = Table(title=title, caption=" ".join(_notes(df)) or None)
-    for col, num in zip(cols, numeric):
-        table.add_column(col, justify="right" if num else "left", no_wrap=True)
+    for i, (col, num) in enumerate(zip(cols, numeric)):
+        # values are never cut; long names wrap at their underscores (seed_spread_fid -> three short lines)
+        width = max([len(r[i]) for r in rows] + [max(len(part) + 1 for part in col.split("_"))])
+        table.add_column(col.replace("_", "_\n"), justify="right" if num else "left", no_wrap=True, min_width=width)
     for r in rows:
         table.add_row(*r)
     return table

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -37,7 +37,9 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
         err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
     err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
     report = execute(mine, results_dir, progress=progress, resume=resume)
-    _summary(results_dir)
+    from benchkit.results import read_rows
+
+    _print_tables(read_rows(results_dir), compact=True)
     err_console.print(f"wall time {report.wall_s:.0f} s; wrote:")
     for p in report.outputs:
         typer.echo(str(p))
@@ -45,20 +47,20 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
 
 SUMMARY = {
     "tokenizer": ["tokenizer", "grid", "rfid", "psnr", "ssim", "codebook_usage", "params", "encode_images_per_s"],
-    "generator": ["tokenizer", "generator", "head", "steps", "cfg", "cfg_schedule", "fid", "seed_spread_fid",
-                  "kid_mean", "class_acc", "params", "images_per_s", "latency_s"],
-}
+    "generator": ["tokenizer", "generator", "head", "steps", "cfg", "cfg_schedule", "diffusion_steps", "fid",
+                  "seed_spread_fid", "kid_mean", "class_acc", "params", "images_per_s", "latency_s"],
+}  # kept in table order: see benchkit.results.table_columns
 
 
-def _summary(results_dir: Path) -> None:
-    """A compact rich table per kind (the CSV, Markdown and LaTeX files keep every column)."""
-    from benchkit.results import read_rows, rich_table
+def _print_tables(df: Any, *, compact: bool) -> None:
+    """One rich table per kind: with ``compact`` the SUMMARY columns that fit a terminal (the CSV, Markdown and
+    LaTeX files keep every column)."""
+    from benchkit.results import rich_table
 
-    df = read_rows(results_dir)
     for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
         part = df[df["kind"] == kind] if "kind" in df else df
         if len(part):
-            cols = [c for c in SUMMARY[kind] if c in part.columns] + ["kind"]
+            cols = [c for c in SUMMARY[kind] if c in part.columns] + ["kind"] if compact else list(part.columns)
             out_console.print(rich_table(part[cols], title))
 
 
@@ -71,7 +73,7 @@ def run(
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
-    Example: benchkit run            (the tiny grid on the embedded shapes dataset, ~15 min on 2 CPU cores)
+    Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 13 min on 2 CPU cores)
     """
     _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume)
 
@@ -98,12 +100,13 @@ def table(
     sort: Annotated[Optional[str], typer.Option("--sort", help="Column to sort by.")] = None,
     descending: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Print every column (default: the key ones).")] = False,
 ) -> None:
     """Print the results table and rewrite table.csv / .md / .tex.
 
     Example: benchkit table results/tiny --filter head=diffloss --sort fid
     """
-    from benchkit.results import filter_rows, read_rows, rich_table, sort_rows, write_tables
+    from benchkit.results import filter_rows, read_rows, sort_rows, write_tables
 
     if not (results / "rows.jsonl").is_file():
         raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
@@ -115,10 +118,7 @@ def table(
         typer.echo(df.to_json(orient="records", indent=1))
         return
     paths = write_tables(df, results)
-    for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
-        part = df[df["kind"] == kind] if "kind" in df else df
-        if len(part):
-            out_console.print(rich_table(part, title))
+    _print_tables(df, compact=not wide)
     for p in paths.values():
         err_console.print(f"wrote {p}")
 

@@ -28,8 +28,6 @@ BASE = ["--set", "data.options={num_train = 32, num_test = 32}", "--set", "token
 TRAIN_LIKE = ("train", "train-tokenizer", "run", "sweep")
 
 
-
-
 def error_lines(err: str) -> list[str]:
     """The ``error:`` lines of stderr, with rich's soft wrapping undone."""
     return [ln for ln in err.splitlines() if ln.startswith(("error:", "Error:"))]

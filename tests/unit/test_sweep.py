@@ -64,3 +64,25 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
     assert order == sorted(order), "jobs are grouped by tokenizer so each is trained once"
     (tmp_path / "s.toml").write_text('name = "x"\n[grid]\n"generator.name" = ["ar"]\n')
     assert load_sweep(tmp_path / "s.toml")["name"] == "x"
+
+
+def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() -> None:
+    from benchkit.compat import check_combination
+    from benchkit.errors import IncompatibleComponentsError
+    from benchkit.pipeline import run_fingerprint
+
+    valid = set()
+    for t in ("vq", "rq", "kl"):
+        for g in ("ar", "mar", "rqtransformer"):
+            for h in ("ce", "diffloss"):
+                try:
+                    check_combination(t, g, h)
+                except IncompatibleComponentsError:
+                    continue
+                valid.add((t, g, h))
+    jobs = expand(load_sweep("all"))
+    assert all(j.cfg is not None for j in jobs)
+    triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg is not None}
+    assert triples == valid and len(jobs) == len(valid) == 10
+    tiny = {run_fingerprint(j.cfg) for j in expand(load_sweep("tiny")) if j.cfg is not None}
+    assert len(tiny) == 7 and tiny <= {run_fingerprint(j.cfg) for j in jobs if j.cfg is not None}

@@ -334,3 +334,26 @@ def test_token_cache_is_written_once_and_reused_with_a_mirrored_copy(tmp_path, m
     per_row = mixed.flatten(1)
     assert ((per_row == 0).all(1) | (per_row == 1).all(1)).all()  # whole rows, never a blend
     assert 0.4 < per_row[:, 0].mean() < 0.6
+
+
+def test_hflip_training_uses_the_mirrored_cache(tmp_path) -> None:  # noqa: ANN001
+    from benchkit.config import resolve
+    from benchkit.data.base import to_float
+    from benchkit.pipeline import load_splits, train_generator
+
+    sets = ["data.options={num_train = 32, num_test = 32}", "tokenizer.options.ch=8", "generator.options.width=32",
+            "tokenizer_train.steps=2", "train.steps=2", "tokenizer_train.batch_size=8", "train.batch_size=8",
+            "tokenizer_train.warmup_steps=1", "train.warmup_steps=1", f'out_dir="{tmp_path}"']
+    plain = train_generator(resolve("tiny", None, sets), progress=False)
+    assert not list(plain.tokenizer.dir.glob("tokens-*-hflip.*"))
+    cfg = resolve("tiny", None, [*sets, "train.hflip=true", "tokenizer_train.hflip=true"])
+    run = train_generator(cfg, progress=False)
+    assert run.dir != plain.dir and run.tokenizer.dir != plain.tokenizer.dir  # both flags are part of the identity
+    mirror = run.tokenizer.dir / "tokens-discrete-hflip.safetensors"
+    assert mirror.is_file() and (run.dir / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    train, _ = load_splits(cfg)
+    with torch.no_grad():
+        expected = run.tokenizer.module.encode(to_float(train.images).flip(-1), "discrete")
+    assert torch.equal(load_file(str(mirror))["cache"], expected)
