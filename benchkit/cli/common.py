@@ -13,8 +13,18 @@ from rich.logging import RichHandler
 
 from benchkit.config import RunConfig, resolve
 
-out_console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool) -> Console:
+    """A rich console; writing to a file or pipe (no terminal to fit, no COLUMNS), 160 columns wide rather than
+    rich's 80, so that tables and log lines are not cut or wrapped needlessly."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+out_console = _console(stderr=False)
+err_console = _console(stderr=True)
 STATE: dict[str, Any] = {"debug": False}
 
 
