@@ -89,29 +89,22 @@ def _few_images(tmp: Path) -> str:
     return str(tmp / "imgs")
 
 
-def _blocker(tmp: Path) -> str:
-    (tmp / "blocker").write_text("a file where a folder should be")
-    return str(tmp / "blocker")
+def _text_file(name: str, text: str) -> Callable[[Path], str]:
+    """A set-up that writes ``text`` to tmp/name and returns its path."""
 
+    def write(tmp: Path) -> str:
+        (tmp / name).write_text(text)
+        return str(tmp / name)
 
-def _bad_sweep(tmp: Path) -> str:
-    (tmp / "sweep.toml").write_text('preset = "tiny"\n[grids]\n"generator.name" = ["ar"]\n')
-    return str(tmp / "sweep.toml")
-
-
-def _bad_toml(tmp: Path) -> str:
-    (tmp / "bad.toml").write_text("[train\nsteps = 3\n")
-    return str(tmp / "bad.toml")
-
-
-def _unknown_key_file(tmp: Path) -> str:
-    (tmp / "cfg.toml").write_text("[train]\nstpes = 3\n")
-    return str(tmp / "cfg.toml")
+    return write
 
 
 SETUPS: dict[str, Callable[[Path], str]] = {
-    "empty": _empty_classes, "corrupt": _corrupt_images, "few": _few_images, "blocker": _blocker,
-    "sweep": _bad_sweep, "badtoml": _bad_toml, "keyfile": _unknown_key_file,
+    "empty": _empty_classes, "corrupt": _corrupt_images, "few": _few_images,
+    "blocker": _text_file("blocker", "a file where a folder should be"),
+    "sweep": _text_file("sweep.toml", 'preset = "tiny"\n[grids]\n"generator.name" = ["ar"]\n'),
+    "badtoml": _text_file("bad.toml", "[train\nsteps = 3\n"),
+    "keyfile": _text_file("cfg.toml", "[train]\nstpes = 3\n"),
 }
 
 # (id, args, exit code, regex on the error line). "{x}" placeholders are filled by SETUPS[x](tmp_path);
