@@ -133,9 +133,14 @@ def check_eval(cfg: RunConfig) -> None:
             )
 
 
+# Bumped when code changes what stored tokenizer weights compute (2: GroupNorm groups of >= 8 channels, norm option), so that
+# weights trained by older code are not loaded into a module that would read them differently.
+TOKENIZER_REVISION = 2
+
+
 def tokenizer_fingerprint(cfg: RunConfig) -> str:
-    """Identity of a trained tokenizer: data, tokenizer options, its training stage, seed."""
-    return fingerprint("tokenizer", cfg.data, cfg.tokenizer, cfg.tokenizer_train, cfg.seed)
+    """Identity of a trained tokenizer: code revision, data, tokenizer options, its training stage, seed."""
+    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train, cfg.seed)
 
 
 def run_fingerprint(cfg: RunConfig) -> str:

@@ -49,6 +49,7 @@ class KLConfig:
     channel_mult: tuple[int, ...] = (1, 1, 2)
     num_res_blocks: int = 1
     attention: bool = False
+    norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
     l1_weight: float = 1.0
     l2_weight: float = 1.0
 

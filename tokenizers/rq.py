@@ -23,6 +23,7 @@ Deviations:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -62,6 +63,7 @@ class RQConfig:
     channel_mult: tuple[int, ...] = (1, 1, 2, 2)
     num_res_blocks: int = 1
     attention: bool = False
+    norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
     l1_weight: float = 1.0
     l2_weight: float = 1.0
 

@@ -51,7 +51,7 @@ class VQConfig:
 
     codebook_size: int = 256
     code_dim: int = 8
-    l2_normalize: bool = True
+    l2_normalize: bool = False
     codebook_update: Literal["ema", "learned"] = "ema"
     decay: float = 0.99
     beta: float = 0.25
@@ -60,6 +60,7 @@ class VQConfig:
     channel_mult: tuple[int, ...] = (1, 1, 2)
     num_res_blocks: int = 1
     attention: bool = False
+    norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     quantize_continuous: bool = False
