@@ -86,3 +86,12 @@ def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() 
     assert triples == valid and len(jobs) == len(valid) == 10
     tiny = {run_fingerprint(j.cfg) for j in expand(load_sweep("tiny")) if j.cfg is not None}
     assert len(tiny) == 7 and tiny <= {run_fingerprint(j.cfg) for j in jobs if j.cfg is not None}
+
+
+@pytest.mark.parametrize("name", ["tiny", "all", "long"])
+def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
+    assert name in shipped_sweeps()
+    jobs = expand(load_sweep(name))
+    assert jobs and all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
+    steps = {j.cfg.train.steps for j in jobs if j.cfg}
+    assert steps == ({1500} if name == "long" else {350})
