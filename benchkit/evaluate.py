@@ -173,10 +173,11 @@ def _train_meta(run: TrainedRun) -> dict[str, Any]:
 
 def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[str, Any]:
     """Images/s and FLOPs per image at ``eval.cost_batch_size``, latency of one image, peak memory."""
-    bs = cfg.eval.cost_batch_size
+    bs, device = cfg.eval.cost_batch_size, next_device(cfg)
+    cost.reset_peak_memory(device)  # this row's peak only, not training's or an earlier row's
 
     def sample(n: int) -> torch.Tensor:
-        return generate_images(run.generator, run.tokenizer.module, run.combo.kind, balanced_labels(n, 10), s,
+        return generate_images(run.generator, run.tokenizer.module, run.combo.kind, balanced_labels(n, run.generator.num_classes), s,
                                seed=cfg.seed, batch_size=n)
 
     # the counted call doubles as the throughput warm-up; per-image FLOPs at the stated batch (a few ops, such as
@@ -185,7 +186,7 @@ def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[st
     ips = cost.throughput(lambda: sample(bs), batch_size=bs, warmup=0, repeats=cfg.eval.cost_repeats)
     lat = cost.latency(lambda: sample(1), warmup=1, repeats=cfg.eval.cost_repeats)
     return {"images_per_s": ips, "sample_batch_size": bs, "latency_s": lat, "flops_per_image": flops,
-            "peak_mem_mb": cost.peak_memory_mb(next_device(cfg))}
+            "peak_mem_mb": cost.peak_memory_mb(device)}
 
 
 def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData,

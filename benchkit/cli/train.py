@@ -87,7 +87,7 @@ def sample(
     r = load_run(run)
     given = {"steps": steps, "cfg": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature}
     s = SampleSettings(**{**base_settings(r.cfg.sample), **{k: v for k, v in given.items() if v is not None}})
-    k = r.generator.num_classes if hasattr(r.generator, "num_classes") else 10
+    k = r.generator.num_classes
     labels = balanced_labels(k * n_per_class, k).sort().values
     images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,
                              seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size,

@@ -6,17 +6,21 @@ per-op formulas (``torch.utils.flop_counter``), which count matmul/conv/attentio
 and ignore elementwise work.
 
 Deviations:
-- CPU peak memory is the process's peak resident set size (``getrusage`` maxrss): a high-water mark over the whole
-  process lifetime that cannot be reset, unlike ``torch.cuda.max_memory_allocated``.
+- CPU peak memory is the process's peak resident set size (the whole process, libraries and weights included, not
+  only tensors). On Linux it is ``VmHWM``, reset through ``/proc/self/clear_refs`` so each measurement starts from
+  the memory in use; elsewhere it is ``getrusage`` maxrss, a high-water mark over the process lifetime that cannot
+  be reset (``peak_memory_resettable`` says which).
 """
 
 from __future__ import annotations
 
+import re
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -104,11 +108,24 @@ def latency(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> float:
     return median_seconds(fn, warmup=warmup, repeats=repeats)
 
 
+_STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def peak_memory_resettable(device: torch.device | str = "cpu") -> bool:
+    """Whether ``reset_peak_memory`` works here: always on CUDA, on the CPU where Linux's clear_refs is writable."""
+    return torch.device(device).type == "cuda" or (_STATUS.is_file() and _CLEAR_REFS.exists())
+
+
 def peak_memory_bytes(device: torch.device | str = "cpu") -> int:
-    """Peak memory: torch.cuda.max_memory_allocated on CUDA, else the process's peak resident set size."""
+    """Peak memory since the last ``reset_peak_memory``: torch.cuda.max_memory_allocated on CUDA, else the
+    process's peak resident set size (Linux VmHWM; elsewhere maxrss, which never resets)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if _STATUS.is_file():
+        found = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+        if found:
+            return int(found.group(1)) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS reports bytes, Linux kilobytes
 
@@ -119,10 +136,16 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> float:
 
 
 def reset_peak_memory(device: torch.device | str = "cpu") -> None:
-    """Reset the CUDA peak counter (a no-op on the CPU, whose maxrss cannot be reset)."""
+    """Start a new peak: the CUDA peak counter, or on Linux the process's peak resident set size (VmHWM)."""
     device = torch.device(device)
     if device.type == "cuda":
+        _sync()
         torch.cuda.reset_peak_memory_stats(device)
+    elif peak_memory_resettable(device):
+        try:
+            _CLEAR_REFS.write_text("5")  # "5": reset the peak RSS to the current RSS (Linux >= 4.0)
+        except OSError:
+            pass  # a read-only /proc (some sandboxes): the peak stays the lifetime high-water mark
 
 
 def matmul_peak_flops(device: torch.device | str = "cpu", size: int = 1024, repeats: int = 5) -> float:
