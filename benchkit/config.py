@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from benchkit.errors import ConfigError, suggest
 from benchkit.options import build_dataclass, field_types, parse_text, toml_loads
@@ -73,29 +73,71 @@ class TrainConfig:
             raise ValueError("checkpoint_every and log_every must be >= 1")
 
 
+CfgSchedule = Literal["constant", "linear"]
+CFG_SCHEDULES: tuple[str, ...] = get_args(CfgSchedule)
+"""The classifier-free guidance schedules (their formulas: ``benchkit.schedules.cfg_at``)."""
+
+
 @dataclass(frozen=True, kw_only=True)
-class SampleConfig:
-    """Sampling settings used by ``benchkit sample`` and as the base point of evaluation."""
+class SampleSettings:
+    """One sampling setting, with the same argument names everywhere; every sampling value is checked here.
+
+    ``steps`` None: the generator's own default; ``diffusion_steps`` None: the Diffusion Loss head's
+    ``sampling_steps`` (other heads ignore it); ``temperature`` 0: greedy for the cross-entropy head, no per-step
+    noise for the Diffusion Loss head.
+    """
 
     steps: int | None = None
     cfg: float = 1.0
-    cfg_schedule: Literal["constant", "linear"] = "constant"
+    cfg_schedule: CfgSchedule = "constant"
     temperature: float = 1.0
-    diffusion_steps: int | None = None  # Diffusion Loss sampling chain length; None: the head's own sampling_steps
+    diffusion_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "diffusion_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1 or None, got {value!r}")
+        if not self.cfg >= 0:
+            raise ConfigError(f"cfg must be >= 0 (1 = no guidance), got {self.cfg!r}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"unknown cfg_schedule {self.cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}"
+                              + suggest(str(self.cfg_schedule), CFG_SCHEDULES))
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+
+    def label(self) -> str:
+        """Short text for logs and plot legends."""
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(SampleSettings)
+                         if getattr(self, f.name) is not None)
+
+    def settings(self) -> SampleSettings:
+        """Only the sampling setting (drops the fields a subclass adds)."""
+        return SampleSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SampleSettings)})
+
+    def replace(self, **changes: Any) -> SampleSettings:
+        """The setting with ``changes`` (sweep entries), checked; unknown keys list the valid ones."""
+        valid = [f.name for f in dataclasses.fields(SampleSettings)]
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown sampling setting {unknown[0]!r}; valid: {', '.join(valid)}"
+                              + suggest(unknown[0], valid))
+        return dataclasses.replace(self.settings(), **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig(SampleSettings):
+    """The ``[sample]`` table: the base sampling setting of ``benchkit sample`` and evaluation, and batch sizes."""
+
     batch_size: int = 250  # samples per generate call
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.cfg < 0:
-            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        super().__post_init__()
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.diffusion_steps is not None and self.diffusion_steps < 1:
-            raise ValueError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}")
+        if self.grid_per_class < 1:
+            raise ValueError(f"grid_per_class must be >= 1, got {self.grid_per_class}")
 
 
 @dataclass(frozen=True, kw_only=True)

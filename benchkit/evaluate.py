@@ -28,7 +28,7 @@ from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
 from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
 from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
-from benchkit.sampling import SampleSettings, balanced_labels, base_settings, generate_images
+from benchkit.sampling import SampleSettings, balanced_labels, generate_images
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +40,34 @@ def cache_dir(cfg: RunConfig) -> Path:
 
 def settings_from(cfg: RunConfig) -> list[SampleSettings]:
     """The base sampling setting plus every ``eval.sweep`` entry (each overrides the base)."""
-    base = base_settings(cfg.sample)
-    out = [SampleSettings(**base)]
+    out = [cfg.sample.settings()]
     for extra in cfg.eval.sweep:
-        s = SampleSettings(**{**base, **extra})
+        s = cfg.sample.replace(**extra)
         if s not in out:
             out.append(s)
     return out
 
 
 def resolve_settings(run: TrainedRun, settings: list[SampleSettings]) -> list[SampleSettings]:
-    """Fill the model's defaults (generation steps, diffusion steps) into each setting and drop repeats, so that a
-    sweep entry equal to the base setting (MAR's ``steps = 16`` when 16 is its default) is measured once."""
+    """Fill the model's defaults into each setting and drop repeats, so that a sweep entry equal to the base
+    setting (MAR's ``steps = 16`` when 16 is its default) is measured once. The defaults are config fields: a
+    generator config's ``steps`` (generation steps) and a head config's ``sampling_steps`` (diffusion steps)."""
+    steps = _config_default(run.generator.cfg, "steps")
+    diffusion_steps = _config_default(run.generator.head.cfg, "sampling_steps")
     out: list[SampleSettings] = []
     for s in settings:
-        s = dataclasses.replace(s, steps=s.steps if s.steps is not None else _default_steps(run),
-                                diffusion_steps=s.diffusion_steps or _diffusion_steps(run))
+        s = dataclasses.replace(s, steps=s.steps if s.steps is not None else steps,
+                                diffusion_steps=s.diffusion_steps or diffusion_steps)
         if s not in out:
             out.append(s)
     return out
+
+
+def _config_default(config: Any, name: str) -> int | None:
+    """The value of field ``name`` of a component's config dataclass, None when it has no such field."""
+    if dataclasses.is_dataclass(config) and name in {f.name for f in dataclasses.fields(config)}:
+        return int(getattr(config, name))
+    return None
 
 
 def _extractor(cfg: RunConfig, train: ImageData) -> Any:
@@ -153,15 +162,6 @@ def _seed_spread(run: TrainedRun, s: SampleSettings, cfg: RunConfig, labels: tor
     q = generation_metrics(other, real, extractor, cache_dir=cache_dir(cfg), ref_key=f"{cfg.data.name}-test-{len(real)}",
                            labels=None, prc=False, device=next_device(cfg), clean_fid=False)
     return abs(float(q["fid"]) - fid)
-
-
-def _default_steps(run: TrainedRun) -> int | None:
-    return getattr(getattr(run.generator, "cfg", None), "steps", None) or getattr(run.generator, "default_steps", None)
-
-
-def _diffusion_steps(run: TrainedRun) -> int | None:
-    head = getattr(run.generator, "head", None)
-    return getattr(head, "sampling_steps", None)
 
 
 def _train_meta(run: TrainedRun) -> dict[str, Any]:

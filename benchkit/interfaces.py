@@ -13,19 +13,29 @@ continuous, depth D    float [B, h, w, D, C]          kind="continuous", depth=D
 
 Images are float [B, 3, H, W] in [-1, 1]. Continuous tokens are already scaled to roughly unit variance: the
 scale factor is the tokenizer's business.
+
+How the registries build each family (``create(name, **options)`` fills the config dataclass ``cfg`` from the
+options and passes the rest as build context), i.e. the constructor signatures every component must accept:
+
+- tokenizer: ``Tokenizer(cfg, *, image_size: int)``
+- head: ``Head(cfg, *, spec: TokenSpec, cond_dim: int)``
+- generator: ``Generator(cfg, *, spec: TokenSpec, head: str, head_options: dict | None, num_classes: int)``; it
+  builds its own head with ``HEADS.create(head, spec=..., cond_dim=..., **head_options)``.
+
+The protocol classes below list every attribute and method the pipeline calls; ``tests/contract`` checks each
+registered component (plugins included) against them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 TokenKind = Literal["discrete", "continuous"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("discrete", "continuous")
-CfgSchedule = Literal["constant", "linear"]
 Progress = Callable[[int, int], None]  # (step done, total steps)
 
 
@@ -91,7 +101,8 @@ class LossOutput(NamedTuple):
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """images <-> tokens. ``specs`` lists every token view it can hand out (VQ: discrete and continuous)."""
+    """images <-> tokens. ``specs`` lists every token view it can hand out (VQ: discrete and continuous); the first
+    entry is the tokenizer's native view."""
 
     specs: Mapping[TokenKind, TokenSpec]
 
@@ -99,7 +110,15 @@ class Tokenizer(Protocol):
 
     def decode(self, tokens: torch.Tensor, kind: TokenKind) -> torch.Tensor: ...
 
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """decode(encode(images)) through the native view: float [B, 3, H, W] in [-1, 1]."""
+        ...
+
     def loss(self, images: torch.Tensor) -> LossOutput: ...
+
+    def calibrate(self, images: torch.Tensor, batch_size: int = 256) -> None:
+        """Set the continuous-token scale from training images (after training, before caching tokens)."""
+        ...
 
     def encode_for_cache(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor: ...
 
@@ -111,7 +130,8 @@ class Tokenizer(Protocol):
 @runtime_checkable
 class Head(Protocol):
     """The distribution of ONE token given its condition vector. CFG: with cfg != 1 ``cond`` holds 2N rows
-    (conditional first, then unconditional) and ``sample`` returns the N guided rows."""
+    (conditional first, then unconditional) and ``sample`` returns the N guided rows. ``diffusion_steps`` is the
+    sampling chain length of heads that have one (None: the head's default); the others ignore it."""
 
     kinds: ClassVar[tuple[TokenKind, ...]]
 
@@ -124,14 +144,23 @@ class Head(Protocol):
         temperature: float = 1.0,
         cfg: float = 1.0,
         generator: torch.Generator | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class Generator(Protocol):
-    """Class-conditional sequence model over tokens; builds its own head from ``spec``."""
+    """Class-conditional sequence model over tokens; builds its own head from ``spec``. Labels run over
+    ``[0, num_classes)``; ``num_classes`` itself is the null (unconditional) class used by CFG."""
 
     spec: TokenSpec
+    num_classes: int
+    head: Any  # a Head
+
+    @classmethod
+    def check_spec(cls, spec: TokenSpec) -> str | None:
+        """None when the generator can model ``spec``, else the reason it cannot (the compatibility table)."""
+        ...
 
     def loss(self, batch: Batch) -> LossOutput: ...
 
@@ -141,8 +170,9 @@ class Generator(Protocol):
         *,
         steps: int | None = None,
         cfg: float = 1.0,
-        cfg_schedule: CfgSchedule = "constant",
+        cfg_schedule: str = "constant",
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor: ...

@@ -109,7 +109,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     checked = {k: check_value(v, types_[k], f"{where}.{k}") for k, v in values.items()}
     try:
         return cls(**checked)
-    except (ValueError, TypeError) as e:  # __post_init__ range checks
+    except (ValueError, TypeError, ConfigError) as e:  # __post_init__ range checks
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -109,17 +109,10 @@ def check(cfg: RunConfig, *, include_eval: bool = True) -> Combination:
 def check_eval(cfg: RunConfig) -> None:
     """Feature network name, every ``eval.sweep`` setting, and Inception weights on disk when ``inception`` is set
     (benchkit never downloads, so a missing file is reported before training rather than after it)."""
-    from benchkit.sampling import SampleSettings, base_settings
-
     FEATURES.get(cfg.eval.features)
-    base = base_settings(cfg.sample)
     for i, extra in enumerate(cfg.eval.sweep):
-        unknown = sorted(set(extra) - {f for f in SampleSettings.__dataclass_fields__})
-        if unknown:
-            raise ConfigError(f"eval.sweep[{i}] has unknown key {unknown[0]!r}; valid: "
-                              f"{', '.join(SampleSettings.__dataclass_fields__)}")
         try:
-            SampleSettings(**{**base, **extra})
+            cfg.sample.replace(**extra)
         except ConfigError as e:
             raise ConfigError(f"eval.sweep[{i}]: {e}") from None
     named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file

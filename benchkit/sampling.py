@@ -9,73 +9,21 @@ the default and computes every batch itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from benchkit import distributed as bdist
+from benchkit.config import SampleSettings
 from benchkit.data.base import to_uint8
-from benchkit.errors import ConfigError
 from benchkit.interfaces import TokenKind
 
-CFG_SCHEDULES = ("constant", "linear")
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    """One sampling setting: the same argument names everywhere. ``diffusion_steps`` only affects diffloss."""
-
-    steps: int | None = None
-    cfg: float = 1.0
-    cfg_schedule: str = "constant"
-    temperature: float = 1.0
-    diffusion_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.cfg < 0:
-            raise ConfigError(f"cfg must be >= 0, got {self.cfg}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ConfigError(f"unknown cfg_schedule {self.cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
-        if self.diffusion_steps is not None and self.diffusion_steps < 1:
-            raise ConfigError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}")
-
-    def label(self) -> str:
-        """Short text for logs and plot legends."""
-        return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if v is not None)
-
-
-def base_settings(sample: Any) -> dict[str, Any]:
-    """The ``SampleSettings`` fields of a config's ``[sample]`` table (the base point that sweeps override)."""
-    return {name: getattr(sample, name) for name in SampleSettings.__dataclass_fields__}
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """0, 1, ..., K-1, 0, 1, ... (n labels)."""
     return torch.arange(n) % num_classes
-
-
-@contextmanager
-def head_settings(generator: nn.Module, settings: SampleSettings) -> Iterator[None]:
-    """Within the block, apply head-level sampling options that do not change weights (the Diffusion Loss head's
-    ``sampling_steps``); the head's own values come back afterwards, so one setting never leaks into the next."""
-    head = getattr(generator, "head", None)
-    if settings.diffusion_steps is None or head is None or not hasattr(head, "sampling_steps"):
-        yield
-        return
-    before = head.sampling_steps
-    head.sampling_steps = settings.diffusion_steps
-    try:
-        yield
-    finally:
-        head.sampling_steps = before
 
 
 @torch.no_grad()
@@ -89,15 +37,14 @@ def generate_tokens(
     out = []
     nb = (len(labels) + batch_size - 1) // batch_size
     rank, world = (bdist.rank(), bdist.world_size()) if distributed else (0, 1)
-    with head_settings(generator, settings):
-        for b in range(rank, nb, world):
-            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-            lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
-            out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg,
-                                          cfg_schedule=settings.cfg_schedule, temperature=settings.temperature,
-                                          generator=g))
-            if progress is not None:
-                progress(min((b + 1) * batch_size, len(labels)), len(labels))
+    for b in range(rank, nb, world):
+        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+        lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
+        out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
+                                      temperature=settings.temperature, diffusion_steps=settings.diffusion_steps,
+                                      generator=g))
+        if progress is not None:
+            progress(min((b + 1) * batch_size, len(labels)), len(labels))
     return out
 
 

@@ -6,7 +6,8 @@
   tokens stay masked after each of ``steps`` generation steps.
 - :func:`cfg_at`: classifier-free guidance scale at a point of generation; ``linear`` follows Muse
   (arXiv 2301.00704) and MAR: w = 1 + (cfg - 1) * (fraction of tokens generated).
-- :func:`check_sampling_args`: the checks every ``generate`` runs before any compute.
+- :func:`check_sampling_args`: the checks every ``generate`` runs before any compute (the sampling values are
+  checked by ``benchkit.config.SampleSettings``, the one place that holds those rules).
 
 Deviations:
 - The truncated normal is drawn by inverse CDF from a ``torch.Generator`` (MAR uses scipy's global RNG).
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchkit.config import CFG_SCHEDULES, SampleSettings
 from benchkit.errors import ConfigError
 
 
@@ -64,30 +66,25 @@ def _linear(cfg: float, progress: float) -> float:
     return 1.0 + (cfg - 1.0) * progress
 
 
-CFG_SCHEDULES: dict[str, Callable[[float, float], float]] = {"constant": _constant, "linear": _linear}
-"""Guidance schedules by name: ``f(cfg, progress) -> scale`` with progress in [0, 1]."""
+_RAMPS: dict[str, Callable[[float, float], float]] = {"constant": _constant, "linear": _linear}
+assert tuple(_RAMPS) == CFG_SCHEDULES, "every schedule named in benchkit.config.CfgSchedule needs a formula here"
 
 
 def cfg_at(cfg: float, schedule: str, progress: float) -> float:
     """Guidance scale when a fraction ``progress`` of the tokens is generated (after the current step)."""
-    if schedule not in CFG_SCHEDULES:
+    if schedule not in _RAMPS:
         raise ConfigError(f"unknown cfg_schedule {schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
-    return CFG_SCHEDULES[schedule](cfg, progress)
+    return _RAMPS[schedule](cfg, progress)
 
 
 def check_sampling_args(
-    labels: torch.Tensor, num_classes: int, *, steps: int | None, cfg: float, cfg_schedule: str, temperature: float
+    labels: torch.Tensor, num_classes: int, *, steps: int | None, cfg: float, cfg_schedule: str, temperature: float,
+    diffusion_steps: int | None = None,
 ) -> None:
     """Raise ConfigError on bad ``generate`` arguments (labels may use the null class ``num_classes``)."""
     if labels.ndim != 1 or labels.dtype != torch.long:
         raise ConfigError(f"labels must be a long tensor [B], got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
         raise ConfigError(f"labels must be in [0, {num_classes}] ({num_classes} = unconditional)")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"steps must be an integer >= 1 or None, got {steps!r}")
-    if not cfg >= 0:
-        raise ConfigError(f"cfg must be >= 0 (1 = no guidance), got {cfg!r}")
-    if cfg_schedule not in CFG_SCHEDULES:
-        raise ConfigError(f"unknown cfg_schedule {cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    SampleSettings(steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+                   diffusion_steps=diffusion_steps)

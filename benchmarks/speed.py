@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,6 @@ from torch import nn
 from benchkit.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import count_params, flops_per_call, matmul_peak_flops
 from benchkit.registry import GENERATORS
-from benchkit.sampling import SampleSettings, head_settings
 
 log = logging.getLogger("benchkit.speed")
 
@@ -150,20 +148,16 @@ def build(name: str, head: str, layout: str, device: torch.device) -> nn.Module:
     return GENERATORS.create(name, spec=SPECS[layout], head=head, num_classes=NUM_CLASSES).to(device).eval()
 
 
-def generate(model: nn.Module, batch: int, device: torch.device, steps: int | None = None) -> Callable[[], Any]:
+def generate(model: nn.Module, batch: int, device: torch.device, steps: int | None = None,
+             diffusion_steps: int | None = None) -> Callable[[], Any]:
     """A closure that samples ``batch`` images' tokens with a fixed seed (cfg = 1)."""
     labels = torch.arange(batch, device=device) % NUM_CLASSES
 
     def run() -> torch.Tensor:
         g = torch.Generator(device=device).manual_seed(0)
-        return model.generate(labels, steps=steps, generator=g)
+        return model.generate(labels, steps=steps, generator=g, diffusion_steps=diffusion_steps)
 
     return run
-
-
-def diffusion_steps(model: nn.Module, steps: int) -> AbstractContextManager[None]:
-    """Temporarily set the Diffusion Loss head's sampling steps."""
-    return head_settings(model, SampleSettings(diffusion_steps=steps))
 
 
 # sections ----------------------------------------------------------------------------------------------------
@@ -229,34 +223,32 @@ def steps_count(model: nn.Module, name: str, steps: int | None) -> int:
     return model.seq_len
 
 
-def sample_flops(model: nn.Module, head: str, device: torch.device, steps: int | None) -> float:
+def sample_flops(model: nn.Module, head: str, device: torch.device, steps: int | None,
+                 diffusion_steps: int | None = None) -> float:
     """FLOPs of generating one image (batch 1, cfg 1).
 
     The Diffusion Loss head's share is linear in its sampling steps K, so it is counted at K = 1 and 2 and
     extrapolated, F(K) = F(1) + (K - 1) (F(2) - F(1)), instead of running K denoiser calls under the counter.
     """
-    fn = generate(model, 1, device, steps)
     if head != "diffloss":
-        return float(count_flops(fn))
-    with diffusion_steps(model, 1):
-        f1 = count_flops(fn)
-    with diffusion_steps(model, 2):
-        f2 = count_flops(fn)
-    return float(f1 + (model.head.sampling_steps - 1) * (f2 - f1))
+        return float(count_flops(generate(model, 1, device, steps)))
+    f1 = count_flops(generate(model, 1, device, steps, diffusion_steps=1))
+    f2 = count_flops(generate(model, 1, device, steps, diffusion_steps=2))
+    return float(f1 + ((diffusion_steps or model.head.cfg.sampling_steps) - 1) * (f2 - f1))
 
 
 def bench_sample(
     model: nn.Module, name: str, head: str, layout: str, device: torch.device, plan: Plan, steps: int | None,
-    *, batch: int, section: str = "sample", setting: str = "",
+    *, batch: int, section: str = "sample", setting: str = "", diffusion_steps: int | None = None,
 ) -> Row:
     """images/s of ``generate`` at ``batch`` (warm-up at batch <= 2, then the median), FLOPs per image."""
-    warm = generate(model, min(2, batch), device, steps)
-    sec = timed(generate(model, batch, device, steps), device, plan, warmup=warm)
+    warm = generate(model, min(2, batch), device, steps, diffusion_steps)
+    sec = timed(generate(model, batch, device, steps, diffusion_steps), device, plan, warmup=warm)
     n = steps_count(model, name, steps)
-    flops = sample_flops(model, head, device, steps)
+    flops = sample_flops(model, head, device, steps, diffusion_steps)
     note = f"B={batch}; {1e3 * sec / n:.1f} ms/step"
     if head == "diffloss":
-        note += f"; {model.head.sampling_steps} diffusion steps"
+        note += f"; {diffusion_steps or model.head.cfg.sampling_steps} diffusion steps"
     return Row(
         section, f"{name}+{head}", layout, setting or f"steps={n}", count_params(model), flops / 1e9, batch / sec,
         flops * batch / sec / 1e9, note=note,
@@ -291,9 +283,8 @@ def check_loops(model: nn.Module, name: str, head: str, layout: str, device: tor
     """Head calls per ``generate`` at batch 1 and 3 equal the steps (RQ: steps x depth), whatever the batch:
     the samplers loop over steps, never over tokens or samples; the denoiser runs once per diffusion step."""
     diff = 2
-    with diffusion_steps(model, diff) if head == "diffloss" else nullcontext():
-        c1, n1 = count_calls(model, generate(model, 1, device))
-        c3, n3 = count_calls(model, generate(model, 3, device))
+    c1, n1 = count_calls(model, generate(model, 1, device, diffusion_steps=diff))
+    c3, n3 = count_calls(model, generate(model, 3, device, diffusion_steps=diff))
     n = steps_count(model, name, None)
     expected = n * model.spec.depth if name == "rqtransformer" else n
     ok = c1 == c3 == expected and (head != "diffloss" or n1 == n3 == diff * expected)
@@ -381,15 +372,15 @@ def run(device: torch.device, plan: Plan, quick: bool) -> tuple[list[Row], dict[
         g = torch.Generator(device=device).manual_seed(0)
         cond = torch.randn(plan.head_rows, mar_dl.cfg.width, generator=g, device=device)
 
-        def head_only() -> torch.Tensor:
-            return mar_dl.head.sample(cond, generator=torch.Generator(device=device).manual_seed(0))
+        def head_only(k: int) -> Callable[[], torch.Tensor]:
+            return lambda: mar_dl.head.sample(cond, generator=torch.Generator(device=device).manual_seed(0),
+                                              diffusion_steps=k)
 
         for k in plan.diffusion_steps:
             log.info("diffusion: mar+diffloss, %d diffusion steps", k)
-            with diffusion_steps(mar_dl, k):
-                row = bench_sample(mar_dl, "mar", "diffloss", "8x8x4 cont", device, plan, None,
-                                   batch=plan.sample_batch, section="diffusion", setting=f"{k} diffusion steps")
-                head_sec = timed(head_only, device, plan, warmup=None)
+            row = bench_sample(mar_dl, "mar", "diffloss", "8x8x4 cont", device, plan, None, batch=plan.sample_batch,
+                               section="diffusion", setting=f"{k} diffusion steps", diffusion_steps=k)
+            head_sec = timed(head_only(k), device, plan, warmup=None)
             row.note += f"; head only {plan.head_rows / head_sec:,.0f} rows/s at {plan.head_rows} rows"
             diff_rows.append(row)
 

@@ -126,6 +126,7 @@ class ARGenerator(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample one token at a time in raster order; returns tokens in the spec layout.
 
@@ -133,7 +134,8 @@ class ARGenerator(nn.Module):
         token; without it the whole prefix is recomputed (the reference path; same tokens for the same seed).
         """
         check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature
+            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+            diffusion_steps=diffusion_steps,
         )
         labels = labels.to(self.class_emb.weight.device)
         L = self.seq_len
@@ -156,7 +158,8 @@ class ARGenerator(nn.Module):
             w = cfg_at(cfg, cfg_schedule, (t + 1) / L)
             if guided and w == 1.0:
                 z = z[:B]
-            tok = self.head.sample(z, temperature=temperature, cfg=w, generator=generator)
+            tok = self.head.sample(z, temperature=temperature, cfg=w, generator=generator,
+                                   diffusion_steps=diffusion_steps)
             out.append(tok)
             if progress is not None:
                 progress(t + 1, L)

@@ -173,10 +173,12 @@ class MARGenerator(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample in ``steps`` rounds (default ``cfg.steps``, at most h*w) along one random order per sample."""
         check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature
+            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+            diffusion_steps=diffusion_steps,
         )
         labels = labels.to(self.class_emb.weight.device)
         L, B = self.seq_len, labels.shape[0]
@@ -208,7 +210,8 @@ class MARGenerator(nn.Module):
                 w = cfg_at(cfg, cfg_schedule, (L - masked_after) / L)
                 if guided and w == 1.0:
                     cond = cond[: B * n]
-                sampled = self.head.sample(cond, temperature=temperature, cfg=w, generator=generator)
+                sampled = self.head.sample(cond, temperature=temperature, cfg=w, generator=generator,
+                                           diffusion_steps=diffusion_steps)
                 sampled = sampled.reshape(B, n, *shape[2:]).to(tokens.dtype)
                 tokens = tokens.scatter(1, new.view(B, n, *([1] * (tokens.ndim - 2))).expand_as(sampled), sampled)
                 masked_before = masked_after

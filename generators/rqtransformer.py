@@ -140,6 +140,7 @@ class RQTransformerGenerator(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample position by position in raster order, each position's D codes by the depth transformer.
 
@@ -147,7 +148,8 @@ class RQTransformerGenerator(nn.Module):
         both transformers; without them every step recomputes its prefix (same tokens for the same seed).
         """
         check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature
+            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+            diffusion_steps=diffusion_steps,
         )
         labels = labels.to(self.class_emb.weight.device)
         P, D = self.spec.positions, self.spec.depth
@@ -186,7 +188,8 @@ class RQTransformerGenerator(nn.Module):
                 w = cfg_at(cfg, cfg_schedule, (t * D + d + 1) / (P * D))
                 if guided and w == 1.0:
                     z = z[:B]
-                code = self.head.sample(z, temperature=temperature, cfg=w, generator=generator)  # [B(, C)]
+                code = self.head.sample(z, temperature=temperature, cfg=w, generator=generator,
+                                    diffusion_steps=diffusion_steps)  # [B(, C)]
                 codes.append(code)
                 if d + 1 < D:
                     partial = partial + self.depth_emb(both(code))

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchkit.errors import ConfigError
 from benchkit.heads import check_head_kind, masked_mean
 from benchkit.interfaces import TokenKind, TokenSpec
 from benchkit.registry import HEADS
@@ -91,8 +90,6 @@ class CEHead(nn.Module):
         check_head_kind("ce", self.kinds, spec)
         assert spec.vocab_size is not None, "a discrete TokenSpec always has vocab_size"
         self.cfg, self.vocab_size, self.cond_dim = cfg, int(spec.vocab_size), cond_dim
-        # sampling options are plain attributes so an evaluation sweep can change them without a rebuild
-        self.top_k, self.top_p = cfg.top_k, cfg.top_p
         if cfg.hidden > 0:
             self.net: nn.Module = nn.Sequential(
                 nn.Linear(cond_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, self.vocab_size)
@@ -122,12 +119,14 @@ class CEHead(nn.Module):
         temperature: float = 1.0,
         cfg: float = 1.0,
         generator: torch.Generator | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
-        """Draw token ids long [N]; with cfg != 1, cond holds 2N rows (conditional first) and N rows come back."""
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 and top_p in (0, 1], got top_k={self.top_k}, top_p={self.top_p}")
+        """Draw token ids long [N]; with cfg != 1, cond holds 2N rows (conditional first) and N rows come back.
+
+        The values were checked where they entered (``SampleSettings``, ``CEConfig``); ``temperature = 0`` is
+        greedy. ``diffusion_steps`` is part of the shared head signature and unused by a categorical draw.
+        """
+        del diffusion_steps
         # 1. logits [rows, V]
         logits = self(cond).float()
         # 2. classifier-free guidance on logits: l = u + w (c - u)
@@ -138,6 +137,6 @@ class CEHead(nn.Module):
         if temperature == 0:
             return logits.argmax(dim=-1)
         # 3. temperature, then top-k and top-p filtering on the tempered logits
-        logits = filter_top_p(filter_top_k(logits / temperature, self.top_k), self.top_p)
+        logits = filter_top_p(filter_top_k(logits / temperature, self.cfg.top_k), self.cfg.top_p)
         # 4. one draw per row from the generator
         return sample_categorical(logits.softmax(dim=-1), generator)

@@ -123,8 +123,8 @@ class DiffLossConfig:
     depth: int = 2
     batch_mul: int = 4  # independent (t, noise) draws per token per training step
     num_timesteps: int = 1000  # training chain length (cosine schedule)
-    sampling_steps: int = 100  # respaced chain length at sampling; also a plain attribute of the head
-    sampler: Sampler = "ddpm"  # also a plain attribute of the head
+    sampling_steps: int = 100  # respaced chain length at sampling (a sampling call's diffusion_steps overrides it)
+    sampler: Sampler = "ddpm"
     ddim_eta: float = 0.0  # DDIM noise level (0 = deterministic)
     learn_sigma: bool = False  # learn the reverse variance with IDDPM's hybrid loss (MAR does)
     clip_x0: bool = True  # at sampling, clip predicted x_0 to the per-channel range of the training targets
@@ -154,9 +154,6 @@ class DiffLossHead(nn.Module):
         check_head_kind("diffloss", self.kinds, spec)
         assert spec.dim is not None, "a continuous TokenSpec always has dim"
         self.cfg, self.dim, self.cond_dim = cfg, int(spec.dim), cond_dim
-        # plain attributes so an evaluation sweep can change them without a rebuild; checked in sample()
-        self.sampling_steps: int = cfg.sampling_steps
-        self.sampler: str = cfg.sampler
         out_dim = 2 * self.dim if cfg.learn_sigma else self.dim  # [eps | v]
         self.net = DenoiserMLP(self.dim, cond_dim, cfg.width, cfg.depth, out_dim)
         self.diffusion = GaussianDiffusion.cosine(cfg.num_timesteps)
@@ -216,19 +213,21 @@ class DiffLossHead(nn.Module):
         temperature: float = 1.0,
         cfg: float = 1.0,
         generator: torch.Generator | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
-        """Draw tokens float [N, C]; with cfg != 1, cond holds 2N rows (conditional first) and N rows come back."""
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
-        if not 1 <= self.sampling_steps <= self.diffusion.num_steps:
-            raise ConfigError(f"sampling_steps must be in [1, {self.diffusion.num_steps}], got {self.sampling_steps}")
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        """Draw tokens float [N, C]; with cfg != 1, cond holds 2N rows (conditional first) and N rows come back.
+
+        ``diffusion_steps`` (None: ``cfg.sampling_steps``) is the respaced chain length; ``temperature`` (checked
+        by ``SampleSettings``) scales the per-step noise, 0 gives none.
+        """
+        steps = self.cfg.sampling_steps if diffusion_steps is None else diffusion_steps
+        if not 1 <= steps <= self.diffusion.num_steps:
+            raise ConfigError(f"diffusion_steps must be in [1, {self.diffusion.num_steps}], got {steps}")
         guided = cfg != 1.0
         rows = cond.shape[0]
         assert not guided or rows % 2 == 0, f"cfg != 1 needs 2N rows (cond then uncond), got {rows}"
         n = rows // 2 if guided else rows
-        chain, ddim = self.chain(self.sampling_steps), self.sampler == "ddim"
+        chain, ddim = self.chain(steps), self.cfg.sampler == "ddim"
         stochastic = not ddim or self.cfg.ddim_eta > 0
         dev = cond.device
         bound = self.x0_bound if self.cfg.clip_x0 and bool(torch.isfinite(self.x0_bound).all()) else None

@@ -80,13 +80,13 @@ def sample(
     from benchkit.distributed import is_main
     from benchkit.images import save_grid
     from benchkit.pipeline import load_run
-    from benchkit.sampling import SampleSettings, balanced_labels, base_settings, generate_images
+    from benchkit.sampling import balanced_labels, generate_images
 
     if out is not None:
         check_writable(out.parent)
     r = load_run(run)
     given = {"steps": steps, "cfg": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature}
-    s = SampleSettings(**{**base_settings(r.cfg.sample), **{k: v for k, v in given.items() if v is not None}})
+    s = r.cfg.sample.replace(**{k: v for k, v in given.items() if v is not None})
     k = r.generator.num_classes
     labels = balanced_labels(k * n_per_class, k).sort().values
     images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,

@@ -154,7 +154,7 @@ CASES = [
     ("negative-steps", ["train", "--set", "train.steps=-5"], 2, r"steps must be >= 1, got -5"),
     ("batch-size-zero", ["train", "--set", "train.batch_size=0"], 2, r"batch_size must be >= 1, got 0"),
     ("cfg-negative", ["train", "--set", "sample.cfg=-1"], 2, r"cfg must be >= 0, got -1"),
-    ("temperature-zero", ["train", "--set", "sample.temperature=0"], 2, r"temperature must be > 0, got 0"),
+    ("temperature-negative", ["train", "--set", "sample.temperature=-1"], 2, r"temperature must be >= 0 \(0 = greedy\), got -1"),
     ("lr-zero", ["train", "--set", "tokenizer_train.lr=0"], 2, r"lr must be > 0"),
     ("image-size-tiny", ["train", "--set", "data.image_size=4"], 2, r"image_size must be >= 8, got 4"),
     ("codebook-too-small", ["train", "--set", "tokenizer.options.codebook_size=1"], 2, r"codebook_size must be >= 2"),
@@ -224,7 +224,7 @@ def test_bad_input_one_line(case_id, args, code, pattern, capsys, monkeypatch, t
 
 # -------------------------------------------------------------------------------------- cases on a trained run
 RUN_CASES = [
-    ("sample-temperature-zero", ["sample", "{run}", "--temperature", "0"], 2, r"temperature must be > 0, got 0"),
+    ("sample-temperature-negative", ["sample", "{run}", "--temperature", "-0.5"], 2, r"temperature must be >= 0 \(0 = greedy\), got -0.5"),
     ("sample-cfg-negative", ["sample", "{run}", "--cfg", "-1"], 2, r"cfg must be >= 0, got -1"),
     ("sample-unknown-cfg-schedule", ["sample", "{run}", "--cfg-schedule", "cosine"], 2,
      r"unknown cfg_schedule 'cosine'; valid: constant, linear"),

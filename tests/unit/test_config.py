@@ -38,7 +38,7 @@ def test_overrides_are_typed() -> None:
     ("train.steps=1.5", r"expected int"),
     ("train.steps=0", r"steps must be >= 1"),
     ("train.batch_size=0", r"batch_size must be >= 1"),
-    ("sample.temperature=0", r"temperature must be > 0"),
+    ("sample.temperature=-1", r"temperature must be >= 0 \(0 = greedy\)"),
     ("sample.cfg=-1", r"cfg must be >= 0"),
     ("sample.cfg_schedule=cosine", r"valid: 'constant', 'linear'"),
     ("device=tpu", r"valid: 'auto', 'cpu', 'cuda', 'mps'"),

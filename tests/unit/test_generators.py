@@ -13,8 +13,8 @@ from benchkit.errors import ConfigError, IncompatibleComponentsError
 from benchkit.interfaces import Batch, Generator, TokenSpec
 from benchkit.nn.transformer import Transformer
 from benchkit.registry import GENERATORS
+from benchkit.config import CFG_SCHEDULES
 from benchkit.schedules import (
-    CFG_SCHEDULES,
     cfg_at,
     mask_ratio_truncnorm,
     tokens_to_keep_masked,
@@ -255,8 +255,10 @@ def test_sampling_arguments_are_checked(name: str) -> None:
         model.generate(labels, steps=0)
     with pytest.raises(ConfigError, match="cfg must be >= 0"):
         model.generate(labels, cfg=-1.0)
-    with pytest.raises(ConfigError, match="temperature must be > 0"):
-        model.generate(labels, temperature=0.0)
+    with pytest.raises(ConfigError, match=r"temperature must be >= 0 \(0 = greedy\)"):
+        model.generate(labels, temperature=-0.1)
+    with pytest.raises(ConfigError, match="diffusion_steps must be"):
+        model.generate(labels, diffusion_steps=0)
     with pytest.raises(ConfigError, match="valid: constant, linear"):
         model.generate(labels, cfg_schedule="cosine")
     with pytest.raises(ConfigError, match=r"labels must be in \[0, 3\]"):
@@ -335,17 +337,28 @@ def test_cfg_schedules() -> None:
 # ------------------------------------------------------------------------------------ sampling settings
 
 
-def test_head_settings_apply_within_one_call_only() -> None:
+def test_diffusion_steps_are_passed_to_the_head_per_call() -> None:
     from benchkit.sampling import SampleSettings, generate_tokens
 
     model = build("mar", "diffloss", "continuous-d1").eval()
-    seen: list[int] = []
+    seen: list[int | None] = []
     original = model.head.sample
-    model.head.sample = lambda *a, **kw: (seen.append(model.head.sampling_steps), original(*a, **kw))[1]
+    model.head.sample = lambda *a, **kw: (seen.append(kw["diffusion_steps"]), original(*a, **kw))[1]
     generate_tokens(model, torch.tensor([0, 1]), SampleSettings(steps=2, diffusion_steps=7), seed=0, batch_size=2)
     generate_tokens(model, torch.tensor([0, 1]), SampleSettings(steps=2), seed=0, batch_size=2)
-    assert seen == [7, 7, 3, 3]  # the second call is back at the head's own 3 steps
-    assert model.head.sampling_steps == 3
+    assert seen == [7, 7, None, None]  # None: the head's own sampling_steps
+    assert model.head.cfg.sampling_steps == 3
+
+
+@pytest.mark.parametrize("layout", ["discrete-d1", "discrete-d4"])
+def test_ce_temperature_zero_is_greedy_end_to_end(layout: str) -> None:
+    """Temperature 0 through ``generate``: greedy decoding, so the seed no longer matters; temperature 1 differs."""
+    model = build("ar", "ce", layout).eval()
+    labels = torch.tensor([0, 1, 2])
+    a = model.generate(labels, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    b = model.generate(labels, temperature=0.0, generator=torch.Generator().manual_seed(1))
+    c = model.generate(labels, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(b, c)
 
 
 def test_eval_settings_resolve_defaults_and_drop_repeats() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 
@@ -195,10 +196,10 @@ def test_ce_samples_follow_the_softmax_and_filters() -> None:
     head, cond = fixed_distribution_head(probs), torch.zeros(20000, COND)
     freq = torch.bincount(head.sample(cond, generator=gen(0)), minlength=4).float() / 20000
     assert torch.allclose(freq, torch.tensor(probs), atol=0.015)
-    head.top_p = 0.7  # keeps {0, 1}: mass 0.8 >= 0.7
+    head.cfg = dataclasses.replace(head.cfg, top_p=0.7)  # keeps {0, 1}: mass 0.8 >= 0.7
     freq = torch.bincount(head.sample(cond, generator=gen(0)), minlength=4).float() / 20000
     assert freq[2:].sum() == 0 and freq[0].item() == pytest.approx(0.5 / 0.8, abs=0.015)
-    head.top_p, head.top_k = 1.0, 3
+    head.cfg = dataclasses.replace(head.cfg, top_p=1.0, top_k=3)
     freq = torch.bincount(head.sample(cond, generator=gen(0)), minlength=4).float() / 20000
     assert freq[3] == 0 and freq[2].item() == pytest.approx(0.15 / 0.95, abs=0.015)
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
@@ -211,10 +212,8 @@ def test_ce_top_k_one_and_low_temperature_are_argmax() -> None:
     greedy = head(cond).argmax(-1)
     assert torch.equal(head.sample(cond, temperature=0.0, generator=gen(0)), greedy)
     assert torch.equal(head.sample(cond, temperature=1e-4, generator=gen(0)), greedy)
-    head.top_k = 1
+    head.cfg = dataclasses.replace(head.cfg, top_k=1)
     assert torch.equal(head.sample(cond, temperature=5.0, generator=gen(1)), greedy)
-    with pytest.raises(ConfigError, match="temperature"):
-        head.sample(cond, temperature=-1.0)
 
 
 def test_ce_temperature_flattens_or_sharpens() -> None:
@@ -277,18 +276,16 @@ def test_diffloss_same_seed_same_tokens_and_attributes() -> None:
     head, cond = diff_head(), torch.randn(8, COND)
     train_steps(head, cond, torch.randn(8, 4), 3)
     for sampler in ("ddpm", "ddim"):
-        head.sampler = sampler
+        head.cfg = dataclasses.replace(head.cfg, sampler=sampler)
         a = head.sample(cond, generator=gen(7))
         assert torch.equal(a, head.sample(cond, generator=gen(7))), sampler
         assert not torch.equal(a, head.sample(cond, generator=gen(8))), sampler
-    head.sampling_steps = 4
     assert head.chain(4).timesteps.tolist() == [0, 333, 666, 999]
-    head.sampling_steps = 0
-    with pytest.raises(ConfigError, match="sampling_steps"):
-        head.sample(cond)
-    head.sampling_steps, head.sampler = 4, "euler"
-    with pytest.raises(ConfigError, match="valid: ddpm, ddim"):
-        head.sample(cond)
+    assert not torch.equal(head.sample(cond, generator=gen(7), diffusion_steps=4), a)
+    with pytest.raises(ConfigError, match=r"diffusion_steps must be in \[1, 1000\], got 0"):
+        head.sample(cond, diffusion_steps=0)
+    with pytest.raises(ConfigError, match="sampler = 'euler' is not valid; valid: 'ddpm', 'ddim'"):
+        HEADS.create("diffloss", spec=TokenSpec("continuous", (1, 1), dim=4), cond_dim=COND, sampler="euler")
 
 
 def test_diffloss_temperature_scales_only_step_noise() -> None:
@@ -296,9 +293,8 @@ def test_diffloss_temperature_scales_only_step_noise() -> None:
     train_steps(head, cond, torch.randn(8, 4), 3)
     # one step: x_T is drawn, then the final (noise-free) step; temperature must not touch x_T
     assert torch.equal(head.sample(cond, temperature=0.0, generator=gen(2)), head.sample(cond, generator=gen(2)))
-    head.sampling_steps = 10
-    cold = head.sample(cond, temperature=0.0, generator=gen(2))
-    assert not torch.equal(cold, head.sample(cond, temperature=1.0, generator=gen(2)))
+    cold = head.sample(cond, temperature=0.0, generator=gen(2), diffusion_steps=10)
+    assert not torch.equal(cold, head.sample(cond, temperature=1.0, generator=gen(2), diffusion_steps=10))
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -393,7 +389,7 @@ def sample_mixture(head: DiffLossHead, n: int = 1000) -> tuple[torch.Tensor, tor
 
 @pytest.mark.slow
 def test_diffloss_fits_a_multimodal_mixture_where_regression_collapses(mixture_head: DiffLossHead) -> None:
-    mixture_head.sampler, mixture_head.sampling_steps = "ddpm", 100
+    mixture_head.cfg = dataclasses.replace(mixture_head.cfg, sampler="ddpm", sampling_steps=100)
     assert check_mixture(*sample_mixture(mixture_head)) == []
     # the best regression head predicts the conditional mean: class 0 collapses between its two modes
     means = [draw_mixture(torch.full((20000,), c), gen(3)).mean(0) for c in (0, 1)]
@@ -403,8 +399,8 @@ def test_diffloss_fits_a_multimodal_mixture_where_regression_collapses(mixture_h
 
 @pytest.mark.slow
 def test_diffloss_ddim_few_steps_covers_the_modes(mixture_head: DiffLossHead) -> None:
-    mixture_head.sampler, mixture_head.sampling_steps = "ddim", 25
+    mixture_head.cfg = dataclasses.replace(mixture_head.cfg, sampler="ddim", sampling_steps=25)
     try:  # deterministic DDIM at 4x fewer steps: the same coverage, spreads within 40% (measured 12-28% over 5 seeds)
         assert check_mixture(*sample_mixture(mixture_head), std_tol=0.4) == []
     finally:
-        mixture_head.sampler, mixture_head.sampling_steps = "ddpm", 100
+        mixture_head.cfg = dataclasses.replace(mixture_head.cfg, sampler="ddpm", sampling_steps=100)
