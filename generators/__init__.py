@@ -1,3 +1,8 @@
-"""Built-in generators; each module registers itself on import."""
+"""Built-in generators (the package ``benchkit.generators``); each module registers itself on import."""
 
-from benchkit.generators import ar, mar, rqtransformer  # noqa: F401
+if __name__ != "benchkit.generators":  # found as top-level `generators` (Python started in the repo root)
+    from benchkit.toplevel import defer_to_installed
+
+    defer_to_installed(__name__, __file__)
+else:
+    from benchkit.generators import ar, mar, rqtransformer  # noqa: F401

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchkit.heads import check_head_kind, masked_mean
+from benchkit.heads.common import check_head_kind, masked_mean
 from benchkit.interfaces import TokenKind, TokenSpec
 from benchkit.registry import HEADS
 

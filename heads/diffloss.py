@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchkit.errors import ConfigError
-from benchkit.heads import check_head_kind, masked_mean
+from benchkit.heads.common import check_head_kind, masked_mean
 from benchkit.interfaces import TokenKind, TokenSpec
 from benchkit.nn.diffusion import GaussianDiffusion
 from benchkit.nn.embed import TimestepEmbedding, modulate

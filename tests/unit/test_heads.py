@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from benchkit.heads import masked_mean
+from benchkit.heads.common import masked_mean
 from benchkit.heads.ce import CEHead, filter_top_k, filter_top_p
 from benchkit.heads.diffloss import DiffLossHead
 

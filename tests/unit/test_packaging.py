@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -34,3 +35,25 @@ def test_wheel_puts_components_under_benchkit(tmp_path: Path) -> None:
     for needed in ("benchkit/tokenizers/vq.py", "benchkit/generators/mar.py", "benchkit/heads/diffloss.py",
                    "benchkit/configs/tiny.toml", "benchkit/configs/sweeps/tiny.toml"):
         assert needed in names, needed
+
+
+@pytest.mark.parametrize("name", ["tokenizers", "generators", "heads"])
+def test_repo_root_does_not_shadow_installed_packages(tmp_path: Path, name: str) -> None:
+    """Started in the repository root, `import tokenizers` loads the installed package (here a stand-in with a
+    submodule, as Hugging Face's has), never the repository's folder; benchkit's own package still works."""
+    stand_in = tmp_path / "site" / name
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("from .core import WHO\n")
+    (stand_in / "core.py").write_text("WHO = 'stand-in'\n")
+    code = (f"import {name}; print({name}.WHO, {name}.__file__); "
+            "from benchkit.registry import TOKENIZERS, GENERATORS, HEADS; "
+            "print(TOKENIZERS.names(), GENERATORS.names(), HEADS.names())")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()
+    assert first.split() == ["stand-in", str(stand_in / "__init__.py")]
+    assert second == "['kl', 'rq', 'vq'] ['ar', 'mar', 'rqtransformer'] ['ce', 'diffloss']"
+    # without an installed package of that name the import fails as it does outside the repository
+    env.pop("PYTHONPATH")
+    bare = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bare.returncode == 1 and f"No module named '{name}'" in bare.stderr
