@@ -26,6 +26,7 @@ from benchkit.metrics.features import load_extractor
 from benchkit.metrics.quality import generation_metrics
 from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
 from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
+from benchkit.progress import progress_bar
 from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
 from benchkit.sampling import SampleSettings, balanced_labels, generate_images
@@ -97,14 +98,16 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
     labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
     params = cost.count_params(run.generator)
     rows = []
-    for s in settings:
-        row_id = fingerprint("gen-row", run_fingerprint(cfg), s, cfg.eval.features, cfg.eval.num_samples,
-                             cfg.eval.num_reference, cfg.eval.cost_batch_size)
-        with bdist.stage_lock(_row_lock(results_dir, row_id)):  # one writer per row, even across processes
-            row = _measure_generator(run, s, row_id, labels, real, extractor, params, results_dir, skip_done,
-                                     first=s == settings[0])
-        if row is not None:
-            rows.append(row)
+    with progress_bar(f"evaluating {run.dir.name}", len(settings)) as sweep_bar:
+        for i, s in enumerate(settings):
+            row_id = fingerprint("gen-row", run_fingerprint(cfg), s, cfg.eval.features, cfg.eval.num_samples,
+                                 cfg.eval.num_reference, cfg.eval.cost_batch_size)
+            with bdist.stage_lock(_row_lock(results_dir, row_id)):  # one writer per row, even across processes
+                row = _measure_generator(run, s, row_id, labels, real, extractor, params, results_dir, skip_done,
+                                         first=s == settings[0])
+            if row is not None:
+                rows.append(row)
+            sweep_bar(i + 1, len(settings))
     if bdist.is_main():
         grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
         grid = generate_images(run.generator, run.tokenizer.module, run.combo.kind, grid_labels, settings[0],
@@ -127,8 +130,9 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
         return None
     t0 = time.perf_counter()
-    fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
-                           seed=cfg.seed, batch_size=cfg.sample.batch_size, distributed=True)
+    with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
+        fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
+                               seed=cfg.seed, batch_size=cfg.sample.batch_size, distributed=True, progress=bar)
     sample_time = time.perf_counter() - t0
     if not bdist.is_main():
         return None

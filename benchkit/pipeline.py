@@ -44,6 +44,7 @@ from benchkit.distributed import is_main, pick_device
 from benchkit.errors import CheckpointError, ConfigError, DataError
 from benchkit.interfaces import Batch, TokenKind
 from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
+from benchkit.progress import progress_bar
 from benchkit.provenance import environment
 from benchkit.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
 from benchkit.trainer import TrainResult, fit
@@ -238,9 +239,11 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
         if is_main() and cache is None:
             device = next(tok.module.parameters()).device
             parts = []
-            for i in range(0, len(data), batch_size):
-                x = to_float(data.images[i : i + batch_size]).to(device)
-                parts.append(tok.module.encode_for_cache(x.flip(-1) if mirrored else x, kind).cpu())
+            with progress_bar(f"caching {kind} tokens", len(data)) as bar:
+                for i in range(0, len(data), batch_size):
+                    x = to_float(data.images[i : i + batch_size]).to(device)
+                    parts.append(tok.module.encode_for_cache(x.flip(-1) if mirrored else x, kind).cpu())
+                    bar(min(i + batch_size, len(data)), len(data))
             cache = torch.cat(parts)
             save_checkpoint(path, {"cache": cache}, {"n": len(data), "kind": kind, "fingerprint": tok.fingerprint,
                                                      "mirrored": mirrored})

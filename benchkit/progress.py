@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from benchkit.interfaces import Progress
 
@@ -26,20 +27,34 @@ def enabled() -> bool:
     return _STATE["enabled"] and Console(stderr=True).is_terminal
 
 
+_LIVE: dict[str, Any] = {"bar": None, "open": 0}  # one rich display shared by nested bars (rich draws one at a time)
+
+
 @contextmanager
 def progress_bar(desc: str, total: int | None = None) -> Iterator[Progress]:
-    """A bar labelled ``desc``; yields ``update(done, total)`` (a no-op when bars are off)."""
+    """A bar labelled ``desc`` (nested bars stack in one display); yields ``update(done, total)``, a no-op when bars
+    are off."""
     if not enabled():
         yield _ignore
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-    bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=Console(stderr=True), transient=True)
+    if _LIVE["bar"] is None:
+        _LIVE["bar"] = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        _LIVE["bar"].start()
+    bar = _LIVE["bar"]
+    _LIVE["open"] += 1
     task = bar.add_task(desc, total=total)
-    with bar:
+    try:
         yield lambda done, of: bar.update(task, completed=done, total=of)
+    finally:
+        bar.remove_task(task)
+        _LIVE["open"] -= 1
+        if _LIVE["open"] == 0:
+            bar.stop()
+            _LIVE["bar"] = None
 
 
 def _ignore(done: int, total: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -43,7 +45,34 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 OutOpt = Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Results root (default: results).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | mps")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an unfinished run of the same config.")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="Show progress bars on stderr (never when stderr is not a terminal).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout; logs stay on "
+                                                      "stderr.")]
+
+
+def emit_json(data: Any) -> None:
+    """``data`` as strict JSON on stdout (NaN and infinity become null, paths and other objects strings)."""
+    typer.echo(json.dumps(_strict(data), indent=1, default=str, allow_nan=False))
+
+
+def _strict(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def show_progress(enabled: bool) -> None:
+    """Apply a command's ``--progress/--no-progress`` to every progress bar of the process."""
+    from benchkit import progress
+
+    progress.set_enabled(enabled)
 
 
 def run_config(preset: str | None, config: Path | None, sets: list[str] | None, out_dir: Path | None,

@@ -7,15 +7,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from benchkit.cli.common import OutOpt, ProgressOpt, ResumeOpt, SetOpt, check_writable, err_console, out_console
+from benchkit.cli.common import (JsonOpt, OutOpt, ProgressOpt, ResumeOpt, SetOpt, check_writable, emit_json, err_console,
+                                 out_console, show_progress)
 from benchkit.errors import ConfigError
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
 
 def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_dir: Path | None,
-               preset: str | None, progress: bool, resume: bool) -> None:
+               preset: str | None, progress: bool, resume: bool, as_json: bool) -> None:
     from benchkit.runner import execute
+
+    show_progress(progress)
     from benchkit.sweep import expand, load_sweep, parse_shard, shard
 
     i, n = parse_shard(shard_text)
@@ -39,6 +42,11 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
     report = execute(mine, results_dir, progress=progress, resume=resume)
     from benchkit.results import read_rows
 
+    if as_json:
+        emit_json({"results_dir": results_dir, "done": report.done, "skipped": report.skipped,
+                   "outputs": report.outputs, "wall_s": report.wall_s,
+                   "rows": read_rows(results_dir).to_dict(orient="records")})
+        return
     _print_tables(read_rows(results_dir), compact=True)
     err_console.print(f"wall time {report.wall_s:.0f} s; wrote:")
     for p in report.outputs:
@@ -69,13 +77,13 @@ def run(
     sets: SetOpt = None, out_dir: OutOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the sweep's).")] = None,
     shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
-    progress: ProgressOpt = True, resume: ResumeOpt = True,
+    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False,
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
     Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 13 min on 2 CPU cores)
     """
-    _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume)
+    _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume, as_json)
 
 
 def sweep(
@@ -83,7 +91,7 @@ def sweep(
     sets: SetOpt = None, out_dir: OutOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the file's).")] = None,
     shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
-    progress: ProgressOpt = True, resume: ResumeOpt = True,
+    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False,
 ) -> None:
     """Run a grid over components and options; finished runs are skipped, so re-running resumes.
 
@@ -91,7 +99,7 @@ def sweep(
     """
     if not file.is_file():
         raise ConfigError(f"sweep file {str(file)!r} does not exist")
-    _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume)
+    _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume, as_json)
 
 
 def table(
@@ -99,7 +107,7 @@ def table(
     filters: Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="e.g. head=ce, fid<50 (repeatable).")] = None,
     sort: Annotated[Optional[str], typer.Option("--sort", help="Column to sort by.")] = None,
     descending: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    as_json: JsonOpt = False,
     wide: Annotated[bool, typer.Option("--wide", help="Print every column (default: the key ones).")] = False,
 ) -> None:
     """Print the results table and rewrite table.csv / .md / .tex.
@@ -115,7 +123,7 @@ def table(
     if sort:
         df = sort_rows(df, sort, descending)
     if as_json:
-        typer.echo(df.to_json(orient="records", indent=1))
+        emit_json(df.to_dict(orient="records"))
         return
     paths = write_tables(df, results)
     _print_tables(df, compact=not wide)
@@ -123,7 +131,7 @@ def table(
         err_console.print(f"wrote {p}")
 
 
-def plot(results: ResultsArg) -> None:
+def plot(results: ResultsArg, as_json: JsonOpt = False) -> None:
     """Regenerate the Pareto, FID-vs-steps and training-curve plots of a results directory.
 
     Example: benchkit plot results/tiny
@@ -132,9 +140,12 @@ def plot(results: ResultsArg) -> None:
 
     if not (results / "rows.jsonl").is_file():
         raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
-    for p in write_outputs(results, results.parent):
-        if p.suffix == ".png":
-            typer.echo(str(p))
+    plots = [p for p in write_outputs(results, results.parent) if p.suffix == ".png"]
+    if as_json:
+        emit_json({"plots": plots})
+        return
+    for p in plots:
+        typer.echo(str(p))
 
 
 def register(app: typer.Typer) -> None:

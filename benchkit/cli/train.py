@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchkit.cli.common import (ConfigOpt, DeviceOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt,
-                                 check_writable, err_console, out_console, run_config)
+from benchkit.cli.common import (ConfigOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt,
+                                 check_writable, emit_json, err_console, out_console, run_config, show_progress)
 from benchkit.errors import ConfigError
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory (printed by `benchkit train`).")]
@@ -21,6 +22,7 @@ def train_tokenizer(
     preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
     device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure reconstructions afterwards.")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train a tokenizer once (reused by every generator), cache nothing yet, and measure its reconstructions.
 
@@ -30,6 +32,7 @@ def train_tokenizer(
     from benchkit.pipeline import load_splits, train_tokenizer as _train
     from benchkit.registry import TOKENIZERS
 
+    show_progress(progress)
     sets = list(sets or [])
     if name:
         TOKENIZERS.get(name)
@@ -39,17 +42,18 @@ def train_tokenizer(
     check_writable(Path(cfg.out_dir))
     train, test = load_splits(cfg)
     tok = _train(cfg, train, resume=resume, progress=progress)
-    if evaluate:
-        results = Path(cfg.out_dir) / cfg.name
-        row = evaluate_tokenizer(tok, cfg, train, test, results)
-        if row:
-            out_console.print_json(json.dumps({k: row[k] for k in row if k not in ("timestamp",)}, default=str))
+    row = evaluate_tokenizer(tok, cfg, train, test, Path(cfg.out_dir) / cfg.name) if evaluate else None
+    if as_json:
+        emit_json({"tokenizer_dir": tok.dir, "row": row})
+        return
+    if row:
+        out_console.print_json(json.dumps({k: row[k] for k in row if k not in ("timestamp",)}, default=str))
     typer.echo(str(tok.dir))
 
 
 def train(
     preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
-    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
+    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True, as_json: JsonOpt = False,
 ) -> None:
     """Train one generator (and its tokenizer if needed) and print the run directory.
 
@@ -57,9 +61,15 @@ def train(
     """
     from benchkit.pipeline import train_generator
 
+    show_progress(progress)
     cfg = run_config(preset, config, sets, out_dir, device)
     check_writable(Path(cfg.out_dir))
     run = train_generator(cfg, resume=resume, progress=progress)
+    if as_json:
+        meta_path = run.dir / "model.json"
+        emit_json({"run_dir": run.dir, "tokenizer_dir": run.tokenizer.dir,
+                   "train": json.loads(meta_path.read_text()) if meta_path.is_file() else None})
+        return
     typer.echo(str(run.dir))
 
 
@@ -72,6 +82,7 @@ def sample(
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (> 0).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/samples.png).")] = None,
+    progress: ProgressOpt = True, as_json: JsonOpt = False,
 ) -> None:
     """Write a PNG grid of samples, one row per class.
 
@@ -80,8 +91,10 @@ def sample(
     from benchkit.distributed import is_main
     from benchkit.images import save_grid
     from benchkit.pipeline import load_run
+    from benchkit.progress import progress_bar
     from benchkit.sampling import balanced_labels, generate_images
 
+    show_progress(progress)
     if out is not None:
         check_writable(out.parent)
     r = load_run(run)
@@ -89,13 +102,18 @@ def sample(
     s = r.cfg.sample.replace(**{k: v for k, v in given.items() if v is not None})
     k = r.generator.num_classes
     labels = balanced_labels(k * n_per_class, k).sort().values
-    images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,
-                             seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size,
-                             distributed=True)  # under torchrun each rank samples its share
+    with progress_bar("sampling", len(labels)) as bar:
+        images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,
+                                 seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size,
+                                 distributed=True, progress=bar)  # under torchrun each rank samples its share
     path = out or (r.dir / "samples.png")
     if is_main():
         save_grid(images, path, nrow=n_per_class)
-        typer.echo(str(path))
+        if as_json:
+            emit_json({"path": path, "images": len(images), "classes": k, "per_class": n_per_class,
+                       "settings": dataclasses.asdict(s), "seed": r.cfg.seed if seed is None else seed})
+        else:
+            typer.echo(str(path))
 
 
 def evaluate(
@@ -104,6 +122,7 @@ def evaluate(
     results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
     sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID sanity ladder on real data instead.")] = False,
     preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
+    progress: ProgressOpt = True, as_json: JsonOpt = False,
 ) -> None:
     """Measure FID/IS/KID/PR (two libraries), class accuracy and cost of a run; append rows to the table.
 
@@ -112,6 +131,7 @@ def evaluate(
     from benchkit.evaluate import evaluate_run, evaluate_tokenizer
     from benchkit.pipeline import check_eval, load_run, load_splits
 
+    show_progress(progress)
     if sanity:
         from benchkit.evaluate import cache_dir
         from benchkit.metrics.features import load_extractor
@@ -123,7 +143,10 @@ def evaluate(
         ext = load_extractor(cfgx.eval.features, train_data=train_d, cache_dir=cache_dir(cfgx),
                              device=pick_device(cfgx.device), weights_path=cfgx.eval.inception_weights)
         ladder = sanity_ladder(train_d, test_d, ext, cfgx.eval.num_samples)
-        out_console.print_json(json.dumps(ladder, default=str))
+        if as_json:
+            emit_json(ladder)
+        else:
+            out_console.print_json(json.dumps(ladder, default=str))
         if not ladder.get("monotone", False):
             raise typer.Exit(1)
         return
@@ -147,7 +170,10 @@ def evaluate(
     train_d, test_d = load_splits(cfg)
     evaluate_tokenizer(r.tokenizer, cfg, train_d, test_d, out)
     rows = evaluate_run(r, train_d, test_d, out, skip_done=False)
-    out_console.print_json(json.dumps(rows, default=str))
+    if as_json:
+        emit_json(rows)
+    else:
+        out_console.print_json(json.dumps(rows, default=str))
     err_console.print(f"rows appended to {out / 'rows.jsonl'}")
 
 

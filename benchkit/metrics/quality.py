@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from benchkit.metrics.features import Extractor, content_hash, safe_name
+from benchkit.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -263,49 +264,53 @@ def generation_metrics(fake: torch.Tensor, real: torch.Tensor, extractor: Extrac
     splits = max(1, min(isc_splits, n // 2))
     cache_dir = Path(cache_dir)
 
-    # 1. torch-fidelity on in-memory uint8 Datasets; the reference's cache name holds its content hash and the
-    #    network's name holds the weights hash, so no cached entry can belong to other images or weights.
-    tf = fidelity_metrics(
-        input1=_Uint8Images(fake), input2=_Uint8Images(real), isc=True, fid=True, kid=True, prc=prc,
-        **extractor.fidelity_kwargs(), cuda=device.type == "cuda", batch_size=extractor.batch_size,
-        save_cpu_ram=True, verbose=False, isc_splits=splits, kid_subsets=kid_subsets, kid_subset_size=kid_size,
-        cache=True, cache_root=str(cache_dir / "fidelity"), rng_seed=seed,
-        input2_cache_name=f"benchkit-{ref_cache_name(real, ref_key)}",
-    )
-    out: dict[str, float | str] = {"features": extractor.tag, "n_samples": n, "n_ref": m}
-    for key, tf_key in FIDELITY_KEYS.items():
-        if tf_key in tf:
-            out[key] = float(tf[tf_key])
-    out["isc_splits"] = splits
-    out["kid_subset_size"] = kid_size
+    with progress_bar(f"features and statistics of {n} samples, {m} references", 3) as bar:
+        # 1. torch-fidelity on in-memory uint8 Datasets; the reference's cache name holds its content hash and the
+        #    network's name holds the weights hash, so no cached entry can belong to other images or weights.
+        tf = fidelity_metrics(
+            input1=_Uint8Images(fake), input2=_Uint8Images(real), isc=True, fid=True, kid=True, prc=prc,
+            **extractor.fidelity_kwargs(), cuda=device.type == "cuda", batch_size=extractor.batch_size,
+            save_cpu_ram=True, verbose=False, isc_splits=splits, kid_subsets=kid_subsets, kid_subset_size=kid_size,
+            cache=True, cache_root=str(cache_dir / "fidelity"), rng_seed=seed,
+            input2_cache_name=f"benchkit-{ref_cache_name(real, ref_key)}",
+        )
+        out: dict[str, float | str] = {"features": extractor.tag, "n_samples": n, "n_ref": m}
+        for key, tf_key in FIDELITY_KEYS.items():
+            if tf_key in tf:
+                out[key] = float(tf[tf_key])
+        out["isc_splits"] = splits
+        out["kid_subset_size"] = kid_size
+        bar(1, 3)
 
-    # 2. benchkit's own pass through the same network: sample features and logits, cached reference statistics
-    ref = reference_stats(real, extractor, cache_dir=cache_dir, ref_key=ref_key)
-    fake_feats, fake_logits = extractor.features_and_logits(fake)
-    mu, sigma = feature_stats(fake_feats)
+        # 2. benchkit's own pass through the same network: sample features and logits, cached reference statistics
+        ref = reference_stats(real, extractor, cache_dir=cache_dir, ref_key=ref_key)
+        bar(2, 3)
+        fake_feats, fake_logits = extractor.features_and_logits(fake)
+        bar(3, 3)
+        mu, sigma = feature_stats(fake_feats)
 
-    # 3. clean-fid on those features: an independent FID (scipy sqrtm) and KID
-    if clean_fid:
-        out["fid_cleanfid"] = cleanfid_fid(mu, sigma, ref.mu, ref.sigma)
-        out["kid_cleanfid"] = cleanfid_kid(fake_feats.numpy(), ref.feats.numpy(), kid_size, seed, kid_subsets)
-        fid = float(out["fid"])
-        out["fid_rel_diff"] = abs(fid - float(out["fid_cleanfid"])) / max(abs(fid), 1e-12)
-        if not abs(fid - float(out["fid_cleanfid"])) <= 1e-3 * abs(fid) + 1e-6:  # NaN warns too
-            log.warning("torch-fidelity FID %.6g and clean-fid FID %.6g disagree (relative difference %.2g)",
-                        fid, out["fid_cleanfid"], out["fid_rel_diff"])
+        # 3. clean-fid on those features: an independent FID (scipy sqrtm) and KID
+        if clean_fid:
+            out["fid_cleanfid"] = cleanfid_fid(mu, sigma, ref.mu, ref.sigma)
+            out["kid_cleanfid"] = cleanfid_kid(fake_feats.numpy(), ref.feats.numpy(), kid_size, seed, kid_subsets)
+            fid = float(out["fid"])
+            out["fid_rel_diff"] = abs(fid - float(out["fid_cleanfid"])) / max(abs(fid), 1e-12)
+            if not abs(fid - float(out["fid_cleanfid"])) <= 1e-3 * abs(fid) + 1e-6:  # NaN warns too
+                log.warning("torch-fidelity FID %.6g and clean-fid FID %.6g disagree (relative difference %.2g)",
+                            fid, out["fid_cleanfid"], out["fid_rel_diff"])
 
-    # 4. class accuracy of the dataset classifier on the samples, against the requested labels
-    if labels is not None and extractor.num_classes is not None:
-        labels = torch.as_tensor(labels).cpu().long()
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        if labels.min() < 0 or labels.max() >= extractor.num_classes:
-            raise ValueError(f"labels must lie in [0, {extractor.num_classes}) for features {extractor.tag}")
-        overall, per_class = class_accuracy(fake_logits, labels)
-        out["class_acc"] = overall
-        out["class_acc_min"] = min(a for a in per_class if a == a)  # the worst requested class (NaN: not requested)
+        # 4. class accuracy of the dataset classifier on the samples, against the requested labels
+        if labels is not None and extractor.num_classes is not None:
+            labels = torch.as_tensor(labels).cpu().long()
+            if labels.shape != (n,):
+                raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+            if labels.min() < 0 or labels.max() >= extractor.num_classes:
+                raise ValueError(f"labels must lie in [0, {extractor.num_classes}) for features {extractor.tag}")
+            overall, per_class = class_accuracy(fake_logits, labels)
+            out["class_acc"] = overall
+            out["class_acc_min"] = min(a for a in per_class if a == a)  # the worst requested class (NaN: not requested)
 
-    # 5. optional FID-infinity against the cached reference statistics
-    if fid_inf:
-        out["fid_inf"] = fid_infinity(fake_feats, ref.mu, ref.sigma, seed=seed).fid_inf
+        # 5. optional FID-infinity against the cached reference statistics
+        if fid_inf:
+            out["fid_inf"] = fid_infinity(fake_feats, ref.mu, ref.sigma, seed=seed).fid_inf
     return out

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY, bk, build_feature_cache, last_line
+from conftest import TINY, bk, build_feature_cache, last_line
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_train_eval_table_on_image_folders(tmp_path: Path, classes: int) -> None
 
     bk("table", str(out / "tiny"))
     table = list(csv.DictReader(open(out / "tiny" / "table.csv")))
-    assert [float(r["fid"]) for r in table if r["generator"] == "ar"] == pytest.approx([rows[0]["fid"]], rel=1e-3)
+    assert [float(r["fid"]) for r in table if r["generator"] == "ar"] == pytest.approx([rows[0]["fid"]], abs=0.006)
 
 
 def test_one_class_dataset_plugin(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_one_class_dataset_plugin(tmp_path: Path) -> None:
         assert train.num_classes == 1
         run = train_generator(cfg, progress=False, splits=(train, test))
         assert run.generator.num_classes == 1
-        rows = evaluate_run(run, train, test, tmp_path / "results", progress=False)
+        rows = evaluate_run(run, train, test, tmp_path / "results")
         assert len(rows) == 1 and np.isfinite(rows[0]["fid"])
         assert rows[0]["class_acc"] == pytest.approx(1.0)
     finally:
