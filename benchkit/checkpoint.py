@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,9 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from benchkit.errors import CheckpointError
+from benchkit.files import atomic_write
+
+__all__ = ["atomic_write", "checkpoint_exists", "load_checkpoint", "save_checkpoint"]
 
 
 def _sha256(path: Path) -> str:
@@ -35,21 +37,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path`` (never a partial file at ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _paths(path: Path) -> tuple[Path, Path, Path]:

@@ -22,7 +22,6 @@ import numbers
 import operator
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from filelock import FileLock
 from rich.table import Table
 
 from benchkit.errors import ConfigError, suggest
+from benchkit.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +61,8 @@ HUMAN_COLUMNS = ("params", "flops_per_image")  # shown as 1.23M / 4.56G in markd
 
 # ---------------------------------------------------------------------------------------------- atomic files
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (``benchkit.files.atomic_write``)."""
+    atomic_write(Path(path), lambda p: p.write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

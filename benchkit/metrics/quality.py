@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from benchkit.metrics.features import Extractor, content_hash, safe_name
+from benchkit.files import atomic_write
 from benchkit.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -167,13 +167,10 @@ def reference_stats(real: torch.Tensor, extractor: Extractor, *, cache_dir: Path
             log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
     feats = extractor.features(real)
     mu, sigma = feature_stats(feats)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     meta = {"ref_key": ref_key, "features": extractor.tag, "weights_sha256": extractor.weights_hash,
             "n": str(len(real))}
     tensors = {"feats": feats.contiguous(), "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
     return RefStats(feats, mu, sigma, path, False)
 
 

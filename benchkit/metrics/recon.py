@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from benchkit.nn.codebook import code_usage
+
 
 def _pair_to_unit(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both images as float64 in [0, 1]: uint8 from [0, 255], floats from [-1, 1]."""
@@ -98,11 +100,9 @@ def codebook_usage(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
     per_depth = ids.long().reshape(-1, 1) if ids.ndim == 3 else ids.long().reshape(-1, ids.shape[-1])
     usage, perplexity = [], []
     for d in range(per_depth.shape[1]):
-        counts = torch.bincount(per_depth[:, d], minlength=vocab_size).double()
-        p = counts / counts.sum()
-        nz = p[p > 0]
-        usage.append(100.0 * float((counts > 0).sum()) / vocab_size)
-        perplexity.append(math.exp(float(-(nz * nz.log()).sum())))
+        fraction, ppl = code_usage(per_depth[:, d], vocab_size)  # the counting the tokenizers log in training
+        usage.append(100.0 * fraction)
+        perplexity.append(ppl)
     out = {"codebook_usage": sum(usage) / len(usage), "codebook_perplexity": sum(perplexity) / len(perplexity)}
     if len(usage) > 1:
         for d, (u, p_) in enumerate(zip(usage, perplexity)):
