@@ -295,32 +295,26 @@ def _notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
-def to_markdown(df: pd.DataFrame, *, kind: str = "generator") -> str:
-    """A GitHub-flavoured markdown table, numbers right-aligned, followed by notes."""
+def _text_frame(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, list[str]]:
+    """The display text of every cell as a DataFrame, and tabulate's column alignment (numbers right)."""
     cols, rows, numeric = _display(df, kind)
-    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in esc]
+    return pd.DataFrame(rows, columns=cols), ["right" if n else "left" for n in numeric]
+
+
+def to_markdown(df: pd.DataFrame, *, kind: str = "generator") -> str:
+    """A GitHub-flavoured markdown table (pandas ``to_markdown``, i.e. tabulate), numbers right-aligned, then notes."""
+    text, align = _text_frame(df, kind)
+    text = text.map(lambda c: c.replace("|", "\\|"))
+    table = text.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True)
     notes = _notes(df)
-    return "\n".join(lines) + "\n" + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "")
-
-
-_TEX_ESCAPE = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _tex(s: str) -> str:
-    return "".join(_TEX_ESCAPE.get(ch, ch) for ch in s)
+    return table + "\n" + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "")
 
 
 def to_latex(df: pd.DataFrame, *, kind: str = "generator") -> str:
-    """A LaTeX ``tabular`` with booktabs rules (``\\usepackage{booktabs}``)."""
-    cols, rows, numeric = _display(df, kind)
-    spec = "".join("r" if n else "l" for n in numeric)
-    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(_tex(c) for c in cols) + r" \\", "\\midrule"]
-    lines += [" & ".join(_tex(c) for c in r) + r" \\" for r in rows]
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A LaTeX ``tabular`` with booktabs rules (``\\usepackage{booktabs}``), special characters escaped (tabulate's
+    ``latex_booktabs`` format through pandas)."""
+    text, align = _text_frame(df, kind)
+    return text.to_markdown(index=False, tablefmt="latex_booktabs", colalign=align, disable_numparse=True) + "\n"
 
 
 def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:

@@ -141,9 +141,13 @@ def test_write_tables_contents(tmp_path: Path) -> None:
     tok = pd.read_csv(paths["tokenizers.csv"])
     assert tok["rfid"].tolist() == [12.35] and "fid" not in tok.columns
     md = paths["table.md"].read_text().splitlines()
-    assert md[0].startswith("| tokenizer | generator | head |") and "fid" in md[0]
-    assert md[1].startswith("|---|")
-    assert "| 41.23 |" in md[2] and "| 1.23M |" in md[2] and "| 16 |" in md[2] and "| 900K |" in md[3]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md[:5]]
+    assert cells[0][:3] == ["tokenizer", "generator", "head"] and "fid" in cells[0]
+    align = dict(zip(cells[0], cells[1]))  # text left (":---"), numbers right ("---:")
+    assert align["generator"].startswith(":") and align["fid"].endswith(":") and align["params"].endswith(":")
+    row = dict(zip(cells[0], cells[2]))
+    assert row["fid"] == "41.23" and row["params"] == "1.23M" and row["steps"] == "16"
+    assert dict(zip(cells[0], cells[3]))["params"] == "900K" and dict(zip(cells[0], cells[4]))["fid"] == "-"
     assert "row_id" not in md[0] and "classifier" in paths["table.md"].read_text()
     tex = paths["table.tex"].read_text()
     assert "\\begin{tabular}" in tex and "\\end{tabular}" in tex and "41.23" in tex
