@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 
 from benchkit.errors import ConfigError
 from benchkit.results import TABLE_FILES_CSV, atomic_write_bytes, read_rows, split_kinds
@@ -82,9 +82,18 @@ def pareto_front(fid: list[float], speed: list[float]) -> list[int]:
 
 
 def pareto_plot(df: pd.DataFrame, path: Path) -> list[str]:
-    """FID against sampling images/s (log x): marker per generator, colour per head, front as a step line.
+    """Save :func:`pareto_figure` as a PNG; returns the row_ids on the Pareto front by increasing images/s."""
+    fig, front = pareto_figure(df)
+    _save(fig, path)
+    return front
 
-    Returns the row_ids on the Pareto front ordered by increasing images/s (``row<index>`` for rows
+
+def pareto_figure(df: pd.DataFrame) -> tuple[Figure, list[str]]:
+    """FID against sampling images/s (log x; log y when FID spans a decade): marker per generator, colour per head,
+    every point numbered and listed in the key beside the plot (tokenizer+generator+head, setting, FID), the front
+    as a step line.
+
+    Returns the figure and the row_ids on the Pareto front ordered by increasing images/s (``row<index>`` for rows
     without a row_id). Raises ConfigError when no row has both ``fid`` and ``images_per_s``.
     """
     data = _usable(df, ("fid", "images_per_s"))
@@ -92,35 +101,70 @@ def pareto_plot(df: pd.DataFrame, path: Path) -> list[str]:
         data = data[data["images_per_s"].astype("float64") > 0]
     if data.empty:
         raise ConfigError("no generator rows with both fid and images_per_s > 0; run `benchkit eval` first")
-    fid = data["fid"].astype("float64").tolist()
-    speed = data["images_per_s"].astype("float64").tolist()
-    gens = [_text(v) for v in (data["generator"] if "generator" in data else [None] * len(data))]
-    heads = [_text(v) for v in (data["head"] if "head" in data else [None] * len(data))]
+    data = data.assign(_fid=data["fid"].astype("float64")).sort_values("_fid", kind="stable")
+    fid, speed = data["_fid"].tolist(), data["images_per_s"].astype("float64").tolist()
+    gens, heads = _column(data, "generator"), _column(data, "head")
     marker = dict(zip(sorted(set(gens)), itertools.cycle(MARKERS)))
     cmap = matplotlib.colormaps["tab10"]
     colour = {h: cmap(i % 10) for i, h in enumerate(sorted(set(heads)))}
 
-    fig, ax = _axes()
-    for g, h, x, y in zip(gens, heads, speed, fid):
-        ax.scatter(x, y, marker=marker[g], color=colour[h], s=45, edgecolors="black", linewidths=0.5, zorder=3)
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.add_subplot()
+    key: list[Line2D] = []
+    for n, (g, h, x, y, name) in enumerate(zip(gens, heads, speed, fid, _point_names(data)), start=1):
+        ax.scatter(x, y, marker=marker[g], color=colour[h], s=55, edgecolors="black", linewidths=0.5, zorder=3)
+        ax.annotate(str(n), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=4)
+        key.append(Line2D([], [], marker=marker[g], color=colour[h], linestyle="", label=f"{n}. {name}"))
     front = pareto_front(fid, speed)
     fx, fy = [speed[i] for i in front], [fid[i] for i in front]
     # 2. The best FID reachable at speed >= x is the next front point to the right: a "pre" step.
     ax.step(fx, fy, where="pre", color="0.3", linestyle="--", linewidth=1.2, zorder=2)
-    ax.set_xscale("log")
+    _log_axis(ax.xaxis, ax.set_xscale, speed)
+    log_fid = min(fid) > 0 and max(fid) / min(fid) >= 10
+    if log_fid:
+        _log_axis(ax.yaxis, ax.set_yscale, fid)
     ax.set_xlabel("sampling images/s (log scale)")
     feats = sorted({_text(v) for v in data["features"]}) if "features" in data else []
-    ax.set_ylabel(f"FID ({', '.join(feats)} features)" if feats and feats != ["?"] else "FID")
+    what = f"FID ({', '.join(feats)} features)" if feats and feats != ["?"] else "FID"
+    ax.set_ylabel(what + (" (log scale)" if log_fid else ""))
     ax.set_title("quality vs sampling speed (lower-right is better)")
-    handles = [Line2D([], [], marker=marker[g], color="0.5", linestyle="", label=f"generator: {g}")
-               for g in marker]
-    handles += [Line2D([], [], marker="o", color=colour[h], linestyle="", label=f"head: {h}") for h in colour]
-    handles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front"))
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.grid(True, which="both", alpha=0.3)
-    _save(fig, path)
+    styles = [Line2D([], [], marker=marker[g], color="0.5", linestyle="", label=f"generator: {g}") for g in marker]
+    styles += [Line2D([], [], marker="o", color=colour[h], linestyle="", label=f"head: {h}") for h in colour]
+    styles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front"))
+    styles.append(Line2D([], [], linestyle="", label="rows, by FID:"))
+    ax.legend(handles=styles + key, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(True, which="major", alpha=0.3)
     ids = _row_ids(data)
-    return [ids[i] for i in front]
+    return fig, [ids[i] for i in front]
+
+
+def _column(data: pd.DataFrame, name: str) -> list[str]:
+    return [_text(v) for v in (data[name] if name in data else [None] * len(data))]
+
+
+def _point_names(data: pd.DataFrame) -> list[str]:
+    """``tokenizer+generator+head setting, FID x`` for each row (setting: the sampling values that differ between
+    rows of the same model)."""
+    model = ["+".join(parts) for parts in zip(_column(data, "tokenizer"), _column(data, "generator"),
+                                               _column(data, "head"))]
+    knobs = [k for k in ("steps", "cfg", "cfg_schedule", "temperature", "diffusion_steps") if k in data]
+    names = []
+    for i, (_, row) in enumerate(data.iterrows()):
+        same = data[[m == model[i] for m in model]]
+        varying = [k for k in knobs if same[k].map(_text).nunique() > 1]
+        setting = " ".join(f"{k}={_text(row[k])}" for k in varying)
+        names.append(f"{model[i]} {setting}".strip() + f", FID {row['_fid']:.3g}")
+    return names
+
+
+def _log_axis(axis: Any, set_scale: Any, values: list[float]) -> None:
+    """Log scale with plain-number labels at 1-2-5 steps (1 per decade beyond three decades), none on minor ticks,
+    so the labels never overlap."""
+    set_scale("log")
+    decades = math.log10(max(values) / min(values)) if min(values) > 0 else 0.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def fid_vs_steps_plot(df: pd.DataFrame, path: Path) -> Series:

@@ -14,6 +14,7 @@ from benchkit.errors import ConfigError
 from benchkit.images import grid_tensor, reconstruction_grid, save_grid
 from benchkit.plots import (
     fid_vs_steps_plot,
+    pareto_figure,
     pareto_front,
     pareto_plot,
     plots_from_results,
@@ -50,6 +51,33 @@ def test_pareto_plot(tmp_path: Path) -> None:
     assert Image.open(path).format == "PNG"
     with pytest.raises(ConfigError, match="fid and images_per_s"):
         pareto_plot(pd.DataFrame([{"row_id": "x", "fid": 3.0}]), tmp_path / "none.png")
+
+
+@pytest.mark.parametrize("speeds", [(0.3, 2.0, 15.0, 40.0, 700.0, 9000.0), (28.0, 45.0, 90.0, 130.0, 480.0, 950.0)])
+def test_pareto_figure_is_readable(speeds: tuple[float, ...]) -> None:
+    """Tick labels never overlap, FID spanning a decade gets a log axis, and the key names every row with its
+    tokenizer, generator, head and the setting that tells rows of one model apart."""
+    fids = (12.0, 16.0, 45.0, 140.0, 400.0, 610.0)
+    rows = [{"row_id": f"r{i}", "kind": "generator", "tokenizer": "vq" if i % 2 else "kl", "generator": "mar",
+             "head": "ce", "steps": 4 * (i + 1), "cfg": 1.0, "images_per_s": s, "fid": f}
+            for i, (s, f) in enumerate(zip(speeds, fids))]
+    fig, _ = pareto_figure(pd.DataFrame(rows))
+    ax = fig.axes[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        boxes = [t.get_window_extent(renderer) for t in labels if t.get_text() and t.get_visible()]
+        assert len(boxes) >= 2
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "1. kl+mar+ce steps=4, FID 12" in texts and "6. vq+mar+ce steps=24, FID 610" in texts
+    assert [t.get_text() for t in ax.texts] == [str(n) for n in range(1, 7)]  # every point is numbered
+    flat, _ = pareto_figure(pd.DataFrame(rows).assign(fid=[10.0, 11.0, 12.0, 13.0, 14.0, 15.0]))
+    assert flat.axes[0].get_yscale() == "linear"
 
 
 def test_fid_vs_steps_series_equal_input(tmp_path: Path) -> None:
