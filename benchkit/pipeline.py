@@ -38,7 +38,7 @@ from benchkit.checkpoint import (
 )
 from benchkit.compat import Combination, check_combination
 from benchkit.config import RunConfig, fingerprint, from_dict
-from benchkit.data import load_dataset
+from benchkit.data.loading import load_dataset
 from benchkit.data.base import ImageData, to_float
 from benchkit.distributed import is_main, pick_device
 from benchkit.errors import CheckpointError, ConfigError, DataError

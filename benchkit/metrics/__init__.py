@@ -1,6 +1,7 @@
 """Metrics: feature networks, generation quality (torch-fidelity + clean-fid), reconstruction, cost, sanity checks.
 
-Submodules load lazily (torch-fidelity and clean-fid import torchvision, which takes seconds):
+Import the submodule you need (torch-fidelity and clean-fid import torchvision, which takes seconds, so nothing
+is imported here):
 
 - ``features``: ``load_extractor`` and the FEATURES registry entries ``inception``, ``dataset``, ``auto``.
 - ``quality``: ``generation_metrics``, ``reference_stats``, ``fid_infinity``.
@@ -9,37 +10,3 @@ Submodules load lazily (torch-fidelity and clean-fid import torchvision, which t
   ``matmul_peak_flops``.
 - ``sanity``: ``sanity_ladder``.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_SUBMODULES = ("features", "quality", "recon", "cost", "sanity")
-_EXPORTS = {
-    "load_extractor": "features",
-    "Extractor": "features",
-    "generation_metrics": "quality",
-    "reference_stats": "quality",
-    "fid_infinity": "quality",
-    "psnr": "recon",
-    "ssim": "recon",
-    "codebook_usage": "recon",
-    "bits_per_image": "recon",
-    "count_params": "cost",
-    "flops_per_call": "cost",
-    "throughput": "cost",
-    "latency": "cost",
-    "peak_memory_mb": "cost",
-    "matmul_peak_flops": "cost",
-    "sanity_ladder": "sanity",
-}
-__all__ = sorted([*_SUBMODULES, *_EXPORTS])
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

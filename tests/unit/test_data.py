@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchkit.data import SPLITS, ImageData, load_dataset
+from benchkit.data.base import ImageData
+from benchkit.data.loading import load_dataset
+from benchkit.data.shapes import SPLITS
 from benchkit.data.shapes import CLASS_NAMES, ShapesConfig, generate_shapes
 from benchkit.errors import ConfigError, DataError, UnknownComponentError
 from benchkit.registry import DATASETS
