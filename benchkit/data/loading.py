@@ -15,6 +15,7 @@ from benchkit.data.shapes import Split, check_split
 from benchkit.errors import ConfigError
 from benchkit.registry import DATASETS
 
+
 def load_dataset(
     name: str, *, split: Split, root: str | None = None, image_size: int = 32, **options: Any
 ) -> ImageData:
