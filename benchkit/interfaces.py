@@ -22,8 +22,8 @@ options and passes the rest as build context), i.e. the constructor signatures e
 - generator: ``Generator(cfg, *, spec: TokenSpec, head: str, head_options: dict | None, num_classes: int)``; it
   builds its own head with ``HEADS.create(head, spec=..., cond_dim=..., **head_options)``.
 
-The protocol classes below list every attribute and method the pipeline calls; ``tests/contract`` checks each
-registered component (plugins included) against them.
+The protocol classes below list every attribute and method the pipeline calls; a contract test checks each
+registered component (plugins included) against them (tests/unit/test_contracts.py).
 """
 
 from __future__ import annotations

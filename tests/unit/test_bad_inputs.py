@@ -136,7 +136,7 @@ CASES = [
     ("unknown-dataset-option", ["train", "--set", "data.options={num_train = 64, num_tset = 5}"], 2,
      r"unknown option dataset.shapes.num_tset.*did you mean 'num_test'"),
     ("unknown-eval-sweep-key", ["train", "--set", "eval.sweep=[{cfgg = 2.0}]"], 2,
-     r"eval.sweep\[0\] has unknown key 'cfgg'"),
+     r"eval.sweep\[0\]: unknown sampling setting 'cfgg'; valid: steps, cfg, .*did you mean 'cfg'"),
     ("unknown-key-in-config-file", ["train", "--config", "{keyfile}"], 2, r"unknown config key|stpes"),
     ("unknown-sweep-key", ["sweep", "{sweep}"], 2, r"unknown sweep key 'grids'"),
     ("override-without-equals", ["train", "--set", "train.steps"], 2, r"must look like key.path=value"),
@@ -236,7 +236,7 @@ RUN_CASES = [
     ("eval-unknown-features", ["eval", "{run}", "--set", "eval.features=incepton"], 2,
      r"unknown feature extractor 'incepton'"),
     ("eval-unknown-sweep-key", ["eval", "{run}", "--set", "eval.sweep=[{cfgg = 2.0}]"], 2,
-     r"eval.sweep\[0\] has unknown key 'cfgg'"),
+     r"eval.sweep\[0\]: unknown sampling setting 'cfgg'; valid: steps, cfg, .*did you mean 'cfg'"),
 ]
 
 
