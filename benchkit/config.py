@@ -96,10 +96,12 @@ class SampleSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "diffusion_steps"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be an integer >= 1 or None, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be an integer or None, got {value!r}")
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
         if not self.cfg >= 0:
-            raise ConfigError(f"cfg must be >= 0 (1 = no guidance), got {self.cfg!r}")
+            raise ConfigError(f"cfg must be >= 0, got {self.cfg} (1 = no guidance)")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ConfigError(f"unknown cfg_schedule {self.cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}"
                               + suggest(str(self.cfg_schedule), CFG_SCHEDULES))

@@ -8,6 +8,7 @@ One row per sampling setting, so a sweep over steps / cfg / temperature gives th
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -78,9 +79,7 @@ def _extractor(cfg: RunConfig, train: ImageData) -> Any:
 
 def next_device(cfg: RunConfig) -> torch.device:
     """The run's device."""
-    from benchkit.distributed import pick_device
-
-    return pick_device(cfg.device)
+    return bdist.pick_device(cfg.device)
 
 
 def _identity(cfg: RunConfig) -> dict[str, Any]:
@@ -169,8 +168,6 @@ def _seed_spread(run: TrainedRun, s: SampleSettings, cfg: RunConfig, labels: tor
 
 
 def _train_meta(run: TrainedRun) -> dict[str, Any]:
-    import json
-
     p = run.dir / "model.json"
     return json.loads(p.read_text()) if p.is_file() else {}
 
@@ -246,8 +243,6 @@ def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
                                                      warmup=1, repeats=cfg.eval.cost_repeats)
     meta_path = tok.dir / "model.json"
     if meta_path.is_file():
-        import json
-
         meta = json.loads(meta_path.read_text())
         row.update(train_images_per_s=meta.get("train_images_per_s"), train_time_s=meta.get("train_time_s"))
     append_row(results_dir, row)
