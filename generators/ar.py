@@ -32,6 +32,7 @@ from benchkit.nn.conditioning import (
     check_transformer_options,
     drop_labels,
     guidance_labels,
+    token_embedding,
 )
 from benchkit.nn.transformer import Transformer, init_weights
 from benchkit.registry import GENERATORS, HEADS
@@ -78,10 +79,7 @@ class ARGenerator(nn.Module):
         self.use_kv_cache = cfg.use_kv_cache
         self.seq_len = spec.positions * spec.depth  # L: h*w*D tokens in raster-then-depth order
         W = cfg.width
-        if spec.kind == "discrete":
-            self.tok_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
-        else:
-            self.tok_emb = nn.Linear(int(spec.dim or 0), W)
+        self.tok_emb = token_embedding(spec, W)
         self.class_emb = nn.Embedding(num_classes + 1, W)  # row num_classes = null class (CFG)
         self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len, W))  # slot 0 = class token, slot t = token t-1
         self.transformer = Transformer(W, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)

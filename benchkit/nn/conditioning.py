@@ -1,5 +1,5 @@
-"""Class conditioning shared by the generators: option checks, label dropout in training and the doubled batch
-of classifier-free guidance at sampling.
+"""What the generators share: token embedding, option checks, label dropout in training and the doubled batch of
+classifier-free guidance at sampling.
 
 The null class is ``num_classes`` (one extra row of each generator's class embedding). Training replaces each label
 by it with probability ``label_drop``; a guided sampler runs [conditional rows; unconditional rows] in one batch.
@@ -10,6 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+
+from benchkit.interfaces import TokenSpec
+
+
+def token_embedding(spec: TokenSpec, width: int) -> nn.Module:
+    """Tokens of ``spec`` -> [..., width]: an embedding table for discrete ids, a Linear for continuous vectors."""
+    if spec.kind == "discrete":
+        return nn.Embedding(int(spec.vocab_size or 0), width)
+    return nn.Linear(int(spec.dim or 0), width)
 
 
 def check_transformer_options(cfg: Any) -> None:
