@@ -42,11 +42,12 @@ def _root(
     common.setup_logging(verbose)
 
 
-from benchkit.cli import compare, components, train  # noqa: E402  (commands register on import)
+from benchkit.cli import compare, components, importer, train  # noqa: E402  (commands register on import)
 
 components.register(app)
 train.register(app)
 compare.register(app)
+importer.register(app)
 
 
 def main() -> None:
