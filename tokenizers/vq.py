@@ -66,8 +66,12 @@ class VQConfig:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     quantize_continuous: bool = False
+    backbone: Literal["benchkit", "ldm"] = "benchkit"  # "ldm": the official taming layout (benchkit/nn/ldm.py)
+    attn_levels: tuple[int, ...] = ()  # ldm: levels (0 = full resolution) with attention in the encoder
+    decoder_attn_levels: tuple[int, ...] = ()  # ldm: the same for the decoder
 
     def __post_init__(self) -> None:
+        check_backbone_options(self)
         check_codebook_options(self)
         check_conv_options(self)
 
