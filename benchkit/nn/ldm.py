@@ -14,13 +14,18 @@ What differs from :mod:`benchkit.nn.convnet`, all as in the official code:
 - downsampling by a stride-2 3x3 conv after zero padding (0, 1, 0, 1) on the right and bottom only;
 - parameter names ``down.{level}.block.{i}``, ``down.{level}.attn.{i}``, ``down.{level}.downsample.conv``,
   ``mid.block_1 / attn_1 / block_2``, ``up.{level}`` stored in resolution order (index 0 = full resolution).
-Levels count from 0 at full resolution, so ``attn_levels`` does not depend on the image size.
+Levels count from 0 at full resolution, so ``attn_levels`` does not depend on the image size. The benchkit
+backbone's ``norm`` and ``attention`` options do not apply here. At widths below 256, GroupNorm(32) has fewer than
+8 channels per group, which slowed tiny tokenizers trained from scratch (see :mod:`benchkit.nn.convnet`); this
+layout is meant for the official weights.
 
 Deviations: attention goes through ``scaled_dot_product_attention`` (same maths, different summation order); no
 dropout and no timestep embedding (the released models use neither).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,27 +187,27 @@ class LDMDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def ldm_backbone(cfg: object, enc_out: int, dec_in: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+def ldm_backbone(cfg: Any, enc_out: int, dec_in: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
     """(encoder, quant_conv, post_quant_conv, decoder) of a tokenizer config with ``backbone = "ldm"``: the encoder
     gives ``enc_out`` channels, the 1x1 convs keep the width, the decoder takes ``dec_in``."""
-    net = {"ch": cfg.ch, "channel_mult": cfg.channel_mult, "num_res_blocks": cfg.num_res_blocks}  # type: ignore[attr-defined]
-    encoder = LDMEncoder(out_ch=enc_out, attn_levels=cfg.attn_levels, **net)  # type: ignore[attr-defined]
-    decoder = LDMDecoder(in_ch=dec_in, attn_levels=cfg.decoder_attn_levels, **net)  # type: ignore[attr-defined]
+    net = {"ch": cfg.ch, "channel_mult": cfg.channel_mult, "num_res_blocks": cfg.num_res_blocks}
+    encoder = LDMEncoder(out_ch=enc_out, attn_levels=cfg.attn_levels, **net)
+    decoder = LDMDecoder(in_ch=dec_in, attn_levels=cfg.decoder_attn_levels, **net)
     return encoder, nn.Conv2d(enc_out, enc_out, 1), nn.Conv2d(dec_in, dec_in, 1), decoder
 
 
 BACKBONES = ("benchkit", "ldm")
 
 
-def check_backbone_options(cfg: object) -> None:
+def check_backbone_options(cfg: Any) -> None:
     """Range checks of the backbone options a conv tokenizer config carries (``backbone``, the attention levels)."""
-    backbone = cfg.backbone  # type: ignore[attr-defined]
+    backbone = cfg.backbone
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    levels = len(cfg.channel_mult)  # type: ignore[attr-defined]
+    levels = len(cfg.channel_mult)
     for name in ("attn_levels", "decoder_attn_levels"):
         bad = [lv for lv in getattr(cfg, name) if not 0 <= lv < levels]
         if bad:
             raise ValueError(f"{name} must hold levels in 0..{levels - 1} (one per channel_mult entry), got {bad[0]}")
-    if backbone == "ldm" and cfg.ch % GROUPS:  # type: ignore[attr-defined]
-        raise ValueError(f"backbone 'ldm' needs ch to be a multiple of {GROUPS} (GroupNorm(32)), got {cfg.ch}")  # type: ignore[attr-defined]
+    if backbone == "ldm" and cfg.ch % GROUPS:
+        raise ValueError(f"backbone 'ldm' needs ch to be a multiple of {GROUPS} (GroupNorm(32)), got {cfg.ch}")
