@@ -11,8 +11,14 @@ stack, or Diffusion Loss on the per-depth vectors of the continuous depth-D view
 cache at sampling (the depth cache is reset at every position).
 
 Deviations:
-- Code embeddings are learned (the official model reads the frozen RQ-VAE codebook through Linear layers):
-  generators never see the tokenizer. The partial sum is taken over embeddings.
+- By default code embeddings are learned and the partial sum is taken over embeddings, so the generator never
+  sees the tokenizer. ``code_embedding = "codebook"`` is the official path instead: a frozen copy of the RQ-VAE
+  codebook (buffer ``codebook`` [K, codebook_dim], filled by ``benchkit import rqtransformer``) feeds ``spatial_emb``
+  (the official ``input_mlp``, applied per depth and then summed, so its bias counts D times) and ``depth_emb``
+  (``head_mlp``, applied to the cumulative sum of code vectors); the class slot has its own position embedding
+  (``start_pos``, official ``pos_emb_cond``) and ``spatial_pos`` is indexed by image position (``pos_emb_hw``);
+  LayerNorms use eps 1e-5 (torch's default, as minGPT) and the spatial stack has no final LayerNorm. Without
+  import, this mode trains against a random frozen codebook.
 - Class-conditional with label dropout and classifier-free guidance (the paper has no CFG and uses rejection
   sampling); no top-k / top-p filtering; hard targets instead of soft labels and stochastic codes.
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -39,6 +45,7 @@ from benchkit.registry import GENERATORS, HEADS
 from benchkit.schedules import cfg_at, check_sampling_args
 
 log = logging.getLogger(__name__)
+OFFICIAL_LN_EPS = 1e-5  # torch's LayerNorm default, used by the official minGPT-style blocks
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,16 @@ class RQTransformerConfig:
     dropout: float = 0.0
     label_drop: float = 0.1
     use_kv_cache: bool = True
+    code_embedding: Literal["learned", "codebook"] = "learned"  # "codebook": the official embedding path
+    codebook_dim: int = 0  # width of the frozen codebook copy (code_embedding = "codebook" only)
 
     def __post_init__(self) -> None:
         if min(self.width, self.spatial_depth, self.depth_depth, self.num_heads) < 1:
             raise ValueError("width, spatial_depth, depth_depth and num_heads must be >= 1")
+        if self.code_embedding not in ("learned", "codebook"):
+            raise ValueError(f"code_embedding must be one of learned, codebook, got {self.code_embedding!r}")
+        if (self.code_embedding == "codebook") != (self.codebook_dim > 0):
+            raise ValueError("codebook_dim must be > 0 exactly when code_embedding = 'codebook'")
         check_transformer_options(self)
 
 
@@ -82,7 +95,15 @@ class RQTransformerGenerator(nn.Module):
         self.cfg, self.spec, self.num_classes = cfg, spec, num_classes
         self.use_kv_cache = cfg.use_kv_cache
         W, D, P = cfg.width, spec.depth, spec.positions
-        if spec.kind == "discrete":
+        self.official = cfg.code_embedding == "codebook"
+        if self.official:
+            if spec.kind != "discrete":
+                raise IncompatibleComponentsError("code_embedding = 'codebook' needs discrete tokens (ids)")
+            self.register_buffer("codebook", torch.zeros(int(spec.vocab_size or 0), cfg.codebook_dim))
+            self.spatial_emb: nn.Module = nn.Linear(cfg.codebook_dim, W)  # official input_mlp
+            self.depth_emb: nn.Module = nn.Linear(cfg.codebook_dim, W)  # official head_mlp
+            self.start_pos = nn.Parameter(torch.zeros(1, 1, W))  # official pos_emb_cond
+        elif spec.kind == "discrete":
             self.spatial_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
             self.depth_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
         else:
@@ -96,6 +117,12 @@ class RQTransformerGenerator(nn.Module):
         self.apply(init_weights)
         nn.init.normal_(self.spatial_pos, std=0.02)
         nn.init.normal_(self.depth_pos, std=0.02)
+        if self.official:
+            nn.init.normal_(self.start_pos, std=0.02)
+            self.spatial.norm = nn.Identity()  # the official spatial stack ends without a LayerNorm
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.eps = OFFICIAL_LN_EPS
         self.head = HEADS.create(head, spec=dataclasses.replace(spec, depth=1), cond_dim=W, **(head_options or {}))
 
     @classmethod
@@ -109,14 +136,34 @@ class RQTransformerGenerator(nn.Module):
         """Teacher forcing: codes [B, P, D(, C)], labels [B] -> condition vectors [B, P, D, W] for every code."""
         B, P, D = codes.shape[:3]
         # 1. spatial input: class token, then the summed code embeddings of positions 0..P-2 (shifted right)
-        e = self.spatial_emb(codes).sum(2)  # [B, P, W]
-        x = torch.cat([self.class_emb(labels)[:, None], e[:, :-1]], 1) + self.spatial_pos
+        e = self._embed_codes(codes)  # [B, P, W]
+        x = torch.cat([self.class_emb(labels)[:, None], e[:, :-1]], 1) + self._slot_pos()
         h = self.spatial(x, causal=True)  # [B, P, W]: context of each position
         # 2. depth input: context, then the partial sums of code embeddings of depths < d (cumsum_depth_ctx)
-        partial = self.depth_emb(codes[:, :, :-1]).cumsum(2)  # [B, P, D-1, W]
+        partial = self._depth_input(self._depth_term(codes[:, :, :-1]).cumsum(2))  # [B, P, D-1, W]
         y = torch.cat([h[:, :, None], partial], 2) + self.depth_pos  # [B, P, D, W]
         z = self.depth(y.reshape(B * P, D, -1), causal=True)  # [B*P, D, W]
         return z.reshape(B, P, D, -1)
+
+    def _slot_pos(self) -> torch.Tensor:
+        """Position embedding of every spatial slot [1, P, W] (slot 0 = class, slot t = codes of position t-1)."""
+        if self.official:
+            return torch.cat([self.start_pos, self.spatial_pos[:, :-1]], 1)
+        return self.spatial_pos
+
+    def _embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Spatial input of code stacks [..., D(, C)] -> [..., W]: per-depth embeddings summed over depth."""
+        if self.official:
+            return self.spatial_emb(self.codebook[codes]).sum(-2)
+        return self.spatial_emb(codes).sum(-2)
+
+    def _depth_term(self, codes: torch.Tensor) -> torch.Tensor:
+        """What the depth context sums per code: its embedding, or (official path) its codebook vector."""
+        return self.codebook[codes] if self.official else self.depth_emb(codes)
+
+    def _depth_input(self, partial: torch.Tensor) -> torch.Tensor:
+        """Depth-transformer input [..., W] from a partial sum of ``_depth_term`` (official: head_mlp of it)."""
+        return self.depth_emb(partial) if self.official else partial
 
     def loss(self, batch: Batch) -> LossOutput:
         """Head loss averaged over every code of every position (all depths share one head)."""
@@ -162,7 +209,8 @@ class RQTransformerGenerator(nn.Module):
             return torch.cat([t, t]) if guided else t
 
         cond_labels = guidance_labels(labels, self.num_classes, guided)
-        x = self.class_emb(cond_labels)[:, None] + self.spatial_pos[:, :1]  # [B', 1, W] slot 0
+        slot_pos = self._slot_pos()
+        x = self.class_emb(cond_labels)[:, None] + slot_pos[:, :1]  # [B', 1, W] slot 0
         s_cache = self.spatial.new_cache(x.shape[0], P, x) if self.use_kv_cache else None
         d_cache = self.depth.new_cache(x.shape[0], D, x) if self.use_kv_cache else None
         s_prefix = x
@@ -175,7 +223,7 @@ class RQTransformerGenerator(nn.Module):
                 h = self.spatial(s_prefix, causal=True)[:, -1]
             # 2. depth loop: code d given h_t and the partial sum of codes < d
             y = (h + self.depth_pos[:, 0])[:, None]  # [B', 1, W]
-            d_prefix, partial = y, torch.zeros_like(h)
+            d_prefix, partial = y, h.new_zeros(())
             if d_cache is not None:
                 d_cache.reset()
             codes: list[torch.Tensor] = []
@@ -192,8 +240,8 @@ class RQTransformerGenerator(nn.Module):
                                     diffusion_steps=diffusion_steps)  # [B(, C)]
                 codes.append(code)
                 if d + 1 < D:
-                    partial = partial + self.depth_emb(both(code))
-                    y = (partial + self.depth_pos[:, d + 1])[:, None]
+                    partial = partial + self._depth_term(both(code))
+                    y = (self._depth_input(partial) + self.depth_pos[:, d + 1])[:, None]
                     if d_cache is None:
                         d_prefix = torch.cat([d_prefix, y], 1)
             stacked = torch.stack(codes, 1)  # [B, D(, C)]
@@ -202,7 +250,7 @@ class RQTransformerGenerator(nn.Module):
                 progress(t + 1, P)
             if t + 1 < P:
                 # 4. feed the summed code embeddings of position t at slot t+1
-                x = self.spatial_emb(both(stacked)).sum(1)[:, None] + self.spatial_pos[:, t + 1 : t + 2]
+                x = self._embed_codes(both(stacked))[:, None] + slot_pos[:, t + 1 : t + 2]
                 if s_cache is None:
                     s_prefix = torch.cat([s_prefix, x], 1)
         tokens = torch.stack(out, 1)  # [B, P, D(, C)]

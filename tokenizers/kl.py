@@ -12,7 +12,9 @@ Deviations:
   extra networks that cannot be downloaded offline and do not fit the tiny budget. Reconstruction is L1 + L2 means;
   the KL sum per image is divided by the number of image values 3*H*W, so ``kl_weight`` keeps LDM's meaning
   (LDM sums its reconstruction over pixels and its KL over latent values).
-- The encoder outputs the 2*C moments directly (no 1x1 ``quant_conv`` / ``post_quant_conv``).
+- With the default ``backbone = "benchkit"`` the encoder outputs the 2*C moments directly (no 1x1 ``quant_conv``
+  / ``post_quant_conv``); ``backbone = "ldm"`` is the official layout, 1x1 convs included, so that MAR's released
+  KL-16 loads (``benchkit import kl16``).
 - ``reconstruct`` decodes the posterior mode, so reconstruction metrics are deterministic.
 """
 
@@ -35,6 +37,7 @@ from benchkit.nn.convnet import (
     latent_grid,
     reconstruction_loss,
 )
+from benchkit.nn.ldm import check_backbone_options, ldm_backbone
 from benchkit.registry import TOKENIZERS
 
 
@@ -52,8 +55,12 @@ class KLConfig:
     norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
     l1_weight: float = 1.0
     l2_weight: float = 1.0
+    backbone: Literal["benchkit", "ldm"] = "benchkit"  # "ldm": the official layout (benchkit/nn/ldm.py)
+    attn_levels: tuple[int, ...] = ()  # ldm: levels (0 = full resolution) with attention in the encoder
+    decoder_attn_levels: tuple[int, ...] = ()  # ldm: the same for the decoder (MAR's KL-16 has none)
 
     def __post_init__(self) -> None:
+        check_backbone_options(self)
         if self.z_channels < 1:
             raise ValueError(f"z_channels must be >= 1, got {self.z_channels}")
         if self.kl_weight < 0:
@@ -69,9 +76,15 @@ class KLTokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "kl")
-        net = conv_kwargs(cfg)
-        self.encoder = ConvEncoder(out_ch=2 * cfg.z_channels, **net)  # mean and logvar ("double_z")
-        self.decoder = ConvDecoder(in_ch=cfg.z_channels, **net)
+        if cfg.backbone == "ldm":  # the official layout, with 1x1 quant_conv / post_quant_conv
+            self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = ldm_backbone(
+                cfg, 2 * cfg.z_channels, cfg.z_channels
+            )
+        else:
+            net = conv_kwargs(cfg)
+            self.encoder = ConvEncoder(out_ch=2 * cfg.z_channels, **net)  # mean and logvar ("double_z")
+            self.decoder = ConvDecoder(in_ch=cfg.z_channels, **net)
+            self.quant_conv = self.post_quant_conv = nn.Identity()
         self.register_buffer("scale", torch.tensor(1.0))  # token scale 1/std, set by calibrate()
         self.specs: dict[TokenKind, TokenSpec] = {
             "continuous": TokenSpec("continuous", (side, side), dim=cfg.z_channels)
@@ -79,7 +92,7 @@ class KLTokenizer(nn.Module):
 
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior q(z|x): images [B, 3, H, W] -> (mean, logvar), each float [B, h, w, C], logvar in [-30, 20]."""
-        mean, logvar = self.encoder(images).permute(0, 2, 3, 1).chunk(2, dim=-1)
+        mean, logvar = self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1).chunk(2, dim=-1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     @staticmethod
@@ -90,7 +103,11 @@ class KLTokenizer(nn.Module):
 
     def _decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B, h, w, C] (unscaled) -> images [B, 3, H, W] in [-1, 1]."""
-        return self.decoder(z.permute(0, 3, 1, 2)).clamp(-1.0, 1.0)
+        return self.decode_raw(z).clamp(-1.0, 1.0)
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, h, w, C] (unscaled) -> decoder output [B, 3, H, W], not clamped."""
+        return self.decoder(self.post_quant_conv(z.permute(0, 3, 1, 2)))
 
     def loss(self, images: torch.Tensor) -> LossOutput:
         """Training forward: L1 + L2 reconstruction of a posterior sample + kl_weight x KL / (3*H*W)."""
@@ -98,7 +115,7 @@ class KLTokenizer(nn.Module):
         mean, logvar = self.moments(images)
         z = self._sample(mean, logvar, None)
         # 2. Reconstruct from the sample.
-        recon = self.decoder(z.permute(0, 3, 1, 2))
+        recon = self.decode_raw(z)
         rec_loss, logs = reconstruction_loss(images, recon, self.cfg.l1_weight, self.cfg.l2_weight)
         # 3. KL(N(mean, var) || N(0, I)) = 0.5 sum(mean^2 + var - 1 - logvar), summed per image, batch mean.
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()

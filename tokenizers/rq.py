@@ -14,8 +14,9 @@ Deviations:
 - No perceptual (LPIPS) or adversarial (PatchGAN) loss: they need pretrained or extra networks that cannot be
   downloaded offline and do not fit the tiny budget. Reconstruction is L1 + L2 (the official recipe uses MSE +
   LPIPS + 0.75 x adaptive hinge GAN).
-- The codebook has K rows, not K+1 (the official padding row is never selected and is left out).
-- The encoder outputs the code dimension directly (no 1x1 ``quant_conv`` / ``post_quant_conv``) and the tiny code
+- The codebook has K rows, not K+1 (the official padding row is never selected; ``benchkit import rqvae`` drops it).
+- With the default ``backbone = "benchkit"`` the encoder outputs the code dimension directly (no 1x1
+  ``quant_conv`` / ``post_quant_conv``; ``backbone = "ldm"`` is the official layout with both) and the tiny code
   dimension is small (the official one is 256), which keeps the shared codebook fully used on tiny data.
 - The commitment loss averages over depths (as the official code does; the paper writes a sum).
 """
@@ -46,6 +47,7 @@ from benchkit.nn.convnet import (
     latent_grid,
     reconstruction_loss,
 )
+from benchkit.nn.ldm import check_backbone_options, ldm_backbone
 from benchkit.registry import TOKENIZERS
 
 
@@ -66,8 +68,12 @@ class RQConfig:
     norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
     l1_weight: float = 1.0
     l2_weight: float = 1.0
+    backbone: Literal["benchkit", "ldm"] = "benchkit"  # "ldm": the official taming layout (benchkit/nn/ldm.py)
+    attn_levels: tuple[int, ...] = ()  # ldm: levels (0 = full resolution) with attention in the encoder
+    decoder_attn_levels: tuple[int, ...] = ()  # ldm: the same for the decoder
 
     def __post_init__(self) -> None:
+        check_backbone_options(self)
         check_codebook_options(self)
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
@@ -85,8 +91,14 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "rq")
         net = conv_kwargs(cfg)
-        self.encoder = ConvEncoder(out_ch=cfg.code_dim, **net)
-        self.decoder = ConvDecoder(in_ch=cfg.code_dim, **net)
+        if cfg.backbone == "ldm":  # the official layout, with 1x1 quant_conv / post_quant_conv
+            self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = ldm_backbone(
+                cfg, cfg.code_dim, cfg.code_dim
+            )
+        else:
+            self.encoder = ConvEncoder(out_ch=cfg.code_dim, **net)
+            self.decoder = ConvDecoder(in_ch=cfg.code_dim, **net)
+            self.quant_conv = self.post_quant_conv = nn.Identity()
         self.codebook = Codebook(
             cfg.codebook_size,
             cfg.code_dim,
@@ -103,11 +115,15 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
 
     def _latent(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> encoder outputs [B, h, w, C]."""
-        return self.encoder(images).permute(0, 2, 3, 1)
+        return self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1)
 
     def _decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
         """Quantized latents [B, h, w, C] -> images [B, 3, H, W] in [-1, 1]."""
-        return self.decoder(zq.permute(0, 3, 1, 2)).clamp(-1.0, 1.0)
+        return self.decode_raw(zq).clamp(-1.0, 1.0)
+
+    def decode_raw(self, zq: torch.Tensor) -> torch.Tensor:
+        """Quantized latents [B, h, w, C] -> decoder output [B, 3, H, W], not clamped."""
+        return self.decoder(self.post_quant_conv(zq.permute(0, 3, 1, 2)))
 
     def _residual_ids(self, z: torch.Tensor) -> torch.Tensor:
         """Greedy residual quantization without codebook updates: [B, h, w, C] -> ids long [B, h, w, D]."""
@@ -138,7 +154,7 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
             ids.append(k)
         commit = commit / self.cfg.depth
         # 4. The decoder sees z^(D) with the gradient of z (straight-through).
-        recon = self.decoder(straight_through(flat, partial).reshape(z.shape).permute(0, 3, 1, 2))
+        recon = self.decode_raw(straight_through(flat, partial).reshape(z.shape))
         rec_loss, logs = reconstruction_loss(images, recon, self.cfg.l1_weight, self.cfg.l2_weight)
         usage, perplexity = code_usage(torch.stack(ids), self.cfg.codebook_size)
         loss = rec_loss + self.cfg.beta * commit

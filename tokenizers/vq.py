@@ -11,7 +11,8 @@ Deviations:
 - No perceptual (LPIPS) or adversarial (PatchGAN) loss: both need pretrained or extra networks that cannot be
   downloaded offline, and the tiny budget has no room for a discriminator. Reconstruction is L1 + L2 instead, so
   reconstructions are blurrier than a VQGAN's at the same rate.
-- The encoder outputs the code dimension directly (no separate 1x1 ``quant_conv`` / ``post_quant_conv``).
+- With the default ``backbone = "benchkit"`` the encoder outputs the code dimension directly (no separate 1x1
+  ``quant_conv`` / ``post_quant_conv``); ``backbone = "ldm"`` is the taming layout with both.
 - Continuous tokens are decoded as given (re-normalised when codes are l2-normalised); MAR's VQ-16 experiment
   snaps generated vectors to the nearest code first, which ``quantize_continuous=True`` reproduces.
 """
@@ -42,6 +43,7 @@ from benchkit.nn.convnet import (
     latent_grid,
     reconstruction_loss,
 )
+from benchkit.nn.ldm import check_backbone_options, ldm_backbone
 from benchkit.registry import TOKENIZERS
 
 
@@ -64,8 +66,12 @@ class VQConfig:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     quantize_continuous: bool = False
+    backbone: Literal["benchkit", "ldm"] = "benchkit"  # "ldm": the official taming layout (benchkit/nn/ldm.py)
+    attn_levels: tuple[int, ...] = ()  # ldm: levels (0 = full resolution) with attention in the encoder
+    decoder_attn_levels: tuple[int, ...] = ()  # ldm: the same for the decoder
 
     def __post_init__(self) -> None:
+        check_backbone_options(self)
         check_codebook_options(self)
         check_conv_options(self)
 
@@ -81,8 +87,14 @@ class VQTokenizer(DeterministicTokenCache, nn.Module):
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "vq")
         net = conv_kwargs(cfg)
-        self.encoder = ConvEncoder(out_ch=cfg.code_dim, **net)
-        self.decoder = ConvDecoder(in_ch=cfg.code_dim, **net)
+        if cfg.backbone == "ldm":  # the official layout, with 1x1 quant_conv / post_quant_conv
+            self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = ldm_backbone(
+                cfg, cfg.code_dim, cfg.code_dim
+            )
+        else:
+            self.encoder = ConvEncoder(out_ch=cfg.code_dim, **net)
+            self.decoder = ConvDecoder(in_ch=cfg.code_dim, **net)
+            self.quant_conv = self.post_quant_conv = nn.Identity()
         self.codebook = Codebook(
             cfg.codebook_size,
             cfg.code_dim,
@@ -100,11 +112,15 @@ class VQTokenizer(DeterministicTokenCache, nn.Module):
 
     def _latent(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> encoder outputs in code space [B, h, w, C]."""
-        return self.codebook.normalize(self.encoder(images).permute(0, 2, 3, 1))
+        return self.codebook.normalize(self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1))
 
     def _decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
         """Quantized latents [B, h, w, C] -> images [B, 3, H, W] in [-1, 1]."""
-        return self.decoder(zq.permute(0, 3, 1, 2)).clamp(-1.0, 1.0)
+        return self.decode_raw(zq).clamp(-1.0, 1.0)
+
+    def decode_raw(self, zq: torch.Tensor) -> torch.Tensor:
+        """Quantized latents [B, h, w, C] -> decoder output [B, 3, H, W], not clamped."""
+        return self.decoder(self.post_quant_conv(zq.permute(0, 3, 1, 2)))
 
     def loss(self, images: torch.Tensor) -> LossOutput:
         """Training forward: L1 + L2 reconstruction + quantizer loss; updates the codebook in train mode."""
@@ -112,7 +128,7 @@ class VQTokenizer(DeterministicTokenCache, nn.Module):
         flat = z.reshape(-1, z.shape[-1])  # [B*h*w, C]
         ids, codes = self.codebook.quantize(flat)
         q_loss, commit = self.codebook.loss(flat, codes)
-        recon = self.decoder(straight_through(flat, codes).reshape(z.shape).permute(0, 3, 1, 2))
+        recon = self.decode_raw(straight_through(flat, codes).reshape(z.shape))
         rec_loss, logs = reconstruction_loss(images, recon, self.cfg.l1_weight, self.cfg.l2_weight)
         usage, perplexity = code_usage(ids, self.cfg.codebook_size)
         loss = rec_loss + q_loss

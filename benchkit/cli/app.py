@@ -12,7 +12,7 @@ import sys
 import typer
 
 from benchkit import __version__
-from benchkit.cli import common, compare, components, train
+from benchkit.cli import common, compare, components, importer, train
 from benchkit.errors import BenchkitError
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ def _root(
 components.register(app)
 train.register(app)
 compare.register(app)
+importer.register(app)
 
 
 def main() -> None:
