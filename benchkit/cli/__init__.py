@@ -43,10 +43,12 @@ def _root(
 
 
 from benchkit.cli import compare, components, train  # noqa: E402  (commands register on import)
+from benchkit.cli import report  # noqa: E402
 
 components.register(app)
 train.register(app)
 compare.register(app)
+report.register(app)
 
 
 def main() -> None:
