@@ -58,6 +58,19 @@ def data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
 
 
+def display_size(path: Path | None, box: tuple[int, int] = (420, 700)) -> tuple[int, int]:
+    """(width, height) to show an image grid at: its pixel size times the largest whole factor (at least 1) that
+    fits ``box``, so that small tiles are enlarged without blurring (the page renders them pixelated)."""
+    if path is None:
+        return 0, 0
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    scale = max(1, min(box[0] // max(w, 1), box[1] // max(h, 1)))
+    return w * scale, h * scale
+
+
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or (isinstance(v, str) and v == "")
 
@@ -181,6 +194,13 @@ def stated_deviations(family: str, name: str) -> list[str]:
     return items
 
 
+def _command(argv: list[Any]) -> str:
+    """A recorded ``sys.argv`` as a shell line, the program shortened to ``benchkit`` (``python -m`` or a venv path)."""
+    prog = Path(str(argv[0]))
+    head = "benchkit" if prog.name == "benchkit" or prog.parent.name == "benchkit" else str(argv[0])
+    return shlex.join([head, *map(str, argv[1:])])
+
+
 def _provenance(run_dirs: list[Path], rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[str, Any]:
     """Commands, dates, machine, versions and features used, merged over every run directory."""
     envs = [_read_json(d / "env.json") for d in run_dirs]
@@ -189,7 +209,7 @@ def _provenance(run_dirs: list[Path], rows: list[dict[str, Any]], configs: list[
     def values(key: str, source: list[dict[str, Any]]) -> list[str]:
         return sorted({str(e[key]) for e in source if not _missing(e.get(key))})
 
-    commands = sorted({shlex.join(map(str, e["argv"])) for e in envs if isinstance(e.get("argv"), list)})
+    commands = sorted({_command(e["argv"]) for e in envs if isinstance(e.get("argv"), list) and e["argv"]})
     stamps = values("timestamp", rows)
     shas = sorted({f"{e['git_sha'][:12]}{' (uncommitted changes)' if e.get('git_dirty') else ''}"
                    for e in envs if isinstance(e.get("git_sha"), str)})
@@ -216,8 +236,8 @@ def _card(kind: str, run: str, rows: list[dict[str, Any]], columns: list[str], i
         "kind": kind, "run": run, "anchor": "run-" + re.sub(r"[^A-Za-z0-9_-]", "-", run),
         "fixed": [(c, cell(rows[0].get(c), c)["text"]) for c in fixed],
         "columns": varying, "rows": [[cell(r.get(c), c) for c in varying] for r in rows],
-        "image": data_uri(image) if image is not None else None,
-        "image_name": str(image) if image is not None else None, "differences": [],
+        "image": data_uri(image) if image is not None else None, "image_size": display_size(image),
+        "differences": [],
     }
 
 
@@ -305,6 +325,14 @@ def _notes(columns: list[str]) -> list[str]:
     return notes
 
 
+def _literals(text: str) -> Any:
+    """Escape docstring text and show its ``literals`` as <code>."""
+    import markupsafe
+
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(re.sub(r"``(.+?)``", r"<code>\1</code>", escaped))
+
+
 def render(context: dict[str, Any]) -> str:
     """The HTML page for a ``collect`` context."""
     import jinja2
@@ -312,6 +340,7 @@ def render(context: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("benchkit", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
+    env.filters["literals"] = _literals
     return env.get_template("report.html.j2").render(**context)
 
 
