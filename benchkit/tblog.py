@@ -25,7 +25,7 @@ from benchkit.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SUBDIR = "tensorboard"
-INSTALL_HINT = "pip install 'benchkit[tensorboard]'  (or: pip install tensorboard)"
+INSTALL_HINT = "pip install 'benchkit[tensorboard]' (or pip install tensorboard)"
 
 
 def tensorboard_available() -> bool:
@@ -36,8 +36,8 @@ def tensorboard_available() -> bool:
 def require_tensorboard(where: str = "train.tensorboard") -> None:
     """Raise ConfigError, naming the switch and the install command, when TensorBoard is asked for but missing."""
     if not tensorboard_available():
-        raise ConfigError(f"{where} = true needs the tensorboard package, which is not installed; {INSTALL_HINT}, "
-                          f"or set {where}=false")
+        raise ConfigError(f"{where} = true needs the tensorboard package, which is not installed; install it with "
+                          f"{INSTALL_HINT}, or set {where}=false")
 
 
 class TensorBoardLog:

@@ -10,6 +10,7 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from benchkit import __version__
 from benchkit.cli import common
@@ -58,7 +59,7 @@ def main() -> None:
     except BenchkitError as e:
         if common.STATE.get("debug"):
             raise
-        common.err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        common.err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         common.err_console.print("rerun with --debug for the traceback", style="dim")
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -74,7 +75,7 @@ def main() -> None:
         if isinstance(e, OSError):
             if common.STATE.get("debug"):
                 raise
-            common.err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            common.err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(1)
         raise
     logging.shutdown()

@@ -68,6 +68,14 @@ def test_missing_package_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.
     assert not any(tmp_path.iterdir())
 
 
+def test_missing_package_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    monkeypatch.setattr(tblog, "tensorboard_available", lambda: False)
+    code, _, err = run_cli(["train", "--out-dir", str(tmp_path), "--set", "train.tensorboard=true", "--no-progress"])
+    assert code == 2
+    assert "train.tensorboard = true needs the tensorboard package" in err
+    assert "pip install 'benchkit[tensorboard]'" in err  # the extra's brackets are printed, not read as markup
+
+
 @pytest.mark.skipif(not tblog.tensorboard_available(), reason="needs the tensorboard package (benchkit[tensorboard])")
 def test_on_writes_scalars_and_grids_and_training_is_unchanged(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
