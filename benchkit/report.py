@@ -48,6 +48,7 @@ PLOTS = (("pareto.png", "Quality vs sampling speed (Pareto)"), ("fid_vs_steps.pn
          ("training_curves.png", "Training curves"))
 SAMPLE_GRID, RECON_GRID = "samples.png", "reconstructions.png"
 ENV_KEYS = ("benchkit", "python", "torch", "torch_fidelity", "clean_fid", "cuda")
+LONG_TEXT = 40  # characters: longer text cells (a deviations column, say) wrap rather than widen the table
 HIDDEN = (*PROVENANCE, "kind")  # shown in the provenance block, not in the tables
 
 
@@ -83,12 +84,14 @@ def _human(v: float) -> str:
 
 
 def cell(value: Any, col: str) -> dict[str, Any]:
-    """{"text": display text, "sort": sort key (number or text), "num": is numeric} for one table cell."""
+    """One table cell: {"text": display text, "sort": sort key (a number's repr, or the text; "" when missing),
+    "num": numeric, "long": text long enough to wrap}."""
+    num = isinstance(value, (int, float)) and not isinstance(value, bool) and not _missing(value)
     if _missing(value):
-        return {"text": "-", "sort": "", "num": False}
-    if isinstance(value, bool):
-        return {"text": str(value).lower(), "sort": str(value).lower(), "num": False}
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text, sort = "-", ""
+    elif isinstance(value, bool):
+        text = sort = str(value).lower()
+    elif num:
         v = float(value)
         if col in HUMAN_COLUMNS:
             text = _human(v)
@@ -96,8 +99,10 @@ def cell(value: Any, col: str) -> dict[str, Any]:
             text = str(int(v))
         else:
             text = f"{v:.{DECIMALS.get(col, 4)}f}"
-        return {"text": text, "sort": repr(v), "num": True}
-    return {"text": str(value), "sort": str(value), "num": False}
+        sort = repr(v)
+    else:
+        text = sort = str(value)
+    return {"text": text, "sort": sort, "num": num, "long": len(text) > LONG_TEXT}
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
