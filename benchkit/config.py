@@ -59,6 +59,9 @@ class TrainConfig:
     # random horizontal flips: a tokenizer sees mirrored images; a generator draws each image's tokens from the
     # cache of the image or of its mirror (a second cache, encoded once), half the time each
     hflip: bool = False
+    # TensorBoard events (losses, lr, images/s, a grid at each checkpoint) in <run dir>/tensorboard; a way of
+    # watching, not part of the run's identity, so the fingerprint leaves it out (see ``fingerprint``)
+    tensorboard: bool = field(default=False, metadata={"identity": False})
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -277,9 +280,11 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (dataclasses allowed)."""
+    """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out)."""
     def norm(x: Any) -> Any:
-        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return {f.name: norm(getattr(x, f.name)) for f in dataclasses.fields(x) if f.metadata.get("identity", True)}
+        return x
 
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

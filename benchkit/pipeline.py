@@ -47,6 +47,7 @@ from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
 from benchkit.progress import progress_bar
 from benchkit.provenance import environment
 from benchkit.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
+from benchkit.tblog import reconstruction_preview, require_tensorboard, sample_preview
 from benchkit.trainer import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
             desc=f"tokenizer {cfg.tokenizer.name}",
             resume=resume,
             show_progress=progress,
+            preview=reconstruction_preview(train.images[:8]) if cfg.tokenizer_train.tensorboard else None,
         )
         with torch.no_grad():
             module.calibrate(to_float(train.images[:2048]).to(device))
@@ -274,6 +276,9 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
                     splits: tuple[ImageData, ImageData] | None = None) -> TrainedRun:
     """The whole training path of one config: checks, data, tokenizer, token cache, generator."""
     combo = check(cfg)
+    for where, stage in (("tokenizer_train", cfg.tokenizer_train), ("train", cfg.train)):
+        if stage.tensorboard:  # here, not in check(): loading a run for sampling needs no TensorBoard
+            require_tensorboard(f"{where}.tensorboard")
     device = pick_device(cfg.device)
     bdist.init_distributed(device)
     train, _ = splits or load_splits(cfg)
@@ -302,7 +307,8 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
 
         result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,
                      fingerprint=fp, desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume,
-                     show_progress=progress)
+                     show_progress=progress, preview=sample_preview(tok.module, combo.kind, train.num_classes, cfg.sample,
+                                                                    seed=cfg.seed) if cfg.train.tensorboard else None)
         if is_main():
             meta = {"fingerprint": fp, "train_images_per_s": result.images_per_s, "train_time_s": result.time_s,
                     "steps": result.steps, "final_loss": result.final_loss, "num_classes": train.num_classes}

@@ -29,6 +29,7 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
     """Run the valid jobs in order; tokenizer rows once per tokenizer; tables and plots at the end."""
     from benchkit.evaluate import evaluate_run, evaluate_tokenizer
     from benchkit.pipeline import load_splits, train_generator
+    from benchkit.report import write_report
 
     t0 = time.perf_counter()
     report = SweepReport(results_dir)
@@ -48,7 +49,10 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
         evaluate_tokenizer(run.tokenizer, cfg, train, test, results_dir)
         evaluate_run(run, train, test, results_dir)
         report.done.append(label)
-    report.outputs = write_outputs(results_dir, Path(jobs[0].cfg.out_dir) if jobs and jobs[0].cfg else results_dir.parent)
+    out_root = Path(jobs[0].cfg.out_dir) if jobs and jobs[0].cfg else results_dir.parent
+    report.outputs = write_outputs(results_dir, out_root)
+    if report.outputs:  # the HTML page of everything above (benchkit.report)
+        report.outputs.append(write_report(results_dir, out_root))
     report.wall_s = time.perf_counter() - t0
     return report
 

@@ -25,6 +25,7 @@ from benchkit.checkpoint import checkpoint_exists, load_checkpoint, save_checkpo
 from benchkit.config import TrainConfig
 from benchkit.errors import CheckpointError, TrainingDivergedError
 from benchkit.interfaces import LossOutput
+from benchkit.tblog import TensorBoardLog
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -146,11 +147,14 @@ def fit(
     desc: str = "train",
     resume: bool = True,
     show_progress: bool = True,
+    preview: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps; ``get_batch(indices)`` returns the batch for those item indices.
 
     The run directory gets ``checkpoint.safetensors/.json`` (model, EMA, optimizer, RNG) and ``log.csv``.
     With ``resume`` an existing checkpoint of the same ``fingerprint`` is continued; a different one is refused.
+    With ``cfg.tensorboard`` the logged values, and ``preview(model)`` (uint8 images) at each checkpoint, also go to
+    TensorBoard (``benchkit.tblog``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +185,7 @@ def fit(
     per_rank = cfg.batch_size // world
     last_loss, t0, images_done = float("nan"), time.perf_counter(), 0
     progress = _progress(show_progress and bdist.is_main(), desc, cfg.steps, start)
+    tb = TensorBoardLog(run_dir if bdist.is_main() else None, enabled=cfg.tensorboard)
     task = progress.tasks[0].id if progress is not None else None
     model.train()
     try:
@@ -215,6 +220,7 @@ def fit(
                 ips = images_done / (time.perf_counter() - t0)
                 rows.append({"step": done, "loss": last_loss, "lr": opt.param_groups[0]["lr"], "images_per_s": ips,
                              **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")}})
+                tb.scalars(done, {k: v for k, v in rows[-1].items() if k != "step"})
                 if progress is not None:
                     progress.update(task, completed=done, loss=last_loss, ips=ips)
                     if not progress.console.is_terminal and done % max(cfg.log_every, cfg.steps // 10) == 0:
@@ -223,8 +229,10 @@ def fit(
                 # the log first: a kill in between leaves extra rows, which a resume drops, never missing ones
                 _write_log(log_path, rows)
                 _save(ckpt, model, opt, ema, done, fingerprint, desc)
+                tb.preview(model, preview, done)
             bdist.barrier() if done % cfg.checkpoint_every == 0 else None
     finally:
+        tb.close()
         if progress is not None:
             progress.stop()
     elapsed = time.perf_counter() - t0

@@ -10,9 +10,10 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from benchkit import __version__
-from benchkit.cli import common, compare, components, importer, train
+from benchkit.cli import common, compare, components, importer, report, train
 from benchkit.errors import BenchkitError
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ components.register(app)
 train.register(app)
 compare.register(app)
 importer.register(app)
+report.register(app)
 
 
 def main() -> None:
@@ -55,7 +57,7 @@ def main() -> None:
     except BenchkitError as e:
         if common.STATE.get("debug"):
             raise
-        common.err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        common.err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         common.err_console.print("rerun with --debug for the traceback", style="dim")
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -71,7 +73,7 @@ def main() -> None:
         if isinstance(e, OSError):
             if common.STATE.get("debug"):
                 raise
-            common.err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            common.err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(1)
         raise
     logging.shutdown()

@@ -33,7 +33,8 @@ def test_wheel_puts_components_under_benchkit(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.startswith("benchkit-")}
     assert tops == {"benchkit"}, tops
     for needed in ("benchkit/tokenizers/vq.py", "benchkit/generators/mar.py", "benchkit/heads/diffloss.py",
-                   "benchkit/configs/tiny.toml", "benchkit/configs/sweeps/tiny.toml"):
+                   "benchkit/configs/tiny.toml", "benchkit/configs/sweeps/tiny.toml",
+                   "benchkit/templates/report.html.j2"):
         assert needed in names, needed
 
 
