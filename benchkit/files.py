@@ -11,16 +11,27 @@ from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it onto ``path``.
+
+    The file gets the permissions of a plain ``open(path, "w")`` (0666 less the umask), not mkstemp's 0600, so
+    that tables, reports and checkpoints stay readable by the other users of a shared results directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
