@@ -6,14 +6,18 @@ option, value or combination). Results go to stdout, logs and progress to stderr
 
 from __future__ import annotations
 
-import logging
-import sys
+from benchkit.threads import prepare_openmp
 
-import typer
+prepare_openmp()  # before anything imports torch: OpenMP reads its wait policy once, when loaded
 
-from benchkit import __version__
-from benchkit.cli import common
-from benchkit.errors import BenchkitError
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import typer  # noqa: E402
+
+from benchkit import __version__  # noqa: E402
+from benchkit.cli import common  # noqa: E402
+from benchkit.errors import BenchkitError  # noqa: E402
 
 app = typer.Typer(
     name="benchkit",

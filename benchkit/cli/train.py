@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchkit.cli.common import (ConfigOpt, DeviceOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt,
+from benchkit.cli.common import (ConfigOpt, DeviceOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt, ThreadsOpt,
                                  check_writable, err_console, out_console, run_config)
 from benchkit.errors import ConfigError
+from benchkit.threads import apply_threads
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory (printed by `benchkit train`).")]
 
@@ -21,6 +22,7 @@ def train_tokenizer(
     preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
     device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure reconstructions afterwards.")] = True,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a tokenizer once (reused by every generator), cache nothing yet, and measure its reconstructions.
 
@@ -34,9 +36,10 @@ def train_tokenizer(
     if name:
         TOKENIZERS.get(name)
         sets.insert(0, f'tokenizer.name="{name}"')
-    cfg = run_config(preset, config, sets, out_dir, device)
+    cfg = run_config(preset, config, sets, out_dir, device, threads=threads)
     TOKENIZERS.make_config(cfg.tokenizer.name, cfg.tokenizer.options)
     check_writable(Path(cfg.out_dir))
+    apply_threads(cfg.threads)
     train, test = load_splits(cfg)
     tok = _train(cfg, train, resume=resume, progress=progress)
     if evaluate:
@@ -49,7 +52,7 @@ def train_tokenizer(
 
 def train(
     preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
-    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
+    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True, threads: ThreadsOpt = None,
 ) -> None:
     """Train one generator (and its tokenizer if needed) and print the run directory.
 
@@ -57,8 +60,9 @@ def train(
     """
     from benchkit.pipeline import train_generator
 
-    cfg = run_config(preset, config, sets, out_dir, device)
+    cfg = run_config(preset, config, sets, out_dir, device, threads=threads)
     check_writable(Path(cfg.out_dir))
+    apply_threads(cfg.threads)
     run = train_generator(cfg, resume=resume, progress=progress)
     typer.echo(str(run.dir))
 
@@ -72,6 +76,7 @@ def sample(
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (> 0).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/samples.png).")] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Write a PNG grid of samples, one row per class.
 
@@ -85,6 +90,7 @@ def sample(
     if out is not None:
         check_writable(out.parent)
     r = load_run(run)
+    apply_threads(threads if threads is not None else r.cfg.threads)
     given = {"steps": steps, "cfg": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature}
     s = SampleSettings(**{**base_settings(r.cfg.sample), **{k: v for k, v in given.items() if v is not None}})
     k = r.generator.num_classes if hasattr(r.generator, "num_classes") else 10
@@ -104,6 +110,7 @@ def evaluate(
     results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
     sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID sanity ladder on real data instead.")] = False,
     preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Measure FID/IS/KID/PR (two libraries), class accuracy and cost of a run; append rows to the table.
 
@@ -118,7 +125,8 @@ def evaluate(
         from benchkit.metrics.sanity import sanity_ladder
         from benchkit.distributed import pick_device
 
-        cfgx = run_config(preset, config, sets, out_dir, device)
+        cfgx = run_config(preset, config, sets, out_dir, device, threads=threads)
+        apply_threads(cfgx.threads)
         train_d, test_d = load_splits(cfgx)
         ext = load_extractor(cfgx.eval.features, train_data=train_d, cache_dir=cache_dir(cfgx),
                              device=pick_device(cfgx.device), weights_path=cfgx.eval.inception_weights)
@@ -130,6 +138,7 @@ def evaluate(
     if run is None:
         raise ConfigError("benchkit eval needs a RUN directory (or --sanity)")
     r = load_run(run)
+    apply_threads(threads if threads is not None else r.cfg.threads)
     cfg = r.cfg
     if sets:
         from benchkit.config import apply_override, from_dict, RunConfig
