@@ -169,6 +169,8 @@ def test_shard_gives_the_rows_of_the_unsharded_sweep(pair: dict) -> None:
     assert set(shard_rows) == {"mar"}
     assert _quality(shard_rows["mar"]) == _quality(pair["ab"][1]["mar"])
     assert _same_tensors(_weights(shard_out, "mar"), _weights(pair["ab"][0], "mar"))
+    env = json.loads((_weights(shard_out, "mar").parent / "env.json").read_text())
+    assert env["threads"] == shard_rows["mar"]["threads"], "env.json records the thread count the run used"
 
 
 # ------------------------------------------------------- a tokenizer and token cache from disk train the same way
