@@ -3,9 +3,9 @@
 - :func:`prepare_openmp` asks OpenMP for a passive wait policy: a worker thread that runs out of work sleeps instead
   of spinning. It has to run before torch is imported (libgomp reads its environment once, when it is loaded), so
   the CLI calls it first thing; a value the user exported is kept. When several processes share the cores (two
-  sweep shards, or a sweep next to any other job) spinning workers burn the time slices the other process needs:
-  a tiny MAR forward/backward took 4x longer with 2 spinning threads than with 2 passive ones on a loaded 2-core
-  machine (see the README).
+  sweep shards, or a sweep next to any other job) spinning workers burn the time slices the other process needs,
+  and every barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). Export
+  ``OMP_WAIT_POLICY=ACTIVE`` to keep threads spinning on a machine of your own.
 - :func:`resolve_threads` picks the intra-op thread count: an explicit request (``--threads`` / config key
   ``threads``), else ``OMP_NUM_THREADS`` when exported, else the usable cores divided by the number of sweep
   shards (``--shard i/n`` on one host: n processes share the cores), else every usable core (torch's default).
