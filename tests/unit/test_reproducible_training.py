@@ -1,5 +1,6 @@
-"""Every valid tokenizer x generator x head, trained twice from the same seed on CPU with two threads, ends with
-bit-identical weights, and its training calls none of the CPU kernels whose result depends on thread timing.
+"""Every tokenizer and every valid generator x head on its tokens, trained twice from the same seed on CPU with two
+threads, ends with bit-identical weights, and its training calls none of the CPU kernels whose result depends on
+thread timing.
 
 A race between threads shows only when they really run at once: on a loaded machine, or under the passive OpenMP
 wait policy the tests use, the second thread often starts after the first has finished, and two trainings agree
@@ -22,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchkit.compat import check_combination, compatibility_table
 from benchkit.config import TrainConfig
 from benchkit.interfaces import Batch
-from benchkit.registry import GENERATORS
+from benchkit.registry import GENERATORS, TOKENIZERS
 from benchkit.trainer import fit
 
 VALID = [(r["tokenizer"], r["generator"], r["head"]) for r in compatibility_table() if r["status"] == "ok"]
@@ -98,6 +99,33 @@ def test_training_twice_gives_bit_identical_weights(combo: tuple[str, str, str],
     assert changed, "training changed no weight: the comparison would prove nothing"
     differ = [k for k in first if not torch.equal(first[k], second[k])]
     assert not differ, f"{'+'.join(combo)}: weights differ between two identical trainings: {differ}"
+
+
+def _train_tokenizer(name: str, images: torch.Tensor, run_dir: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)  # as pipeline.train_tokenizer seeds the initialisation
+    model = TOKENIZERS.create(name, image_size=32)
+    cfg = TrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=100)
+    fit(model, lambda m, x: m.loss(x), lambda idx: images[idx], len(images), cfg, run_dir, seed=0,
+        fingerprint="test", show_progress=False)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS.names()))
+def test_tokenizer_training_twice_gives_bit_identical_weights(name: str, tmp_path: Path) -> None:
+    """The first half of every combination (codebook EMA updates and dead-code restarts included)."""
+    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with RacyOps() as watch:
+            first = _train_tokenizer(name, images, tmp_path / "a")
+        torch.rand(100)
+        second = _train_tokenizer(name, images, tmp_path / "b")
+    finally:
+        torch.set_num_threads(threads)
+    assert not watch.calls, f"{name} trains with thread-timing-dependent CPU kernels: {dict(watch.calls)}"
+    differ = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not differ, f"{name}: weights differ between two identical trainings: {differ}"
 
 
 def test_every_generator_and_head_is_covered() -> None:
