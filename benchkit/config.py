@@ -171,6 +171,7 @@ class RunConfig:
     name: str = "default"
     seed: int = 0
     device: Device = "auto"
+    threads: int | None = None  # torch intra-op threads; None: benchkit.threads.resolve_threads decides
     out_dir: str = "results"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: ComponentSpec = field(default_factory=lambda: ComponentSpec(name="vq"))
@@ -180,6 +181,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=0.99))
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or unset for the default), got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""

@@ -84,7 +84,8 @@ def next_device(cfg: RunConfig) -> torch.device:
 
 def _identity(cfg: RunConfig) -> dict[str, Any]:
     return {"dataset": cfg.data.name, "seed": cfg.seed, "git_sha": git_state()["git_sha"],
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(next_device(cfg))}
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(next_device(cfg)),
+            "threads": torch.get_num_threads()}
 
 
 def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir: Path,

@@ -43,6 +43,7 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         "clean_fid": _version("clean-fid"),
         "cuda": torch.version.cuda,
         "device": str(device) if device is not None else None,
+        "threads": torch.get_num_threads(),  # CPU float results depend on it (benchkit.threads)
         "platform": platform.platform(),
         "argv": sys.argv,
     }

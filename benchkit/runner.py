@@ -25,11 +25,16 @@ class SweepReport:
     wall_s: float = 0.0
 
 
-def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume: bool = True) -> SweepReport:
-    """Run the valid jobs in order; tokenizer rows once per tokenizer; tables and plots at the end."""
+def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume: bool = True,
+            shards: int = 1) -> SweepReport:
+    """Run the valid jobs in order; tokenizer rows once per tokenizer; tables and plots at the end.
+
+    Before each job torch's thread count is set from the job's ``threads`` (default: the cores divided among the
+    ``shards`` processes; see benchkit.threads), so a job computes what it would compute run on its own."""
     from benchkit.evaluate import evaluate_run, evaluate_tokenizer
     from benchkit.pipeline import load_splits, train_generator
     from benchkit.report import write_report
+    from benchkit.threads import apply_threads
 
     t0 = time.perf_counter()
     report = SweepReport(results_dir)
@@ -39,6 +44,7 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
             report.skipped.append((" ".join(job.overrides), job.skipped or ""))
             continue
         cfg: RunConfig = job.cfg
+        apply_threads(cfg.threads, shards=shards)
         key = repr((cfg.data,))
         if key not in splits:
             splits[key] = load_splits(cfg)

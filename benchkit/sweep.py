@@ -12,7 +12,8 @@
     "head.name" = "ce"
 
 Invalid combinations are skipped with the reason. Jobs are ordered so that each tokenizer is trained once and
-``--shard i/n`` takes every n-th job; any number of shards can write one results directory.
+``--shard i/n`` takes every n-th job (shard i starting with its i-th tokenizer); any number of shards can write one
+results directory.
 """
 
 from __future__ import annotations
@@ -121,6 +122,15 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def shard(jobs: list[Job], i: int, n: int) -> list[Job]:
-    """The valid jobs of shard i of n (every n-th valid job)."""
-    valid = [j for j in jobs if j.cfg is not None]
-    return valid[i::n]
+    """The valid jobs of shard i of n: every n-th valid job, rotated so that shard i starts with the i-th of its
+    tokenizers. Shards started together then train different tokenizers at first instead of all waiting on the
+    lock of the first one (a job's results do not depend on its place in the order)."""
+    from benchkit.pipeline import tokenizer_fingerprint
+
+    mine = [j for j in jobs if j.cfg is not None][i::n]
+    tokenizers = list(dict.fromkeys(tokenizer_fingerprint(j.cfg) for j in mine if j.cfg is not None))
+    if len(tokenizers) < 2:
+        return mine
+    first = tokenizers[i % len(tokenizers)]
+    k = next(pos for pos, j in enumerate(mine) if j.cfg is not None and tokenizer_fingerprint(j.cfg) == first)
+    return mine[k:] + mine[:k]

@@ -131,7 +131,10 @@ class MARGenerator(nn.Module):
         known = order[:, n_masked:]  # [B, L - n_masked]: positions the encoder may see
         # 1. encoder input: buffer slots all hold the class embedding, then the known tokens (MAE: sparse)
         cls = self.class_emb(labels)[:, None].expand(B, buf, W)
-        seen = self.tok_emb(_gather(tokens, known)) + self.enc_pos[0, buf:][known]  # [B, L - n_masked, W]
+        # gather, not ``enc_pos[0, buf:][known]``: the backward of advanced indexing with repeated indices adds
+        # with float atomics on several CPU threads (order, so bits, vary run to run); gather's does not
+        pos = _gather(self.enc_pos[:, buf:].expand(B, L, W), known)
+        seen = self.tok_emb(_gather(tokens, known)) + pos  # [B, L - n_masked, W]
         x = torch.cat([cls + self.enc_pos[:, :buf], seen], 1)
         x = self.encoder(self.enc_in_norm(x))  # [B, buf + L - n_masked, W]
         # 2. decoder: scatter back to the full sequence, unknown positions get the learned mask token

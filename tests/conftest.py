@@ -14,8 +14,13 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-import torch
+# Before torch loads OpenMP: idle worker threads sleep rather than spin, and one intra-op thread by default, also for
+# the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see benchkit.threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tiny everything: 256 training images of the embedded shapes dataset, an 8-channel VQ tokenizer and a
 # 32-wide AR generator, a few dozen steps each with frequent checkpoints, and a small evaluation.

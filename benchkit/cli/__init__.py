@@ -4,6 +4,10 @@ Exit codes: 0 success, 1 runtime error (training diverged, unreadable checkpoint
 option, value or combination). Results go to stdout, logs and progress to stderr.
 """
 
-from benchkit.cli.app import app, main
+from benchkit.threads import prepare_openmp
+
+prepare_openmp()  # before anything imports torch: OpenMP reads its wait policy once, when it is loaded
+
+from benchkit.cli.app import app, main  # noqa: E402
 
 __all__ = ["app", "main"]

@@ -73,16 +73,22 @@ def show_progress(enabled: bool) -> None:
     from benchkit import progress
 
     progress.set_enabled(enabled)
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="Torch intra-op threads (config key 'threads'); default: $OMP_NUM_THREADS, else the "
+    "usable cores divided by the --shard count. Same threads, same bits.")]
 
 
 def run_config(preset: str | None, config: Path | None, sets: list[str] | None, out_dir: Path | None,
-               device: str | None, default_preset: str = "tiny") -> RunConfig:
-    """Resolve preset, file and overrides; --out-dir and --device are shorthands for --set."""
+               device: str | None, default_preset: str = "tiny", threads: int | None = None) -> RunConfig:
+    """Resolve preset, file and overrides; --out-dir, --device and --threads are shorthands for --set."""
     overrides = list(sets or [])
     if out_dir is not None:
         overrides.append(f'out_dir="{out_dir}"')
     if device is not None:
         overrides.append(f'device="{device}"')
+    if threads is not None:
+        overrides.append(f"threads={threads}")
     return resolve(preset if preset or config else default_preset, config, overrides)
 
 

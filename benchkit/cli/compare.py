@@ -7,15 +7,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from benchkit.cli.common import (JsonOpt, OutOpt, ProgressOpt, ResumeOpt, SetOpt, check_writable, emit_json, err_console,
-                                 out_console, show_progress)
+from benchkit.cli.common import (JsonOpt, OutOpt, ProgressOpt, ResumeOpt, SetOpt, ThreadsOpt, check_writable, emit_json,
+                                 err_console, out_console, show_progress)
 from benchkit.errors import ConfigError
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
 
 def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_dir: Path | None,
-               preset: str | None, progress: bool, resume: bool, as_json: bool) -> None:
+               preset: str | None, progress: bool, resume: bool, as_json: bool, threads: int | None = None) -> None:
     from benchkit.runner import execute
 
     show_progress(progress)
@@ -26,6 +26,8 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
     overrides = list(sets or [])
     if out_dir is not None:
         overrides.append(f'out_dir="{out_dir}"')
+    if threads is not None:
+        overrides.append(f"threads={threads}")
     jobs = expand(spec, overrides, preset)
     valid = [j for j in jobs if j.cfg is not None]
     if not valid:
@@ -39,7 +41,7 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
     for j in skipped:
         err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
     err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
-    report = execute(mine, results_dir, progress=progress, resume=resume)
+    report = execute(mine, results_dir, progress=progress, resume=resume, shards=n)
     from benchkit.results import read_rows
 
     if as_json:
@@ -77,13 +79,13 @@ def run(
     sets: SetOpt = None, out_dir: OutOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the sweep's).")] = None,
     shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
-    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False,
+    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
     Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 13 min on 2 CPU cores)
     """
-    _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume, as_json)
+    _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume, as_json, threads)
 
 
 def sweep(
@@ -91,7 +93,7 @@ def sweep(
     sets: SetOpt = None, out_dir: OutOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the file's).")] = None,
     shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
-    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False,
+    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Run a grid over components and options; finished runs are skipped, so re-running resumes.
 
@@ -99,7 +101,7 @@ def sweep(
     """
     if not file.is_file():
         raise ConfigError(f"sweep file {str(file)!r} does not exist")
-    _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume, as_json)
+    _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume, as_json, threads)
 
 
 def table(

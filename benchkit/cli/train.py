@@ -11,8 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from benchkit.cli.common import (ConfigOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt,
-                                 check_writable, emit_json, err_console, out_console, run_config, show_progress)
+                                 ThreadsOpt, check_writable, emit_json, err_console, out_console, run_config,
+                                 show_progress)
 from benchkit.errors import ConfigError
+from benchkit.threads import apply_threads
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory (printed by `benchkit train`).")]
 
@@ -22,7 +24,7 @@ def train_tokenizer(
     preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
     device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure reconstructions afterwards.")] = True,
-    as_json: JsonOpt = False,
+    as_json: JsonOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Train a tokenizer once (reused by every generator), cache nothing yet, and measure its reconstructions.
 
@@ -37,9 +39,10 @@ def train_tokenizer(
     if name:
         TOKENIZERS.get(name)
         sets.insert(0, f'tokenizer.name="{name}"')
-    cfg = run_config(preset, config, sets, out_dir, device)
+    cfg = run_config(preset, config, sets, out_dir, device, threads=threads)
     TOKENIZERS.make_config(cfg.tokenizer.name, cfg.tokenizer.options)
     check_writable(Path(cfg.out_dir))
+    apply_threads(cfg.threads)
     train, test = load_splits(cfg)
     tok = _train(cfg, train, resume=resume, progress=progress)
     row = evaluate_tokenizer(tok, cfg, train, test, Path(cfg.out_dir) / cfg.name) if evaluate else None
@@ -54,6 +57,7 @@ def train_tokenizer(
 def train(
     preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
     device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True, as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train one generator (and its tokenizer if needed) and print the run directory.
 
@@ -62,8 +66,9 @@ def train(
     from benchkit.pipeline import train_generator
 
     show_progress(progress)
-    cfg = run_config(preset, config, sets, out_dir, device)
+    cfg = run_config(preset, config, sets, out_dir, device, threads=threads)
     check_writable(Path(cfg.out_dir))
+    apply_threads(cfg.threads)
     run = train_generator(cfg, resume=resume, progress=progress)
     if as_json:
         meta_path = run.dir / "model.json"
@@ -82,7 +87,7 @@ def sample(
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (> 0).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/samples.png).")] = None,
-    progress: ProgressOpt = True, as_json: JsonOpt = False,
+    progress: ProgressOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Write a PNG grid of samples, one row per class.
 
@@ -98,6 +103,7 @@ def sample(
     if out is not None:
         check_writable(out.parent)
     r = load_run(run)
+    apply_threads(threads if threads is not None else r.cfg.threads)
     given = {"steps": steps, "cfg": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature}
     s = r.cfg.sample.replace(**{k: v for k, v in given.items() if v is not None})
     k = r.generator.num_classes
@@ -122,7 +128,7 @@ def evaluate(
     results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
     sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID sanity ladder on real data instead.")] = False,
     preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
-    progress: ProgressOpt = True, as_json: JsonOpt = False,
+    progress: ProgressOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Measure FID/IS/KID/PR (two libraries), class accuracy and cost of a run; append rows to the table.
 
@@ -138,7 +144,8 @@ def evaluate(
         from benchkit.metrics.sanity import sanity_ladder
         from benchkit.distributed import pick_device
 
-        cfgx = run_config(preset, config, sets, out_dir, device)
+        cfgx = run_config(preset, config, sets, out_dir, device, threads=threads)
+        apply_threads(cfgx.threads)
         train_d, test_d = load_splits(cfgx)
         ext = load_extractor(cfgx.eval.features, train_data=train_d, cache_dir=cache_dir(cfgx),
                              device=pick_device(cfgx.device), weights_path=cfgx.eval.inception_weights)
@@ -153,6 +160,7 @@ def evaluate(
     if run is None:
         raise ConfigError("benchkit eval needs a RUN directory (or --sanity)")
     r = load_run(run)
+    apply_threads(threads if threads is not None else r.cfg.threads)
     cfg = r.cfg
     if sets:
         from benchkit.config import apply_override, from_dict, RunConfig
