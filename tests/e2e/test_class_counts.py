@@ -16,6 +16,7 @@ from conftest import TINY, bk, build_feature_cache, last_line
 
 pytestmark = pytest.mark.slow
 
+
 def _tiny_args(data: str, per_class_test: int) -> list[str]:
     """TINY without its dataset options, 8 training steps per stage, an evaluation sized for a small test split."""
     args: list[str] = []
