@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from benchkit.errors import ConfigError, suggest
 from benchkit.options import build_dataclass, field_types, parse_text, toml_loads
+from benchkit.sizes import apply_sizes
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -221,6 +222,7 @@ def resolve(
         _deep_update(raw, load_file(config_file))
     for o in overrides or []:
         apply_override(raw, o)
+    apply_sizes(raw)  # a preset's per-name option tables ([generator.sizes] ...) for the chosen names
     return from_dict(RunConfig, raw, "")
 
 

@@ -20,6 +20,7 @@ from filelock import FileLock
 from benchkit import distributed as bdist
 from benchkit.config import RunConfig, fingerprint
 from benchkit.data.base import ImageData, to_float, to_uint8
+from benchkit.deviations import head_deviations
 from benchkit.images import reconstruction_grid, save_grid
 from benchkit.metrics import cost
 from benchkit.metrics.features import load_extractor
@@ -29,6 +30,7 @@ from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
 from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
 from benchkit.sampling import SampleSettings, balanced_labels, base_settings, generate_images
+from benchkit.sizes import backbone_params
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,9 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
         "steps": s.steps, "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
         "diffusion_steps": s.diffusion_steps,
-        **quality, "params": params, "sample_time_s": sample_time, **speed,
+        "head_deviations": head_deviations(cfg.head.name, cfg.head.options, sampling_steps=s.diffusion_steps),
+        **quality, "params": params, "backbone_params": backbone_params(run.generator), "sample_time_s": sample_time,
+        **speed,
         "train_images_per_s": _train_meta(run).get("train_images_per_s"),
         "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
         "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),

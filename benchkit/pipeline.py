@@ -144,8 +144,10 @@ def tokenizer_fingerprint(cfg: RunConfig) -> str:
 
 
 def run_fingerprint(cfg: RunConfig) -> str:
-    """Identity of a trained generator: its tokenizer plus generator, head, training and seed."""
-    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, cfg.head, cfg.train, cfg.seed)
+    """Identity of a trained generator: its tokenizer plus generator (options with defaults filled in, so a changed
+    default size is a new run), head, training and seed."""
+    generator = GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
+    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train, cfg.seed)
 
 
 def tokenizer_dir(cfg: RunConfig) -> Path:

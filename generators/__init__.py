@@ -1,3 +1,3 @@
 """Built-in generators; each module registers itself on import."""
 
-from benchkit.generators import ar, mar, rqtransformer  # noqa: F401
+from benchkit.generators import ar, mar, randar, rqtransformer  # noqa: F401
