@@ -9,7 +9,7 @@ Two sources of noise are supported:
 
 :func:`adjacent_significance` marks, for each row of the table sorted by FID, whether it is better than the next
 row by more than the noise of the pair (the larger of the two rows' spreads): ``yes``, ``no`` (within noise,
-the order of the two rows is not established), or ``-`` (last row, or no noise estimate).
+the order of the two rows is not established), or None (last row, or no noise estimate; tables show ``-``).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ def _noise(df: pd.DataFrame, noise: str) -> pd.Series:
 
 
 def adjacent_significance(df: pd.DataFrame, *, metric: str = "fid", noise: str = "seed_spread_fid") -> pd.Series:
-    """Per row: ``yes`` / ``no`` / ``-`` for "beats the next row of the metric-sorted table by more than noise"."""
+    """Per row: ``yes`` / ``no`` / None for "beats the next row of the metric-sorted table by more than noise"."""
     if metric not in df.columns:
         raise ConfigError(f"significance needs a {metric!r} column; valid: {', '.join(map(str, df.columns))}")
     values = pd.to_numeric(df[metric], errors="coerce")
     spread = _noise(df, noise)
     order = values.sort_values(kind="mergesort", na_position="last").index
-    marks = pd.Series("-", index=df.index, dtype=object)
+    marks = pd.Series(None, index=df.index, dtype=object)
     for a, b in zip(order[:-1], order[1:]):
         va, vb = values[a], values[b]
         pair = max(spread[a], spread[b]) if not (pd.isna(spread[a]) and pd.isna(spread[b])) else np.nan
@@ -51,11 +51,14 @@ def adjacent_significance(df: pd.DataFrame, *, metric: str = "fid", noise: str =
 
 
 def with_significance(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` plus the ``fid_gap_significant`` column when it has FID values (else unchanged)."""
-    if "fid" not in df.columns or df.empty or pd.to_numeric(df["fid"], errors="coerce").isna().all():
+    """``df`` plus the ``fid_gap_significant`` column when at least one pair of rows can be judged (else as is)."""
+    if "fid" not in df.columns or df.empty:
+        return df
+    marks = adjacent_significance(df)
+    if marks.isna().all():
         return df
     out = df.copy()
-    out[SIG_COLUMN] = adjacent_significance(df)
+    out[SIG_COLUMN] = marks
     return out
 
 
