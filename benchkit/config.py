@@ -112,10 +112,15 @@ class EvalConfig:
     cost_batch_size: int = 64
     cost_repeats: int = 3
     seed_spread: bool = True  # sample the base setting twice (seed, seed+1) and record the FID difference
+    # per-row tuning (benchkit.tuning): settings tried over the base on a validation split; the best becomes the base
+    tune: list[dict[str, Any]] = field(default_factory=list)
+    tune_samples: int = 250
 
     def __post_init__(self) -> None:
         if self.num_samples < 2 or self.num_reference < 2:
             raise ValueError("num_samples and num_reference must be >= 2")
+        if self.tune_samples < 2:
+            raise ValueError(f"tune_samples must be >= 2, got {self.tune_samples}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
 from benchkit.sampling import SampleSettings, balanced_labels, base_settings, generate_images
 from benchkit.sizes import backbone_params
+from benchkit.tuning import tune_run
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
     cfg = run.cfg
     settings = resolve_settings(run, settings or settings_from(cfg))
     extractor = _extractor(cfg, train)
+    settings = tune_run(run, settings, extractor, test.images, train.num_classes)  # eval.tune: best base setting
     real = test.images[: cfg.eval.num_reference]
     labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
     params = cost.count_params(run.generator)
