@@ -46,11 +46,11 @@ QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", 
            "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc")
 TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "codebook_usage", "perplexity", "bits_per_image")
 COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
-        "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_steps", "train_time_s",
-        "peak_mem_mb")
+        "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_steps", "train_flops",
+        "train_time_s", "peak_mem_mb")
 PROVENANCE = ("row_id", "config_fingerprint", "git_sha", "timestamp", "device")
 INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops_per_image", "sample_batch_size",
-               "train_steps", "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
+               "train_steps", "train_flops", "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
 # Decimals shown per column; other float columns get 4.
 DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_diff": 3, "fid_inf": 2,
             "seed_spread_fid": 2, "is_mean": 2, "is_std": 2, "kid_mean": 4, "kid_std": 4, "precision": 3,
@@ -58,7 +58,7 @@ DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_di
             "bits_per_image": 1, "images_per_s": 1, "latency_s": 4, "encode_images_per_s": 1,
             "decode_images_per_s": 1, "train_images_per_s": 1, "train_time_s": 1, "peak_mem_mb": 1}
 # shown as 1.23M / 4.56G in markdown, LaTeX and the terminal
-HUMAN_COLUMNS = ("params", "backbone_params", "flops_per_image")
+HUMAN_COLUMNS = ("params", "backbone_params", "flops_per_image", "train_flops")
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
