@@ -1,4 +1,4 @@
-"""Contract tests of the generators (ar, mar, rqtransformer) with the real heads, plus the shared schedules and
+"""Contract tests of the generators (ar, mar, rqtransformer, randar) with the real heads, plus the shared schedules and
 the transformer KV cache. Random tokens stand in for a tokenizer: generators only know the TokenSpec."""
 
 from __future__ import annotations
