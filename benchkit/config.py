@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from benchkit.errors import ConfigError, suggest
 from benchkit.options import build_dataclass, field_types, parse_text, toml_loads
+from benchkit.sizes import apply_sizes
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -158,10 +159,15 @@ class EvalConfig:
     cost_batch_size: int = 64
     cost_repeats: int = 3
     seed_spread: bool = True  # sample the base setting twice (seed, seed+1) and record the FID difference
+    # per-row tuning (benchkit.tuning): settings tried over the base on a validation split; the best becomes the base
+    tune: list[dict[str, Any]] = field(default_factory=list)
+    tune_samples: int = 250
 
     def __post_init__(self) -> None:
         if self.num_samples < 2 or self.num_reference < 2:
             raise ValueError("num_samples and num_reference must be >= 2")
+        if self.tune_samples < 2:
+            raise ValueError(f"tune_samples must be >= 2, got {self.tune_samples}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +279,7 @@ def resolve(
         _deep_update(raw, load_file(config_file))
     for o in overrides or []:
         apply_override(raw, o)
+    apply_sizes(raw)  # a preset's per-name option tables ([generator.sizes] ...) for the chosen names
     return from_dict(RunConfig, raw, "")
 
 

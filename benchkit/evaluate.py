@@ -20,7 +20,9 @@ from filelock import FileLock
 
 from benchkit import distributed as bdist
 from benchkit.config import RunConfig, fingerprint
+from benchkit.compute import run_train_flops
 from benchkit.data.base import ImageData, to_float, to_uint8
+from benchkit.deviations import head_deviations
 from benchkit.images import reconstruction_grid, save_grid
 from benchkit.metrics import cost
 from benchkit.metrics.features import load_extractor
@@ -31,6 +33,8 @@ from benchkit.progress import progress_bar
 from benchkit.provenance import git_state
 from benchkit.results import append_row, has_row
 from benchkit.sampling import SampleSettings, balanced_labels, generate_images
+from benchkit.sizes import backbone_params
+from benchkit.tuning import tune_run
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
     cfg = run.cfg
     settings = resolve_settings(run, settings or settings_from(cfg))
     extractor = _extractor(cfg, train)
+    settings = tune_run(run, settings, extractor, test.images, train.num_classes)  # eval.tune: best base setting
     real = test.images[: cfg.eval.num_reference]
     labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
     params = cost.count_params(run.generator)
@@ -147,9 +152,12 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
         "steps": s.steps, "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
         "diffusion_steps": s.diffusion_steps,
-        **quality, "params": params, "sample_time_s": sample_time, **speed,
+        "head_deviations": head_deviations(cfg.head.name, cfg.head.options, sampling_steps=s.diffusion_steps),
+        **quality, "params": params, "backbone_params": backbone_params(run.generator), "sample_time_s": sample_time,
+        **speed,
         "train_images_per_s": _train_meta(run).get("train_images_per_s"),
         "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
+        "train_flops": run_train_flops(run),
         "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
     }
     append_row(results_dir, row)

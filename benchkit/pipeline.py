@@ -117,6 +117,9 @@ def check_eval(cfg: RunConfig) -> None:
             cfg.sample.replace(**extra)
         except ConfigError as e:
             raise ConfigError(f"eval.sweep[{i}]: {e}") from None
+    from benchkit.tuning import candidates
+
+    candidates(SampleSettings(**base), cfg.eval.tune)  # eval.tune keys and values, before any training
     named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file
     if cfg.eval.features == "inception" or (cfg.eval.features == "auto" and named):
         found, where = find_inception_weights(cfg.eval.inception_weights)
@@ -139,8 +142,10 @@ def tokenizer_fingerprint(cfg: RunConfig) -> str:
 
 
 def run_fingerprint(cfg: RunConfig) -> str:
-    """Identity of a trained generator: its tokenizer plus generator, head, training and seed."""
-    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, cfg.head, cfg.train, cfg.seed)
+    """Identity of a trained generator: its tokenizer plus generator (options with defaults filled in, so a changed
+    default size is a new run), head, training and seed."""
+    generator = GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
+    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train, cfg.seed)
 
 
 def tokenizer_dir(cfg: RunConfig) -> Path:

@@ -41,22 +41,24 @@ TABLE_FILES_CSV = ("table.csv", "tokenizers.csv")
 
 # Column groups, in table order: who (identity), how good (quality), what it cost (cost), where from.
 IDENTITY = ("run", "dataset", "tokenizer", "grid", "generator", "head", "features", "steps", "cfg", "cfg_schedule",
-            "temperature", "diffusion_steps", "n_samples", "seed")
-QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", "is_mean", "is_std", "kid_mean",
-           "kid_std", "precision", "recall", "class_acc")
+            "temperature", "diffusion_steps", "head_deviations", "n_samples", "seed")
+QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", "fid_gap_significant", "is_mean",
+           "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc")
 TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "codebook_usage", "perplexity", "bits_per_image")
-COST = ("params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s", "encode_images_per_s",
-        "decode_images_per_s", "train_images_per_s", "train_steps", "train_time_s", "peak_mem_mb")
+COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
+        "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_steps", "train_flops",
+        "train_time_s", "peak_mem_mb")
 PROVENANCE = ("row_id", "config_fingerprint", "git_sha", "timestamp", "device")
-INT_COLUMNS = ("steps", "n_samples", "seed", "params", "flops_per_image", "sample_batch_size", "train_steps",
-               "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
+INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops_per_image", "sample_batch_size",
+               "train_steps", "train_flops", "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
 # Decimals shown per column; other float columns get 4.
 DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_diff": 3, "fid_inf": 2,
             "seed_spread_fid": 2, "is_mean": 2, "is_std": 2, "kid_mean": 4, "kid_std": 4, "precision": 3,
             "recall": 3, "class_acc": 3, "rfid": 2, "psnr": 2, "ssim": 3, "codebook_usage": 3, "perplexity": 1,
             "bits_per_image": 1, "images_per_s": 1, "latency_s": 4, "encode_images_per_s": 1,
             "decode_images_per_s": 1, "train_images_per_s": 1, "train_time_s": 1, "peak_mem_mb": 1}
-HUMAN_COLUMNS = ("params", "flops_per_image")  # shown as 1.23M / 4.56G in markdown, LaTeX and the terminal
+# shown as 1.23M / 4.56G in markdown, LaTeX and the terminal
+HUMAN_COLUMNS = ("params", "backbone_params", "flops_per_image", "train_flops")
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
@@ -292,6 +294,12 @@ def _notes(df: pd.DataFrame) -> list[str]:
     if "seed_spread_fid" in df.columns and not df["seed_spread_fid"].map(_missing).all():
         notes.append("seed_spread_fid is the FID spread between seeds of the same config; "
                      "FID differences smaller than it are noise.")
+    if "fid_gap_significant" in df.columns:
+        notes.append("fid_gap_significant: whether a row's FID beats the next-best row's by more than the larger "
+                     "seed spread of the two (yes / no = within noise / - = not measurable).")
+    if "head_deviations" in df.columns:
+        notes.append("head_deviations: head settings that differ from the paper's method (MAR: learned variance, "
+                     "no x_0 clipping, 100 DDPM steps; full-softmax cross-entropy).")
     return notes
 
 
@@ -324,7 +332,10 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     Returns {file name: path}.
     """
     out_dir = Path(out_dir)
+    from benchkit.significance import with_significance
+
     gen, tok = split_kinds(df)
+    gen = with_significance(gen)
     written: dict[str, Path] = {}
     for stem, kind, part in (("table", "generator", gen), ("tokenizers", "tokenizer", tok)):
         if kind == "tokenizer" and part.empty:
@@ -342,7 +353,11 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
 def rich_table(df: pd.DataFrame, title: str) -> Table:
     """A rich Table for the terminal (tokenizer columns when every row is a tokenizer row)."""
+    from benchkit.significance import with_significance
+
     kind = "tokenizer" if "kind" in df.columns and len(df) and (df["kind"] == "tokenizer").all() else "generator"
+    if kind == "generator":
+        df = with_significance(df)
     cols, rows, numeric = _display(_int_columns(df), kind)
     table = Table(title=title, caption=" ".join(_notes(df)) or None)
     for i, (col, num) in enumerate(zip(cols, numeric)):

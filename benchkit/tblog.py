@@ -118,12 +118,12 @@ def sample_preview(tokenizer: nn.Module, kind: str, num_classes: int, sample: An
                    seed: int) -> Callable[[nn.Module], torch.Tensor]:
     """For a generator stage: 32 images (labels 0, 1, ..., K-1, 0, ...) at the base sampling settings of
     ``sample`` (a ``SampleConfig``), seeded, decoded by the frozen tokenizer."""
-    from benchkit.sampling import SampleSettings, balanced_labels, base_settings, generate_images
+    from benchkit.sampling import balanced_labels, generate_images
 
-    labels, settings = balanced_labels(32, num_classes), SampleSettings(**base_settings(sample))
+    labels = balanced_labels(32, num_classes)
 
     def make(generator: nn.Module) -> torch.Tensor:
-        return generate_images(generator, tokenizer, kind, labels, settings, seed=seed,  # type: ignore[arg-type]
+        return generate_images(generator, tokenizer, kind, labels, sample, seed=seed,  # type: ignore[arg-type]
                                batch_size=sample.batch_size)
 
     return make

@@ -5,4 +5,4 @@ if __name__ != "benchkit.generators":  # found as top-level `generators` (Python
 
     defer_to_installed(__name__, __file__)
 else:
-    from benchkit.generators import ar, mar, rqtransformer  # noqa: F401
+    from benchkit.generators import ar, mar, randar, rqtransformer  # noqa: F401

@@ -46,7 +46,7 @@ class ARConfig:
     """Options of the raster-order AR generator (defaults = ``tiny``)."""
 
     width: int = 96
-    depth: int = 3  # transformer blocks
+    depth: int = 4  # transformer blocks: MAR's encoder + decoder depth, so backbones match (MAR Sec. 4.2)
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0

@@ -114,7 +114,7 @@ CASES = [
     ("unknown-tokenizer", ["train", "--set", "tokenizer.name=vqq"], 2,
      r"unknown tokenizer 'vqq'; valid: kl, rq, vq; did you mean 'vq'"),
     ("unknown-generator", ["train", "--set", "generator.name=marr"], 2,
-     r"unknown generator 'marr'; valid: ar, mar, rqtransformer; did you mean 'mar'"),
+     r"unknown generator 'marr'; valid: ar, mar, randar, rqtransformer; did you mean 'mar'"),
     ("unknown-features", ["train", "--set", "eval.features=incepton"], 2,
      r"unknown feature extractor 'incepton'.*did you mean 'inception'"),
     ("unknown-preset-suggests", ["train", "--preset", "tiney"], 2, r"unknown preset 'tiney'.*did you mean 'tiny'"),

@@ -1,4 +1,4 @@
-"""Contract tests of the generators (ar, mar, rqtransformer) with the real heads, plus the shared schedules and
+"""Contract tests of the generators (ar, mar, rqtransformer, randar) with the real heads, plus the shared schedules and
 the transformer KV cache. Random tokens stand in for a tokenizer: generators only know the TokenSpec."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ SMALL: dict[str, dict[str, Any]] = {  # smaller than tiny so every test stays we
     "ar": {"width": 32, "depth": 2, "num_heads": 2},
     "mar": {"width": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 2, "steps": 4},
     "rqtransformer": {"width": 32, "spatial_depth": 2, "depth_depth": 1, "num_heads": 2},
+    "randar": {"width": 32, "depth": 2, "num_heads": 2},
 }
 HEAD_OPTIONS = {"ce": {}, "diffloss": {"width": 32, "depth": 1, "batch_mul": 1, "sampling_steps": 3}}
 COMBOS = [  # (generator, head, token layout): every valid combination
@@ -43,6 +44,8 @@ COMBOS = [  # (generator, head, token layout): every valid combination
     ("mar", "diffloss", "continuous-d1"),
     ("rqtransformer", "ce", "discrete-d4"),
     ("rqtransformer", "diffloss", "continuous-d4"),
+    ("randar", "ce", "discrete-d1"),
+    ("randar", "diffloss", "continuous-d1"),
 ]
 IDS = [f"{g}-{h}-{s}" for g, h, s in COMBOS]
 
@@ -84,6 +87,11 @@ class HeadSpy:
 
 
 # --------------------------------------------------------------------------------------- contract, every combo
+
+
+def test_every_registered_generator_is_under_contract() -> None:
+    """A new generator gets the contract tests below only once it has a SMALL size and its valid COMBOS."""
+    assert set(GENERATORS.names()) == set(SMALL) == {g for g, _, _ in COMBOS}
 
 
 @pytest.mark.parametrize(("name", "head", "layout"), COMBOS, ids=IDS)
@@ -165,8 +173,8 @@ def test_guidance_changes_samples() -> None:
 
 @pytest.mark.parametrize(
     ("name", "head", "layout"),
-    [c for c in COMBOS if c[0] in ("ar", "rqtransformer")],
-    ids=[i for c, i in zip(COMBOS, IDS) if c[0] in ("ar", "rqtransformer")],
+    [c for c in COMBOS if c[0] in ("ar", "rqtransformer", "randar")],
+    ids=[i for c, i in zip(COMBOS, IDS) if c[0] in ("ar", "rqtransformer", "randar")],
 )
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
 def test_kv_cache_matches_uncached_path(name: str, head: str, layout: str, cfg: float) -> None:
@@ -246,7 +254,7 @@ def test_check_spec_refusals() -> None:
         build("ar", "ce", "continuous-d1")  # the head refuses the token kind
 
 
-@pytest.mark.parametrize("name", ["ar", "mar", "rqtransformer"])
+@pytest.mark.parametrize("name", ["ar", "mar", "rqtransformer", "randar"])
 def test_sampling_arguments_are_checked(name: str) -> None:
     layout = "discrete-d4" if name == "rqtransformer" else "discrete-d1"
     model = build(name, "ce", layout)

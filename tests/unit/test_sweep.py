@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchkit.errors import ConfigError
+from benchkit.interfaces import TokenSpec
 from benchkit.sweep import expand, load_sweep, parse_shard, shard, shipped_sweeps
 
 
@@ -70,10 +71,11 @@ def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() 
     from benchkit.compat import check_combination
     from benchkit.errors import IncompatibleComponentsError
     from benchkit.pipeline import run_fingerprint
+    from benchkit.registry import GENERATORS
 
     valid = set()
     for t in ("vq", "rq", "kl"):
-        for g in ("ar", "mar", "rqtransformer"):
+        for g in GENERATORS.names():
             for h in ("ce", "diffloss"):
                 try:
                     check_combination(t, g, h)
@@ -83,15 +85,36 @@ def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() 
     jobs = expand(load_sweep("all"))
     assert all(j.cfg is not None for j in jobs)
     triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg is not None}
-    assert triples == valid and len(jobs) == len(valid) == 10
+    assert triples == valid and len(jobs) == len(valid) == 13
     tiny = {run_fingerprint(j.cfg) for j in expand(load_sweep("tiny")) if j.cfg is not None}
     assert len(tiny) == 7 and tiny <= {run_fingerprint(j.cfg) for j in jobs if j.cfg is not None}
 
 
-@pytest.mark.parametrize("name", ["tiny", "all", "long"])
+@pytest.mark.parametrize("name", ["tiny", "all", "long", "table1"])
 def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
     assert name in shipped_sweeps()
     jobs = expand(load_sweep(name))
     assert jobs and all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
     steps = {j.cfg.train.steps for j in jobs if j.cfg}
     assert steps == ({1500} if name == "long" else {350})
+
+
+def test_table1_sweep_is_mars_table_1_parameter_matched() -> None:
+    from benchkit.evaluate import settings_from
+    from benchkit.registry import GENERATORS
+    from benchkit.sizes import MATCH_TOLERANCE, backbone_params, relative_spread
+
+    jobs = [j.cfg for j in expand(load_sweep("table1")) if j.cfg is not None]
+    rows = {(c.generator.name, c.head.name, s.steps, s.cfg) for c in jobs for s in settings_from(c)}
+    for head in ("ce", "diffloss"):  # the 8 rows of MAR's Table 1, each without and with guidance
+        for cfg in (1.0, 2.0):
+            assert {(g, st) for g, h, st, w in rows if h == head and w == cfg} == {
+                ("ar", None), ("randar", None), ("mar", 64), ("mar", 16)}
+    assert {(c.tokenizer.name, c.head.name) for c in jobs} == {("vq", "ce"), ("kl", "diffloss")}
+    assert all(s.cfg_schedule == "linear" for c in jobs for s in settings_from(c) if s.cfg != 1.0)
+    counts = {}
+    for c in jobs:
+        spec = TokenSpec("discrete", (8, 8), 1, vocab_size=256)
+        counts[c.generator.name] = backbone_params(
+            GENERATORS.create(c.generator.name, spec=spec, head="ce", num_classes=10, **c.generator.options))
+    assert relative_spread(counts) <= MATCH_TOLERANCE, counts

@@ -1,0 +1,60 @@
+"""Per-row tuning: the grid, the pick, the validation split, and a search whose best setting is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchkit.errors import ConfigError
+from benchkit.sampling import SampleSettings
+from benchkit.tuning import candidates, pick_best, tune, validation_images
+
+
+def test_candidates_start_at_the_base_and_drop_repeats() -> None:
+    base = SampleSettings(steps=8, temperature=1.0)
+    out = candidates(base, [{"temperature": 1.0}, {"temperature": 0.8}, {"cfg": 2.0, "cfg_schedule": "linear"}])
+    assert out == [base, SampleSettings(steps=8, temperature=0.8),
+                   SampleSettings(steps=8, cfg=2.0, cfg_schedule="linear")]
+    with pytest.raises(ConfigError, match=r"eval.tune\[0\] has key 'steps'.*valid: temperature, cfg, cfg_schedule"):
+        candidates(base, [{"steps": 4}])
+    with pytest.raises(ConfigError, match=r"eval.tune\[1\]: temperature must be > 0"):
+        candidates(base, [{"cfg": 2.0}, {"temperature": 0.0}])
+
+
+def test_pick_best_takes_the_lowest_score_first_on_ties() -> None:
+    opts = [SampleSettings(temperature=t) for t in (0.5, 1.0, 1.5, 2.0)]
+    best, scored = pick_best(opts, lambda s: abs(s.temperature - 1.25))
+    assert best.temperature == 1.0  # 1.0 and 1.5 tie: the first wins
+    assert [v for _, v in scored] == [0.75, 0.25, 0.25, 0.75]
+
+
+def test_tuning_finds_the_known_best_temperature() -> None:
+    """Samples are noise of std = temperature; the validation images have std 1: temperature 1 is the best."""
+
+    def sample(s: SampleSettings) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return (128 + 40 * s.temperature * torch.randn(400, 3, 4, 4, generator=g)).clamp(0, 255).to(torch.uint8)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return x.float().flatten(1)[:, :6]
+
+    val = (128 + 40 * torch.randn(400, 3, 4, 4, generator=torch.Generator().manual_seed(9))).clamp(0, 255)
+    grid = candidates(SampleSettings(temperature=0.5), [{"temperature": t} for t in (0.25, 1.0, 2.0, 3.0)])
+    best, scored = tune(grid, sample, features, val.to(torch.uint8))
+    assert best.temperature == 1.0
+    assert len(scored) == 5 and min(v for _, v in scored) == dict((s.temperature, v) for s, v in scored)[1.0]
+
+
+def test_validation_split_is_neither_train_nor_test_reference() -> None:
+    from benchkit.data.loading import load_dataset
+
+    val = validation_images("shapes", {"num_train": 50, "num_test": 50}, torch.empty(0), 50, 40, image_size=16)
+    train = load_dataset("shapes", split="train", image_size=16, num_train=50, num_test=50).images
+    test = load_dataset("shapes", split="test", image_size=16, num_train=50, num_test=50).images
+    assert val.shape == (40, 3, 16, 16)
+    for other in (train, test):
+        assert not any(torch.equal(v, o) for v in val for o in other)
+    spare = torch.arange(10).view(10, 1, 1, 1).to(torch.uint8).expand(10, 3, 2, 2)
+    assert torch.equal(validation_images("cifar10", {}, spare, 6, 4, image_size=2), spare[6:])
+    with pytest.raises(ConfigError, match="needs 5 validation images after the 6 test reference images"):
+        validation_images("cifar10", {}, spare, 6, 5, image_size=2)
