@@ -119,7 +119,7 @@ def check_eval(cfg: RunConfig) -> None:
             raise ConfigError(f"eval.sweep[{i}]: {e}") from None
     from benchkit.tuning import candidates
 
-    candidates(SampleSettings(**base), cfg.eval.tune)  # eval.tune keys and values, before any training
+    candidates(cfg.sample, cfg.eval.tune)  # eval.tune keys and values, before any training
     named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file
     if cfg.eval.features == "inception" or (cfg.eval.features == "auto" and named):
         found, where = find_inception_weights(cfg.eval.inception_weights)

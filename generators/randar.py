@@ -164,6 +164,7 @@ class RandARGenerator(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample one token per step along one order per sample (drawn first from ``generator``).
 
@@ -171,7 +172,8 @@ class RandARGenerator(nn.Module):
         whole prefix is recomputed (the reference path; same tokens for the same seed).
         """
         check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature
+            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+            diffusion_steps=diffusion_steps,
         )
         labels = labels.to(self.class_emb.weight.device)
         L, B = self.seq_len, labels.shape[0]
@@ -192,7 +194,8 @@ class RandARGenerator(nn.Module):
             w = cfg_at(cfg, cfg_schedule, (t + 1) / L)  # guidance after this token (linear: MAR's ramp)
             if guided and w == 1.0:
                 z = z[:B]
-            tok = self.head.sample(z, temperature=temperature, cfg=w, generator=generator).to(self.spec.dtype)
+            tok = self.head.sample(z, temperature=temperature, cfg=w, generator=generator,
+                                   diffusion_steps=diffusion_steps).to(self.spec.dtype)
             # 2. write it at its grid position
             idx = order[:, t].view(B, 1, *([1] * (tokens.ndim - 2))).expand(B, 1, *shape[2:])
             tokens = tokens.scatter(1, idx, tok[:, None])

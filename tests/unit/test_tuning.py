@@ -17,8 +17,8 @@ def test_candidates_start_at_the_base_and_drop_repeats() -> None:
                    SampleSettings(steps=8, cfg=2.0, cfg_schedule="linear")]
     with pytest.raises(ConfigError, match=r"eval.tune\[0\] has key 'steps'.*valid: temperature, cfg, cfg_schedule"):
         candidates(base, [{"steps": 4}])
-    with pytest.raises(ConfigError, match=r"eval.tune\[1\]: temperature must be > 0"):
-        candidates(base, [{"cfg": 2.0}, {"temperature": 0.0}])
+    with pytest.raises(ConfigError, match=r"eval.tune\[1\]: temperature must be >= 0"):
+        candidates(base, [{"cfg": 2.0}, {"temperature": -0.5}])
 
 
 def test_pick_best_takes_the_lowest_score_first_on_ties() -> None:
