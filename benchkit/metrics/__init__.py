@@ -7,7 +7,8 @@ Submodules load lazily (torch-fidelity and clean-fid import torchvision, which t
 - ``recon``: ``psnr``, ``ssim``, ``codebook_usage``, ``bits_per_image``.
 - ``cost``: ``count_params``, ``flops_per_call``, ``throughput``, ``latency``, ``peak_memory_mb``,
   ``matmul_peak_flops``.
-- ``sanity``: ``sanity_ladder``.
+- ``battery``: ``run_battery``, ``check_requirements`` (the distortion battery of a feature network).
+- ``sanity``: ``sanity_battery``, ``save_sanity`` (``benchkit eval --sanity``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("features", "quality", "recon", "cost", "sanity")
+_SUBMODULES = ("features", "quality", "recon", "cost", "battery", "sanity")
 _EXPORTS = {
     "load_extractor": "features",
     "Extractor": "features",
@@ -32,7 +33,10 @@ _EXPORTS = {
     "latency": "cost",
     "peak_memory_mb": "cost",
     "matmul_peak_flops": "cost",
-    "sanity_ladder": "sanity",
+    "run_battery": "battery",
+    "check_requirements": "battery",
+    "sanity_battery": "sanity",
+    "save_sanity": "sanity",
 }
 __all__ = sorted([*_SUBMODULES, *_EXPORTS])
 

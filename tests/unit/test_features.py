@@ -13,6 +13,7 @@ import torch
 from benchkit.data.base import ImageData
 from benchkit.errors import ConfigError
 from benchkit.metrics import features as bf
+from benchkit.metrics import featurenet
 from benchkit.metrics.features import INCEPTION_ENV, INCEPTION_FILE, load_extractor
 
 TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
@@ -52,17 +53,17 @@ def test_dataset_extractor_trains_caches_and_registers(train_data: ImageData, ca
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
-    assert re.fullmatch(r"dataset-cnn@[0-9a-f]{8}", ext.tag)
+    assert re.fullmatch(r"dataset-fused@[0-9a-f]{8}", ext.tag)
     assert ext.weights_hash.startswith(ext.tag.split("@")[1])
     assert ext.weights_hash[:16] in ext.fidelity_name and ext.fidelity_name in FEATURE_EXTRACTORS_REGISTRY
     assert ext.weights_path.suffix == ".safetensors" and ext.weights_path.with_suffix(".json").is_file()
     feats, logits = ext.features_and_logits(train_data.images[:10])
-    assert feats.shape == (10, 32) and logits.shape == (10, 3) and feats.dtype == torch.float32
+    assert feats.shape == (10, 72 + 16 + 32) and logits.shape == (10, 3) and feats.dtype == torch.float32
     assert ext.num_classes == 3
     assert ext.info["n_val"] == 30 and ext.info["val_acc"] > 0.6  # chance is 1/3
 
     # Second load: same fingerprint -> no training, same weights; double registration is a no-op.
-    with mock.patch.object(bf, "train_classifier", side_effect=AssertionError("retrained")):
+    with mock.patch.object(featurenet, "train_classifier", side_effect=AssertionError("retrained")):
         again = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
     assert again.weights_hash == ext.weights_hash and again.fidelity_name == ext.fidelity_name
     with pytest.raises(AssertionError, match="already taken"):
@@ -85,7 +86,7 @@ def test_fidelity_contract_requested_order(train_data: ImageData, cache: Path) -
     fe = create_feature_extractor(ext.fidelity_name, ["logits", "feat"], cuda=False,
                                   feature_extractor_weights_path=str(ext.weights_path), verbose=False)
     out = fe(train_data.images[:4])
-    assert isinstance(out, tuple) and out[0].shape == (4, 3) and out[1].shape == (4, 32)
+    assert isinstance(out, tuple) and out[0].shape == (4, 3) and out[1].shape == (4, 72 + 16 + 32)
     assert torch.allclose(out[1], ext.features(train_data.images[:4]), atol=1e-6)
     with pytest.raises(AssertionError, match="uint8"):
         fe(train_data.images[:4].float())
@@ -118,7 +119,7 @@ def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Pa
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     with caplog.at_level(logging.INFO, logger="benchkit.metrics.features"):
         ext = load_extractor("auto", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
-    assert ext.tag.startswith("dataset-cnn@")
+    assert ext.tag.startswith("dataset-fused@")
     notices = [r.getMessage() for r in caplog.records if "no Inception-V3 weights" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
 
