@@ -34,7 +34,7 @@ from benchkit.metrics import distortions as D
 from benchkit.metrics.extractor import Extractor
 from benchkit.metrics.quality import feature_stats, frechet_distance
 
-# (family, distortion, strength label, strength value); order within a distortion is weak -> strong.
+# A distortion: (train data, n, strength, generator) -> n distorted uint8 images [n,3,H,W].
 Distort = Callable[[ImageData, int, float, torch.Generator], torch.Tensor]
 
 
@@ -47,7 +47,7 @@ def _first_g(fn: Callable[..., torch.Tensor]) -> Distort:
 
 
 DISTORTIONS: dict[str, tuple[str, str, tuple[float, ...], Distort]] = {
-    # name: (family, strength unit, strengths weak -> strong, function)
+    # name: (family, strength unit, strengths from weak to strong, function)
     "desaturation": ("colour", "amount", (0.5, 1.0), _first(D.desaturate)),
     "channel permutation": ("colour", "share of images", (0.5, 1.0), _first_g(D.permute_channels)),
     "colour cast": ("colour", "+red", (0.15, 0.3), _first(D.colour_cast)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from colour_folder import write_colour_folder
-from conftest import bk, cli_env
+from conftest import bk
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +21,7 @@ N = 2000  # images per side: the baseline's sample-size bias shrinks as 1/N, and
 
 def _sanity(tmp_path: Path, *sets: str) -> dict:
     out = tmp_path / "out"
-    p = bk("eval", "--sanity", "--out-dir", str(out), "--set", f"eval.num_samples={N}", *sets, timeout=900,
-           env=cli_env(OMP_NUM_THREADS="2"))
+    p = bk("eval", "--sanity", "--out-dir", str(out), "--set", f"eval.num_samples={N}", *sets, timeout=900)
     assert "FID battery" in p.stdout and "requirements:" in p.stdout
     [path] = (out / "sanity").glob("*.json")
     record = json.loads(path.read_text())

@@ -178,3 +178,25 @@ def test_truncated_weights_give_config_error(random_inception: Path, tmp_path: P
     ext = load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU, weights_path=str(broken))
     with pytest.raises(ConfigError, match="truncated"):
         ext.features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_blocks_are_standardised_and_tag_follows_the_network(train_data: ImageData, cache: Path) -> None:
+    from benchkit.metrics.featurenet import FEATURE_SCALE
+    from benchkit.metrics.quality import reference_stats
+
+    opts = {**TINY, "colour_weight": 2.0, "edge_weight": 0.5}
+    ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=opts)
+    feats = ext.features(train_data.images[:270]).double()  # the images the standardisation was fitted on
+    net = ext.module.net
+    for name, weight in (("colour", 2.0), ("edges", 0.5), ("cnn", 1.0)):
+        block = feats[:, net.blocks[name]]
+        assert block.mean(0).abs().max() < 1e-3 * FEATURE_SCALE
+        assert block.var(0).sum().item() == pytest.approx((FEATURE_SCALE * weight) ** 2, rel=1e-3)
+    # Another weighting is another network: new weights file, tag and torch-fidelity name, new reference cache.
+    base = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    assert ext.tag != base.tag and ext.fidelity_name != base.fidelity_name and ext.weights_path != base.weights_path
+    real = train_data.images[:20]
+    first = reference_stats(real, base, cache_dir=cache, ref_key="k")
+    other = reference_stats(real, ext, cache_dir=cache, ref_key="k")
+    assert not other.loaded and other.path != first.path
+    assert reference_stats(real, base, cache_dir=cache, ref_key="k").loaded
