@@ -2,7 +2,8 @@
 statistics, an edge layout and noise/blur augmentation: the "before" column of that change.
 
     python benchmarks/battery_classifier_only.py shapes
-    python benchmarks/battery_classifier_only.py imagefolder:/tmp/colours   # after python tests/colour_folder.py /tmp/colours
+    python tests/colour_folder.py /tmp/colours 1000
+    python benchmarks/battery_classifier_only.py imagefolder:/tmp/colours
 
 Compare with ``benchkit eval --sanity --set eval.num_samples=2000`` (the current ``dataset`` features).
 """
@@ -24,8 +25,8 @@ class ClassifierFeatures:
     """The pooled last-conv features of a classifier trained without noise or blur augmentation."""
 
     def __init__(self, data: object) -> None:
-        self.net, self.stats = train_classifier(data, DatasetCNNConfig(noise_std=0.0, blur_sigma=0.0),  # type: ignore[arg-type]
-                                                torch.device("cpu"))
+        plain = DatasetCNNConfig(noise_std=0.0, blur_sigma=0.0)
+        self.net, self.stats = train_classifier(data, plain, torch.device("cpu"))  # type: ignore[arg-type]
         self.tag = "classifier features only (no augmentation)"
 
     @torch.no_grad()

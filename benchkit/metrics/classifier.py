@@ -51,7 +51,7 @@ class ClassifierCNN(nn.Module):
 
 @dataclass(frozen=True)
 class DatasetCNNConfig:
-    """Options of the ``dataset`` feature network (the classifier and its training)."""
+    """Options of the ``dataset`` feature network: the classifier, its training, and the weights of the three blocks."""
 
     width: int = 16  # channels of the first conv; features have 4 * width dims
     steps: int = 600
