@@ -102,7 +102,7 @@ def evaluate(
     run: Annotated[Optional[Path], typer.Argument(help="Run directory; omit with --sanity.")] = None,
     sets: SetOpt = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
-    sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID sanity ladder on real data instead.")] = False,
+    sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID distortion battery on real data.")] = False,
     preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
 ) -> None:
     """Measure FID/IS/KID/PR (two libraries), class accuracy and cost of a run; append rows to the table.
