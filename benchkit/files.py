@@ -30,6 +30,16 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
             os.unlink(tmp)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(Path(path), lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it; it is set straight back)."""
     mask = os.umask(0o022)

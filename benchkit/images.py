@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from benchkit.data.base import to_uint8
-from benchkit.results import atomic_write_bytes
+from benchkit.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

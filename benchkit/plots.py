@@ -25,7 +25,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 
 from benchkit.errors import ConfigError
-from benchkit.results import TABLE_FILES_CSV, atomic_write_bytes, read_rows, split_kinds
+from benchkit.files import atomic_write_bytes
+from benchkit.results import TABLE_FILES_CSV, read_rows, split_kinds
 
 log = logging.getLogger(__name__)
 

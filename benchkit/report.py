@@ -31,13 +31,13 @@ from typing import Any
 import pandas as pd
 
 from benchkit.errors import ConfigError
+from benchkit.files import atomic_write_text
 from benchkit.results import (
     DECIMALS,
     HUMAN_COLUMNS,
     PROVENANCE,
     ROWS_FILE,
     TABLE_FILES_CSV,
-    atomic_write_text,
     read_rows,
     write_tables,
 )

@@ -32,7 +32,7 @@ from filelock import FileLock
 from rich.table import Table
 
 from benchkit.errors import ConfigError, suggest
-from benchkit.files import atomic_write
+from benchkit.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_di
             "decode_images_per_s": 1, "train_images_per_s": 1, "train_time_s": 1, "peak_mem_mb": 1}
 # shown as 1.23M / 4.56G in markdown, LaTeX and the terminal
 HUMAN_COLUMNS = ("params", "backbone_params", "flops_per_image", "train_flops")
-
-
-# ---------------------------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (``benchkit.files.atomic_write``)."""
-    atomic_write(Path(path), lambda p: p.write_bytes(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically (see ``atomic_write_bytes``)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ the store

@@ -86,12 +86,12 @@ def build_feature_cache(root: Path, sets: list[str], steps: int = 60) -> Path:
     import torch
 
     from benchkit.config import resolve
-    from benchkit.metrics import features
+    from benchkit.metrics import features, featurenet
     from benchkit.pipeline import load_splits
 
     cfg = resolve("tiny", None, sets)
     train, _ = load_splits(cfg)
-    original = features.train_classifier
+    original = featurenet.train_classifier
 
     def quick(data, ccfg, device):  # same signature as train_classifier
         return original(data, dataclasses.replace(ccfg, steps=min(ccfg.steps, steps)), device)
@@ -99,10 +99,10 @@ def build_feature_cache(root: Path, sets: list[str], steps: int = 60) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        features.train_classifier = quick
+        featurenet.train_classifier = quick
         features.load_extractor(cfg.eval.features, train_data=train, cache_dir=root, device=torch.device("cpu"))
     finally:
-        features.train_classifier = original
+        featurenet.train_classifier = original
         torch.set_num_threads(threads)
     assert any(root.glob("features/*.safetensors")), "the feature network was not cached"
     return root

@@ -126,7 +126,7 @@ def evaluate(
     run: Annotated[Optional[Path], typer.Argument(help="Run directory; omit with --sanity.")] = None,
     sets: SetOpt = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
-    sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID sanity ladder on real data instead.")] = False,
+    sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID distortion battery on real data.")] = False,
     preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
     progress: ProgressOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
 ) -> None:
@@ -140,8 +140,9 @@ def evaluate(
     show_progress(progress)
     if sanity:
         from benchkit.evaluate import cache_dir
+        from benchkit.metrics.battery import battery_table
         from benchkit.metrics.features import load_extractor
-        from benchkit.metrics.sanity import sanity_ladder
+        from benchkit.metrics.sanity import sanity_battery, save_sanity
         from benchkit.distributed import pick_device
 
         cfgx = run_config(preset, config, sets, out_dir, device, threads=threads)
@@ -149,12 +150,16 @@ def evaluate(
         train_d, test_d = load_splits(cfgx)
         ext = load_extractor(cfgx.eval.features, train_data=train_d, cache_dir=cache_dir(cfgx),
                              device=pick_device(cfgx.device), weights_path=cfgx.eval.inception_weights)
-        ladder = sanity_ladder(train_d, test_d, ext, cfgx.eval.num_samples)
+        battery, checks = sanity_battery(train_d, test_d, ext, cfgx.eval.num_samples, seed=cfgx.seed)
+        saved = save_sanity(battery, checks, Path(cfgx.out_dir))
         if as_json:
-            emit_json(ladder)
+            emit_json(json.loads(saved.read_text()))
         else:
-            out_console.print_json(json.dumps(ladder, default=str))
-        if not ladder.get("monotone", False):
+            for renderable in battery_table(battery, checks):
+                out_console.print(renderable)
+        err_console.print(f"battery saved to {saved}")
+        if not all(c.passed for c in checks):
+            err_console.print(f"features {ext.tag}: {sum(not c.passed for c in checks)} battery requirement(s) fail")
             raise typer.Exit(1)
         return
     if run is None:

@@ -8,5 +8,6 @@ is imported here):
 - ``recon``: ``psnr``, ``ssim``, ``codebook_usage``, ``bits_per_image``.
 - ``cost``: ``count_params``, ``flops_per_call``, ``throughput``, ``latency``, ``peak_memory_mb``,
   ``matmul_peak_flops``.
-- ``sanity``: ``sanity_ladder``.
+- ``battery``: ``run_battery``, ``check_requirements`` (the distortion battery of a feature network).
+- ``sanity``: ``sanity_battery``, ``save_sanity`` (``benchkit eval --sanity``).
 """

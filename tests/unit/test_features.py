@@ -13,6 +13,7 @@ import torch
 from benchkit.data.base import ImageData
 from benchkit.errors import ConfigError
 from benchkit.metrics import features as bf
+from benchkit.metrics import featurenet
 from benchkit.metrics.features import INCEPTION_ENV, INCEPTION_FILE, load_extractor
 
 TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
@@ -52,17 +53,17 @@ def test_dataset_extractor_trains_caches_and_registers(train_data: ImageData, ca
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
-    assert re.fullmatch(r"dataset-cnn@[0-9a-f]{8}", ext.tag)
+    assert re.fullmatch(r"dataset-fused@[0-9a-f]{8}", ext.tag)
     assert ext.weights_hash.startswith(ext.tag.split("@")[1])
     assert ext.weights_hash[:16] in ext.fidelity_name and ext.fidelity_name in FEATURE_EXTRACTORS_REGISTRY
     assert ext.weights_path.suffix == ".safetensors" and ext.weights_path.with_suffix(".json").is_file()
     feats, logits = ext.features_and_logits(train_data.images[:10])
-    assert feats.shape == (10, 32) and logits.shape == (10, 3) and feats.dtype == torch.float32
+    assert feats.shape == (10, 72 + 16 + 32) and logits.shape == (10, 3) and feats.dtype == torch.float32
     assert ext.num_classes == 3
     assert ext.info["n_val"] == 30 and ext.info["val_acc"] > 0.6  # chance is 1/3
 
     # Second load: same fingerprint -> no training, same weights; double registration is a no-op.
-    with mock.patch.object(bf, "train_classifier", side_effect=AssertionError("retrained")):
+    with mock.patch.object(featurenet, "train_classifier", side_effect=AssertionError("retrained")):
         again = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
     assert again.weights_hash == ext.weights_hash and again.fidelity_name == ext.fidelity_name
     with pytest.raises(AssertionError, match="already taken"):
@@ -85,7 +86,7 @@ def test_fidelity_contract_requested_order(train_data: ImageData, cache: Path) -
     fe = create_feature_extractor(ext.fidelity_name, ["logits", "feat"], cuda=False,
                                   feature_extractor_weights_path=str(ext.weights_path), verbose=False)
     out = fe(train_data.images[:4])
-    assert isinstance(out, tuple) and out[0].shape == (4, 3) and out[1].shape == (4, 32)
+    assert isinstance(out, tuple) and out[0].shape == (4, 3) and out[1].shape == (4, 72 + 16 + 32)
     assert torch.allclose(out[1], ext.features(train_data.images[:4]), atol=1e-6)
     with pytest.raises(AssertionError, match="uint8"):
         fe(train_data.images[:4].float())
@@ -118,7 +119,7 @@ def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Pa
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     with caplog.at_level(logging.INFO, logger="benchkit.metrics.features"):
         ext = load_extractor("auto", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
-    assert ext.tag.startswith("dataset-cnn@")
+    assert ext.tag.startswith("dataset-fused@")
     notices = [r.getMessage() for r in caplog.records if "no Inception-V3 weights" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
 
@@ -177,3 +178,25 @@ def test_truncated_weights_give_config_error(random_inception: Path, tmp_path: P
     ext = load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU, weights_path=str(broken))
     with pytest.raises(ConfigError, match="truncated"):
         ext.features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_blocks_are_standardised_and_tag_follows_the_network(train_data: ImageData, cache: Path) -> None:
+    from benchkit.metrics.featurenet import FEATURE_SCALE
+    from benchkit.metrics.quality import reference_stats
+
+    opts = {**TINY, "colour_weight": 2.0, "edge_weight": 0.5}
+    ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=opts)
+    feats = ext.features(train_data.images[:270]).double()  # the images the standardisation was fitted on
+    net = ext.module.net
+    for name, weight in (("colour", 2.0), ("edges", 0.5), ("cnn", 1.0)):
+        block = feats[:, net.blocks[name]]
+        assert block.mean(0).abs().max() < 1e-3 * FEATURE_SCALE
+        assert block.var(0).sum().item() == pytest.approx((FEATURE_SCALE * weight) ** 2, rel=1e-3)
+    # Another weighting is another network: new weights file, tag and torch-fidelity name, new reference cache.
+    base = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    assert ext.tag != base.tag and ext.fidelity_name != base.fidelity_name and ext.weights_path != base.weights_path
+    real = train_data.images[:20]
+    first = reference_stats(real, base, cache_dir=cache, ref_key="k")
+    other = reference_stats(real, ext, cache_dir=cache, ref_key="k")
+    assert not other.loaded and other.path != first.path
+    assert reference_stats(real, base, cache_dir=cache, ref_key="k").loaded

@@ -1,4 +1,4 @@
-"""Quality metrics (torch-fidelity vs clean-fid, reference cache, FID-infinity, sanity ladder), recon and cost."""
+"""Quality metrics (torch-fidelity vs clean-fid, reference cache, FID-infinity), recon and cost."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import torch
 from benchkit.data.base import ImageData
 from benchkit.metrics import cost, quality, recon
 from benchkit.metrics.features import load_extractor
-from benchkit.metrics.sanity import sanity_ladder
 
 CPU = torch.device("cpu")
 TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
@@ -133,14 +132,6 @@ def test_frechet_matches_cleanfid_on_random_stats() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scipy's sqrtm(disp=) deprecation must not leak out of cleanfid_fid
         assert quality.frechet_distance(*s1, *s2) == pytest.approx(quality.cleanfid_fid(*s1, *s2), rel=1e-8)
-
-
-def test_sanity_ladder_is_monotone(data: tuple[ImageData, ImageData], extractor) -> None:
-    ladder = sanity_ladder(data[0], data[1], extractor, n=500)
-    names = [name for name, _ in ladder["rows"]]
-    assert names[0] == "train vs held-out" and names[-1] == "uniform noise" and len(names) == 4
-    assert ladder["monotone"] is True, ladder["rows"]
-    assert ladder["n"] == 150 and ladder["features"] == extractor.tag
 
 
 # ---------------------------------------------------------------------------------------------- reconstruction

@@ -14,11 +14,10 @@ import pandas as pd
 import pytest
 
 from benchkit.errors import ConfigError
+from benchkit.files import atomic_write_bytes, atomic_write_text
 from benchkit.results import (
     ROWS_FILE,
     append_row,
-    atomic_write_bytes,
-    atomic_write_text,
     compact_rows,
     filter_rows,
     has_row,

@@ -1,0 +1,179 @@
+"""The ``dataset`` feature network: classifier features, colour statistics and edge layout, standardised and joined.
+
+FID charges for a distortion in proportion to how far it moves the features. A classifier of colour-free classes
+moves little under colour changes and, trained without degradation, a lot under faint noise. This network joins three
+blocks so that colour, structure and class content each count (see ``benchkit.metrics.battery`` for the check):
+
+- ``colour`` and ``edges``: fixed appearance statistics (``benchkit.metrics.appearance``);
+- ``cnn``: the pooled features of the dataset classifier (``benchkit.metrics.classifier``), trained with faint noise
+  and blur so that barely visible changes do not swing them. Its logits serve IS and the class accuracy of samples.
+
+Each block is centred and divided by the square root of its total variance on the training images, so every block
+has total variance one, then multiplied by its weight (``colour_weight``, ``edge_weight``, ``cnn_weight``) and by
+``FEATURE_SCALE``. The network, its standardisation and its config are cached on disk (safetensors + json) under a
+fingerprint of (dataset, split, size, image content, config).
+
+Deviations:
+- Not a published feature network: its FIDs compare only between rows with the same ``features`` tag.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from benchkit.data.base import ImageData, to_float
+from benchkit.metrics.appearance import COLOUR_DIM, EDGE_DIM, colour_block, edge_block
+from benchkit.metrics.classifier import ClassifierCNN, DatasetCNNConfig, classifier_fingerprint, train_classifier
+from benchkit.files import atomic_write_text
+from benchkit.metrics.extractor import safe_name, sha256_file
+
+log = logging.getLogger(__name__)
+FEATURE_SCALE = 10.0  # puts FIDs of visible failures in the tens, like Inception FIDs
+_FIT_IMAGES = 5000  # training images that fix the standardisation
+
+
+class DatasetFeatureNet(nn.Module):
+    """Float images [B,3,H,W] in [-1,1] -> (standardised features [B,D], logits [B,K]); D = 72 + 16 + 4*width."""
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = ClassifierCNN(width, num_classes)
+        dim = COLOUR_DIM + EDGE_DIM + 4 * width
+        self.register_buffer("shift", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    @property
+    def blocks(self) -> dict[str, slice]:
+        """Which feature columns hold which block."""
+        return {"colour": slice(0, COLOUR_DIM), "edges": slice(COLOUR_DIM, COLOUR_DIM + EDGE_DIM),
+                "cnn": slice(COLOUR_DIM + EDGE_DIM, None)}
+
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unstandardised blocks concatenated [B,D], logits [B,K])."""
+        cnn = self.classifier.features(x)
+        return torch.cat([colour_block(x), edge_block(x), cnn], dim=1), self.classifier.head(cnn)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float [B,3,H,W] in [-1,1] -> (features [B,D], logits [B,K])."""
+        feats, logits = self.raw(x)
+        return (feats - self.shift) * self.scale, logits
+
+    @torch.no_grad()
+    def fit_standardisation(self, images: torch.Tensor, weights: dict[str, float], batch_size: int = 500) -> None:
+        """Centre each block and give it total variance ``(FEATURE_SCALE * weight)**2`` on uint8 ``images``."""
+        device = self.shift.device
+        raw = torch.cat([self.raw(to_float(images[i : i + batch_size].to(device)))[0].double()
+                         for i in range(0, len(images), batch_size)])
+        mean, var = raw.mean(0), raw.var(0)
+        scale = torch.ones_like(mean)
+        for name, cols in self.blocks.items():
+            scale[cols] = FEATURE_SCALE * weights[name] / var[cols].sum().clamp(min=1e-12).sqrt()
+        self.shift.copy_(mean.float())
+        self.scale.copy_(scale.float())
+
+
+def build_feature_net(data: ImageData, cfg: DatasetCNNConfig, device: torch.device) -> tuple[DatasetFeatureNet, dict]:
+    """Train the classifier on ``data`` and fit the block standardisation on its training images."""
+    classifier, stats = train_classifier(data, cfg, device)
+    net = DatasetFeatureNet(cfg.width, data.num_classes).to(device)
+    net.classifier.load_state_dict(classifier.state_dict())
+    net.eval()
+    n_fit = min(_FIT_IMAGES, stats["n_train"])
+    net.fit_standardisation(data.images[:n_fit], {"colour": cfg.colour_weight, "edges": cfg.edge_weight,
+                                                  "cnn": cfg.cnn_weight})
+    return net, stats
+
+
+def load_feature_net(path: Path) -> DatasetFeatureNet:
+    """Rebuild a DatasetFeatureNet from a safetensors file written by ``cached_feature_net``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    net = DatasetFeatureNet(int(meta["width"]), int(meta["num_classes"]))
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def cached_feature_net(
+    data: ImageData, cfg: DatasetCNNConfig, cache_dir: Path, device: torch.device
+) -> tuple[Path, dict]:
+    """Path of the feature network for (data, cfg) under ``cache_dir/features``, building it on a miss."""
+    from filelock import FileLock
+    from safetensors.torch import save_file
+
+    fp = classifier_fingerprint(data, cfg)
+    root = Path(cache_dir) / "features"
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"dataset-fused-{safe_name(data.name)}-{fp}"
+    wpath, jpath = root / f"{stem}.safetensors", root / f"{stem}.json"
+    with FileLock(str(root / f"{stem}.lock")):  # one trainer per fingerprint, even across processes
+        if wpath.is_file() and jpath.is_file():
+            meta = json.loads(jpath.read_text())
+            if meta.get("weights_sha256") == sha256_file(wpath):
+                log.debug("using cached dataset feature network %s", wpath)
+                return wpath, meta
+            log.warning("cached feature network %s does not match its json (edited or truncated); rebuilding", wpath)
+        net, stats = build_feature_net(data, cfg, device)
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        tmp = wpath.with_name(f".{wpath.name}.{os.getpid()}.tmp")
+        save_file(state, str(tmp), metadata={"width": str(cfg.width), "num_classes": str(data.num_classes)})
+        os.replace(tmp, wpath)
+        meta = {"fingerprint": fp, "dataset": data.name, "split": data.split, "n_images": len(data),
+                "class_names": list(data.class_names), "image_size": data.image_size,
+                "config": asdict(cfg), "weights_sha256": sha256_file(wpath), **stats}
+        atomic_write_text(jpath, json.dumps(meta, indent=2))
+    return wpath, meta
+
+
+@functools.lru_cache(maxsize=1)
+def fidelity_feature_class() -> type:
+    """The torch-fidelity FeatureExtractorBase subclass wrapping DatasetFeatureNet (built lazily: torch-fidelity
+    imports torchvision, which costs seconds that ``benchkit components`` should not pay)."""
+    from torch_fidelity import FeatureExtractorBase
+
+    class FidelityDatasetFeatures(FeatureExtractorBase):
+        """DatasetFeatureNet for torch-fidelity: features 'feat' (FID/KID/PRC) and 'logits' (ISC)."""
+
+        def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                     **kwargs: Any) -> None:
+            super().__init__(name, features_list)
+            if feature_extractor_weights_path is None:
+                raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path")
+            self.net = load_feature_net(Path(feature_extractor_weights_path))
+
+        @staticmethod
+        def get_provided_features_list() -> tuple[str, ...]:
+            return ("feat", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric: str) -> str:
+            return "logits" if metric == "isc" else "feat"
+
+        @staticmethod
+        def can_be_compiled() -> bool:
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile() -> torch.Tensor:
+            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3, (
+                f"expected uint8 [B,3,H,W], got {x.dtype} {tuple(x.shape)}"
+            )
+            feat, logits = self.net(to_float(x))
+            out = {"feat": feat, "logits": logits}
+            return tuple(out[k] for k in self.features_list)  # requested order, as torch-fidelity zips it
+
+    return FidelityDatasetFeatures
