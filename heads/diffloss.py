@@ -41,7 +41,7 @@ from benchkit.errors import ConfigError
 from benchkit.heads.common import check_head_kind, masked_mean
 from benchkit.interfaces import TokenKind, TokenSpec
 from benchkit.nn.diffusion import GaussianDiffusion
-from benchkit.nn.embed import TimestepEmbedding, modulate
+from benchkit.nn.embed import TimestepEmbedding
 from benchkit.registry import HEADS
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,10 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """x [N, W], mod [N, 3W] = this block's adaLN output (see :meth:`DenoiserMLP.modulations`) -> [N, W]."""
-        shift, scale, gate = mod.chunk(3, dim=-1)
-        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+        """x [N, W], mod [N, 3W] = (shift, 1 + scale, gate), this block's part of
+        :meth:`DenoiserMLP.modulations` -> [N, W]."""
+        shift, scale1, gate = mod.chunk(3, dim=-1)
+        return torch.addcmul(x, gate, self.mlp(torch.addcmul(shift, self.in_ln(x), scale1)))
 
 
 class FinalLayer(nn.Module):
@@ -76,9 +77,9 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(width, out_dim)
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """x [N, W], mod [N, 2W] = this layer's adaLN output -> [N, out_dim]."""
-        shift, scale = mod.chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        """x [N, W], mod [N, 2W] = (shift, 1 + scale), this layer's part of the modulations -> [N, out_dim]."""
+        shift, scale1 = mod.chunk(2, dim=-1)
+        return self.linear(torch.addcmul(shift, self.norm_final(x), scale1))
 
 
 class DenoiserMLP(nn.Module):
@@ -108,15 +109,19 @@ class DenoiserMLP(nn.Module):
         return self.time_embed(t) + self.cond_embed(z)
 
     def modulations(self, y: torch.Tensor) -> torch.Tensor:
-        """adaLN outputs of every block and the final layer, y [..., W] -> [..., (3 depth + 2) W].
+        """adaLN outputs of every block and the final layer, y [..., W] -> [..., (3 depth + 2) W], each block's
+        part (shift, 1 + scale, gate) and the final layer's (shift, 1 + scale).
 
         Every adaLN is Linear(SiLU(y)) of the same y, so SiLU runs once and the Linears run as one matmul over
-        their stacked weights (same values as one call each). They depend on (t, z) only, not on x_t.
+        their stacked weights, the 1 of ``modulate``'s (1 + scale) folded into the bias (the same values up to
+        rounding). They depend on (t, z) only, not on x_t: sampling computes them for many steps at once.
         """
         layers = [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
         weight = torch.cat([m.weight for m in layers])
-        bias = torch.cat([m.bias for m in layers])
-        return F.linear(F.silu(y), weight, bias)
+        width = weight.shape[1]
+        one = torch.ones(width, dtype=weight.dtype, device=weight.device)
+        plus_one = torch.cat([F.pad(one, (width, m.out_features - 2 * width)) for m in layers])  # on every scale
+        return F.linear(F.silu(y), weight, torch.cat([m.bias for m in layers]) + plus_one)
 
     def forward_modulated(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
         """x [N, C] with precomputed ``modulations`` [N, (3 depth + 2) W] -> [N, out_dim]."""
