@@ -103,12 +103,16 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = b * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
         self.log_betas = b.log()
-        # every table as Python floats too: a sampling step reads its scalars without tensor ops
-        self._floats = {id(v): v.tolist() for v in vars(self).values() if isinstance(v, torch.Tensor)}
+        self._floats: dict[int, list[float]] = {}  # Python copies of the tables, made on first scalar use
 
     def _at(self, table: torch.Tensor, i: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor | float:
-        """``_at`` for one of this chain's tables, with a scalar step read from the Python copy."""
-        return self._floats[id(table)][i] if isinstance(i, int) else _at(table, i, x)
+        """``_at`` for one of this chain's tables; a scalar step reads a Python copy of the table (no tensor op)."""
+        if not isinstance(i, int):
+            return _at(table, i, x)
+        floats = self._floats.get(id(table))
+        if floats is None:
+            floats = self._floats[id(table)] = table.tolist()
+        return floats[i]
 
     @classmethod
     def cosine(cls, num_timesteps: int = 1000) -> GaussianDiffusion:
