@@ -14,7 +14,11 @@ The "official" column holds the medians measured with the official code at the s
 machine of the same kind (see benchmarks/README.md); a ratio is only meaningful when this run is also on an idle
 2-core machine: the title carries the load average.
 
-Usage: ``python benchmarks/official_configs.py [--repeats N] [--threads N] [--json PATH]``.
+The official figures were taken with 2 intra-op threads, the default here. On a loaded machine 2 threads can be
+many times slower than 1 (the OpenMP workers wait for each other while descheduled): there, compare versions with
+``--threads 1`` and CPU-time A/B runs instead, and keep this table for an idle machine.
+
+Usage: ``python benchmarks/official_configs.py [--repeats N] [--threads N] [--only TEXT] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -101,9 +105,9 @@ def train_step(model: nn.Module, spec: TokenSpec) -> Callable[[], None]:
     """One AdamW step of ``model`` on a fixed random batch of 32 (the trainer's optimizer groups)."""
     opt = _optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.02))
     batch = random_batch(spec, TRAIN_BATCH)
-    model.train()
 
     def step() -> None:
+        model.train()  # the same model is also sampled from (eval mode) by other rows
         opt.zero_grad(set_to_none=True)
         model.loss(batch).loss.backward()
         opt.step()
@@ -123,8 +127,8 @@ def sampler(model: nn.Module, **kwargs: Any) -> Callable[[], torch.Tensor]:
     return run
 
 
-def measure(repeats: int) -> list[tuple[Work, float, int]]:
-    """(work, median seconds, parameters) for every row of ``WORKS``."""
+def measure(repeats: int, only: str = "") -> list[tuple[Work, float, int]]:
+    """(work, median seconds, parameters) for every row of ``WORKS`` whose name contains ``only``."""
     mar = build("mar", SPEC_A, "diffloss", MAR_A, DIFF_A)
     rqt = build("rqtransformer", SPEC_B, "ce", RQT_B, {})
     ar = build("ar", SPEC_B, "ce", AR_B, {})
@@ -139,15 +143,19 @@ def measure(repeats: int) -> list[tuple[Work, float, int]]:
     ]
     out = []
     for work, (model, fn) in zip(WORKS, fns, strict=True):
-        print(f"timing: {work.name}", file=sys.stderr, flush=True)
-        out.append((work, median_time(fn, repeats), count_params(model)))
+        if only.lower() not in work.name.lower():
+            continue
+        sec = median_time(fn, repeats)
+        print(f"{work.name}: {sec:.3f} s (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+        out.append((work, sec, count_params(model)))
     return out
 
 
-def table(rows: list[tuple[Work, float, int]], load: tuple[float, float, float]) -> str:
-    """The markdown table of the run, titled with threads and load average."""
+def table(rows: list[tuple[Work, float, int]], load: tuple[float, float, float], load_end: float) -> str:
+    """The markdown table of the run, titled with threads and the load average at its start and end."""
     lines = [f"official configurations; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (ratios need an idle machine)", "",
+             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start, {load_end:.2f} at the end "
+             "(ratios need an idle machine)", "",
              "| work | params | official s | benchkit s | ratio | target |", "|---|---:|---:|---:|---:|---|"]
     for work, sec, params in rows:
         official = "-" if work.official_s is None else f"{work.official_s:.3f}"
@@ -160,21 +168,26 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, time every row, print the table (and write JSON on request)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row after the warm-up (median)")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (the official figures: 2)")
+    parser.add_argument("--only", default="", help="time only the rows whose name contains this text")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if not any(args.only.lower() in w.name.lower() for w in WORKS):
+        parser.error(f"--only {args.only!r} matches no row; rows: {'; '.join(w.name for w in WORKS)}")
+    torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    rows = measure(args.repeats)
-    print(table(rows, load))
+    rows = measure(args.repeats, args.only)
+    load_end = os.getloadavg()[0]
+    print(table(rows, load, load_end))
     if args.json:
+        records = [{"work": w.name, "official_s": w.official_s, "seconds": sec, "params": n} for w, sec, n in rows]
         with open(args.json, "w") as f:
-            json.dump({"load": load, "threads": torch.get_num_threads(), "rows": [
-                {"work": w.name, "official_s": w.official_s, "seconds": s, "params": p} for w, s, p in rows]}, f, indent=1)
-
+            json.dump({"load": load, "load_end": load_end, "threads": torch.get_num_threads(), "rows": records}, f,
+                      indent=1)
 
 if __name__ == "__main__":
     main()

@@ -120,11 +120,18 @@ class MARGenerator(nn.Module):
         return None
 
     def condition(
-        self, tokens: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, n_masked: int
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        order: torch.Tensor,
+        n_masked: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Condition vectors z [B, L, W] for every position, given that ``order[:, :n_masked]`` is unknown.
 
         tokens [B, L(, C)] (values at unknown positions are ignored), labels [B], order [B, L] a permutation.
+        With ``rows`` (long [B, n] positions) only those are returned, [B, n, W]: the same values, and the last
+        decoder block computes only them.
         """
         B, L, buf = tokens.shape[0], self.seq_len, self.cfg.buffer_size
         W = self.cfg.width
@@ -141,8 +148,9 @@ class MARGenerator(nn.Module):
         slots = torch.cat([torch.arange(buf, device=order.device).expand(B, buf), known + buf], 1)
         full = self.mask_token.expand(B, buf + L, W).to(x.dtype)
         full = full.scatter(1, slots[..., None].expand(-1, -1, W), self.decoder_embed(x))
+        if rows is not None:  # 3. one more learned position table gives the head's condition (diffusion_pos_embed)
+            return self.decoder.forward_rows(full + self.dec_pos, rows + buf) + self.head_pos[0][rows]
         z = self.decoder(full + self.dec_pos)[:, buf:]  # drop the buffer: [B, L, W]
-        # 3. one more learned position table gives the head's condition (MAR's diffusion_pos_embed)
         return z + self.head_pos
 
     def loss(self, batch: Batch) -> LossOutput:
@@ -204,11 +212,11 @@ class MARGenerator(nn.Module):
             # 2. cosine schedule (MaskGIT, as in MAR's sample_tokens): m_k = floor(L cos(pi/2 (k+1)/K)) stay masked
             masked_after = tokens_to_keep_masked(L, k, K)
             if masked_after < masked_before:
-                z = self.condition(both(tokens), cond_labels, both(order), masked_before)  # [B', L, W]
                 # 3. predict the masked positions that leave the mask now: order[:, masked_after:masked_before]
                 new = order[:, masked_after:masked_before]  # [B, n]
                 n = new.shape[1]
-                cond = _gather(z, both(new)).reshape(-1, z.shape[-1])  # [B'*n, W]: conditional rows first
+                z = self.condition(both(tokens), cond_labels, both(order), masked_before, rows=both(new))  # [B', n, W]
+                cond = z.reshape(-1, z.shape[-1])  # [B'*n, W]: conditional rows first
                 # 4. guidance scale for the fraction generated after this step (Muse/MAR linear ramp)
                 w = cfg_at(cfg, cfg_schedule, (L - masked_after) / L)
                 if guided and w == 1.0:

@@ -41,13 +41,14 @@ from benchkit.errors import ConfigError
 from benchkit.heads.common import check_head_kind, masked_mean
 from benchkit.interfaces import TokenKind, TokenSpec
 from benchkit.nn.diffusion import GaussianDiffusion
-from benchkit.nn.embed import TimestepEmbedding, modulate
+from benchkit.nn.embed import TimestepEmbedding
 from benchkit.registry import HEADS
 
 log = logging.getLogger(__name__)
 
 Sampler = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
+MOD_CHUNK_ELEMENTS = 1 << 23  # at sampling, adaLN outputs of this many floats (32 MB) are computed per matmul
 
 
 class ResBlock(nn.Module):
@@ -59,10 +60,11 @@ class ResBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x, y [N, W] -> [N, W]."""
-        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
-        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """x [N, W], mod [N, 3W] = (shift, 1 + scale, gate), this block's part of
+        :meth:`DenoiserMLP.modulations` -> [N, W]."""
+        shift, scale1, gate = mod.chunk(3, dim=-1)
+        return torch.addcmul(x, gate, self.mlp(torch.addcmul(shift, self.in_ln(x), scale1)))
 
 
 class FinalLayer(nn.Module):
@@ -74,10 +76,10 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, out_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x, y [N, W] -> [N, out_dim]."""
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """x [N, W], mod [N, 2W] = (shift, 1 + scale), this layer's part of the modulations -> [N, out_dim]."""
+        shift, scale1 = mod.chunk(2, dim=-1)
+        return self.linear(torch.addcmul(shift, self.norm_final(x), scale1))
 
 
 class DenoiserMLP(nn.Module):
@@ -106,13 +108,33 @@ class DenoiserMLP(nn.Module):
         """The adaLN condition y = TimestepEmbedding(t) + Linear(z): t long [N] (original indices), z [N, cond_dim]."""
         return self.time_embed(t) + self.cond_embed(z)
 
+    def modulations(self, y: torch.Tensor) -> torch.Tensor:
+        """adaLN outputs of every block and the final layer, y [..., W] -> [..., (3 depth + 2) W], each block's
+        part (shift, 1 + scale, gate) and the final layer's (shift, 1 + scale).
+
+        Every adaLN is Linear(SiLU(y)) of the same y, so SiLU runs once and the Linears run as one matmul over
+        their stacked weights, the 1 of ``modulate``'s (1 + scale) folded into the bias (the same values up to
+        rounding). They depend on (t, z) only, not on x_t: sampling computes them for many steps at once.
+        """
+        layers = [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
+        weight = torch.cat([m.weight for m in layers])
+        width = weight.shape[1]
+        one = torch.ones(width, dtype=weight.dtype, device=weight.device)
+        plus_one = torch.cat([F.pad(one, (width, m.out_features - 2 * width)) for m in layers])  # on every scale
+        return F.linear(F.silu(y), weight, torch.cat([m.bias for m in layers]) + plus_one)
+
+    def forward_modulated(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        """x [N, C] with precomputed ``modulations`` [N, (3 depth + 2) W] -> [N, out_dim]."""
+        h = self.input_proj(x)
+        parts = mods.split([3 * h.shape[-1]] * len(self.res_blocks) + [2 * h.shape[-1]], dim=-1)
+        for block, mod in zip(self.res_blocks, parts[:-1], strict=True):
+            h = block(h, mod)
+        return self.final_layer(h, parts[-1])
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x [N, C], condition y [N, width] (see :meth:`embed`; MAR's forward(x, t, c) is forward(x, embed(t, c)))
         -> [N, out_dim]. The condition is an argument so callers can reuse its parts across rows and steps."""
-        h = self.input_proj(x)
-        for block in self.res_blocks:
-            h = block(h, y)
-        return self.final_layer(h, y)
+        return self.forward_modulated(x, self.modulations(y))
 
 
 @dataclass(frozen=True)
@@ -233,13 +255,17 @@ class DiffLossHead(nn.Module):
         bound = self.x0_bound if self.cfg.clip_x0 and bool(torch.isfinite(self.x0_bound).all()) else None
         # 1. x_K ~ N(0, I), not scaled by temperature; one copy shared by the cond and uncond rows
         x = torch.randn(n, self.dim, generator=generator, device=dev)
-        # the condition's parts are computed once: Linear(z) per row, the time embedding per step (one call)
+        # the adaLN outputs depend on (t, z) only: computed for a chunk of steps at once, one matmul per chunk
         z_emb = self.net.cond_embed(cond)  # [rows, W]
         t_emb = self.net.time_embed(chain.timesteps.to(dev))  # [K, W]: ORIGINAL timestep indices of the chain
+        per_chunk = max(1, MOD_CHUNK_ELEMENTS // (rows * (3 * self.cfg.depth + 2) * self.cfg.width))
+        mods = torch.empty(0)
         for i in reversed(range(chain.num_steps)):
-            # 2. the denoiser sees the ORIGINAL timestep index of respaced step i
-            y = z_emb + t_emb[i]
-            eps, v = self._split(self.net(torch.cat([x, x]) if guided else x, y).float())
+            if (chain.num_steps - 1 - i) % per_chunk == 0:
+                lo = max(0, i + 1 - per_chunk)
+                mods = self.net.modulations(z_emb + t_emb[lo : i + 1, None])  # [i + 1 - lo, rows, M]
+            # 2. the denoiser sees the ORIGINAL timestep index of respaced step i (through mods)
+            eps, v = self._split(self.net.forward_modulated(torch.cat([x, x]) if guided else x, mods[i - lo]).float())
             # 3. CFG on the predicted noise: eps = eps_u + w (eps_c - eps_u)
             if guided:
                 eps_c, eps_u = eps.chunk(2, dim=0)

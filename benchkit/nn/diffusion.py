@@ -102,6 +102,17 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = b * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self.log_betas = b.log()
+        self._floats: dict[int, list[float]] = {}  # Python copies of the tables, made on first scalar use
+
+    def _at(self, table: torch.Tensor, i: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor | float:
+        """``_at`` for one of this chain's tables; a scalar step reads a Python copy of the table (no tensor op)."""
+        if not isinstance(i, int):
+            return _at(table, i, x)
+        floats = self._floats.get(id(table))
+        if floats is None:
+            floats = self._floats[id(table)] = table.tolist()
+        return floats[i]
 
     @classmethod
     def cosine(cls, num_timesteps: int = 1000) -> GaussianDiffusion:
@@ -119,23 +130,26 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. eq. 4); t long [N] indexes this chain."""
-        return _at(self.sqrt_alphas_cumprod, t, x0) * x0 + _at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        a, b = self._at(self.sqrt_alphas_cumprod, t, x0), self._at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return a * x0 + b * noise
 
     def predict_x0(self, x_t: torch.Tensor, i: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), from predicted noise."""
-        return _at(self.sqrt_recip_alphas_cumprod, i, x_t) * x_t - _at(self.sqrt_recipm1_alphas_cumprod, i, x_t) * eps
+        a, b = self._at(self.sqrt_recip_alphas_cumprod, i, x_t), self._at(self.sqrt_recipm1_alphas_cumprod, i, x_t)
+        return a * x_t - b * eps
 
     def q_posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
         """mu~_t(x_t, x_0) (Ho et al. eq. 7)."""
-        return _at(self.posterior_mean_coef1, i, x_t) * x0 + _at(self.posterior_mean_coef2, i, x_t) * x_t
+        c1, c2 = self._at(self.posterior_mean_coef1, i, x_t), self._at(self.posterior_mean_coef2, i, x_t)
+        return c1 * x0 + c2 * x_t
 
     def log_variance(self, i: int | torch.Tensor, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         """Reverse-step log variance: fixed log beta~_t (clipped), or IDDPM eq. 15 with v in [-1, 1] when learned."""
-        fixed = _at(self.posterior_log_variance_clipped, i, x)
+        fixed = self._at(self.posterior_log_variance_clipped, i, x)
         if v is None:
             return torch.as_tensor(fixed, dtype=x.dtype, device=x.device).expand_as(x)
         frac = (v + 1) / 2  # IDDPM eq. 15: log sigma^2 = frac log beta_t + (1 - frac) log beta~_t
-        return frac * _at(self.betas.log(), i, x) + (1 - frac) * fixed
+        return frac * self._at(self.log_betas, i, x) + (1 - frac) * fixed
 
     # reverse steps (x_t -> x_{t-1}); i is a Python int shared by all rows ---------------------------------------
 
@@ -158,7 +172,7 @@ class GaussianDiffusion:
             return mean
         # 3. add tau * sigma_t * z with sigma_t^2 = beta~_t (fixed: one scalar per step) or the learned range
         if v is None:
-            return mean + temperature * math.exp(0.5 * float(self.posterior_log_variance_clipped[i])) * noise
+            return mean + temperature * math.exp(0.5 * self._at(self.posterior_log_variance_clipped, i, x_t)) * noise
         return mean + temperature * torch.exp(0.5 * self.log_variance(i, x_t, v)) * noise
 
     def ddim_sigma(self, i: int, eta: float) -> float:
@@ -199,7 +213,7 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """Per-row L_{t-1} of the bound in bits/dim (IDDPM eq. 4-6); pass eps detached so only v learns from it."""
         true_mean = self.q_posterior_mean(x0, x_t, t)
-        true_logvar = _at(self.posterior_log_variance_clipped, t, x_t)
+        true_logvar = self._at(self.posterior_log_variance_clipped, t, x_t)
         mean = self.q_posterior_mean(self.predict_x0(x_t, t, eps), x_t, t)
         logvar = self.log_variance(t, x_t, v)
         kl = normal_kl(true_mean, true_logvar, mean, logvar).mean(dim=-1)

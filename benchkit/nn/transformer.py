@@ -92,11 +92,21 @@ class Attention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None, layer: int = 0
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D]; with ``cache`` the T new positions attend to every cached one."""
+        """x [B, T, D] -> [B, T, D]; with ``cache`` the T new positions attend to every cached one; with ``rows``
+        (long [B, n], not causal) only those positions query: [B, n, D]."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B,H,T,hd]
+        if rows is not None:
+            assert not causal and cache is None, "rows selects queries of a bidirectional pass without cache"
+            q = q.gather(2, rows[:, None, :, None].expand(-1, self.heads, -1, self.head_dim))
         past = 0
         if cache is not None:
             past = cache.length
@@ -109,7 +119,7 @@ class Attention(nn.Module):
             mask = torch.arange(past + T, device=x.device)[None, :] <= rows  # [T, past+T]
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
-        return self.drop(self.proj(out.transpose(1, 2).reshape(B, T, D)))
+        return self.drop(self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D)))
 
 
 class Block(nn.Module):
@@ -123,9 +133,16 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
     def forward(
-        self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None, layer: int = 0
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer)
+        a = self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer, rows=rows)
+        x = x + a if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])) + a
         return x + self.mlp(self.norm2(x))
 
 
@@ -145,6 +162,14 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Bidirectional pass returning only positions ``rows`` (long [B, n]) -> [B, n, D], the same values as
+        ``forward(x)`` gathered there: the last block computes attention outputs and MLP for those rows only."""
+        *first, last = self.blocks
+        for block in first:
+            x = block(x)
+        return self.norm(last(x, rows=rows))
 
     def new_cache(self, batch: int, max_len: int, like: torch.Tensor) -> KVCache:
         """An empty cache for ``batch`` sequences of up to ``max_len`` positions, on ``like``'s device/dtype."""
