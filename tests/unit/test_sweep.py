@@ -99,6 +99,15 @@ def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
     assert steps == ({1500} if name == "long" else {350})
 
 
+@pytest.mark.parametrize("name", shipped_sweeps())
+def test_guided_rows_of_a_shipped_sweep_share_one_cfg_schedule(name: str) -> None:
+    """Guidance is compared on equal terms: every guided row of a sweep ramps CFG the same way."""
+    from benchkit.evaluate import settings_from
+
+    schedules = {s.cfg_schedule for j in expand(load_sweep(name)) if j.cfg for s in settings_from(j.cfg) if s.cfg != 1.0}
+    assert len(schedules) <= 1, (name, schedules)
+
+
 def test_table1_sweep_is_mars_table_1_parameter_matched() -> None:
     from benchkit.evaluate import settings_from
     from benchkit.registry import GENERATORS
