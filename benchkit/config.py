@@ -59,6 +59,11 @@ class TrainConfig:
     # random horizontal flips: a tokenizer sees mirrored images; a generator draws each image's tokens from the
     # cache of the image or of its mirror (a second cache, encoded once), half the time each
     hflip: bool = False
+    # speed switches (benchkit.precision, benchkit.trainer): autocast precision, torch.compile, recomputing the
+    # transformer blocks' activations in the backward pass instead of storing them
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    grad_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -72,6 +77,16 @@ class TrainConfig:
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the trained weights, for fingerprints: the speed switches that leave results
+        unchanged (compile, grad_checkpoint) are left out, and so is the default precision, so runs trained
+        before these switches existed keep their fingerprints."""
+        out = dataclasses.asdict(self)
+        del out["compile"], out["grad_checkpoint"]
+        if out["precision"] == "fp32":
+            del out["precision"]
+        return out
+
 
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig:
@@ -83,6 +98,7 @@ class SampleConfig:
     temperature: float = 1.0
     diffusion_steps: int | None = None  # Diffusion Loss sampling chain length; None: the head's own sampling_steps
     batch_size: int = 250  # samples per generate call
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast while generating (benchkit.precision)
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:
@@ -111,6 +127,9 @@ class EvalConfig:
     cost_batch_size: int = 64
     cost_repeats: int = 3
     seed_spread: bool = True  # sample the base setting twice (seed, seed+1) and record the FID difference
+    # an .npz with ``mu`` and ``sigma`` of the reference images' features (ADM reference batches, clean-fid custom
+    # statistics, or ``benchkit.metrics.refstats``): FID is computed against it instead of held-out images
+    reference_stats: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 2 or self.num_reference < 2:

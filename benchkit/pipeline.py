@@ -140,12 +140,12 @@ TOKENIZER_REVISION = 2
 
 def tokenizer_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained tokenizer: code revision, data, tokenizer options, its training stage, seed."""
-    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train, cfg.seed)
+    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), cfg.seed)
 
 
 def run_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained generator: its tokenizer plus generator, head, training and seed."""
-    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, cfg.head, cfg.train, cfg.seed)
+    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, cfg.head, cfg.train.identity(), cfg.seed)
 
 
 def tokenizer_dir(cfg: RunConfig) -> Path:
