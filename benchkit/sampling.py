@@ -89,7 +89,9 @@ def generate_tokens(
     out = []
     nb = (len(labels) + batch_size - 1) // batch_size
     rank, world = (bdist.rank(), bdist.world_size()) if distributed else (0, 1)
-    with head_settings(generator, settings):
+    from benchkit.precision import autocast  # a run's sample.precision, set on its generator by the pipeline
+
+    with head_settings(generator, settings), autocast(getattr(generator, "sample_precision", "fp32"), device):
         for b in range(rank, nb, world):
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
             lab = labels[b * batch_size : (b + 1) * batch_size].to(device)

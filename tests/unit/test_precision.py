@@ -100,3 +100,25 @@ def test_grad_checkpoint_switch_trains_like_plain(tmp_path: Path) -> None:
     assert plain == pytest.approx(ckpt, rel=1e-5)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_every_generator_and_head_trains_and_samples_under_bf16() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_generators import COMBOS, SPECS, build, random_batch
+
+    from benchkit.sampling import SampleSettings, generate_tokens
+
+    for g, h, layout in COMBOS:
+        m = build(g, h, layout).train()
+        batch = random_batch(SPECS[layout], 4)
+        with autocast("bf16", torch.device("cpu")):
+            loss = m.loss(batch).loss
+        loss.backward()
+        assert torch.isfinite(loss), (g, h, layout)
+        m.eval().sample_precision = "bf16"
+        out = generate_tokens(m, batch.labels, SampleSettings(cfg=2.0), seed=0, batch_size=4)[0]
+        assert out.shape[:3] == batch.tokens.shape[:3], (g, h, layout)
+        if SPECS[layout].kind == "continuous":
+            assert out.dtype == torch.float32 and torch.isfinite(out).all()
