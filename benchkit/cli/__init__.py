@@ -42,11 +42,12 @@ def _root(
     common.setup_logging(verbose)
 
 
-from benchkit.cli import compare, components, train  # noqa: E402  (commands register on import)
+from benchkit.cli import compare, components, plan, train  # noqa: E402  (commands register on import)
 
 components.register(app)
 train.register(app)
 compare.register(app)
+plan.register(app)
 
 
 def main() -> None:
