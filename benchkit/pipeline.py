@@ -122,6 +122,10 @@ def check_eval(cfg: RunConfig) -> None:
             SampleSettings(**{**base, **extra})
         except ConfigError as e:
             raise ConfigError(f"eval.sweep[{i}]: {e}") from None
+    if cfg.eval.reference_stats:  # a missing or malformed file is reported before training
+        from benchkit.metrics.refstats import load_reference_stats
+
+        load_reference_stats(cfg.eval.reference_stats)
     named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file
     if cfg.eval.features == "inception" or (cfg.eval.features == "auto" and named):
         found, where = find_inception_weights(cfg.eval.inception_weights)
