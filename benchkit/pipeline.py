@@ -244,6 +244,12 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
     """What the tokenizer's ``encode_for_cache`` gives for every training image (with ``mirrored``, for its
     horizontal mirror image), computed once (by rank 0) and stored."""
     path = tok.dir / f"tokens-{kind}{'-hflip' if mirrored else ''}"
+    from benchkit.data.lazy import LazyImages
+
+    if isinstance(data.images, LazyImages):  # a folder larger than memory: sharded, memory-mapped, resumable
+        from benchkit.tokencache import sharded_token_cache
+
+        return sharded_token_cache(tok, kind, data.images.folder, path, batch_size, mirrored)  # type: ignore[return-value]
     with bdist.stage_lock(tok.dir / ".lock"):
         cache = _read_cache(path, tok, len(data)) if is_main() else None
         if is_main() and cache is None:

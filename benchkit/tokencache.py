@@ -131,3 +131,21 @@ def _progress(enabled: bool, total: int, done: int, mirrored: bool) -> Any:
     p.add_task("cache", total=total, completed=done)
     p.start()
     return p
+
+
+def sharded_token_cache(tok: Any, kind: str, folder: LazyImageFolder, path: Path, batch_size: int,
+                        mirrored: bool, workers: int = 4) -> ShardedTokenCache:
+    """The pipeline's token cache of a lazy folder: built once by rank 0 (under the tokenizer's lock), read by all."""
+    from benchkit import distributed as bdist
+    from benchkit.data.base import to_float
+
+    device = next(tok.module.parameters()).device
+    workers = min(workers, os.cpu_count() or 1)
+    root = Path(f"{path}-shards")
+    with bdist.stage_lock(tok.dir / ".lock"):
+        if bdist.is_main():
+            build_token_cache(folder, lambda x: tok.module.encode_for_cache(to_float(x).to(device), kind), root,
+                              key=f"{tok.fingerprint}-{kind}", shard_size=batch_size * 40, batch_size=batch_size,
+                              workers=workers, mirrored=mirrored, progress=True)
+        bdist.barrier()
+    return ShardedTokenCache(root)

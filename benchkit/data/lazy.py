@@ -76,3 +76,31 @@ def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 4, shuffle
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
                       pin_memory=torch.cuda.is_available())
+
+
+class LazyImages:
+    """Stands in for the uint8 [N, 3, H, W] tensor of an :class:`~benchkit.data.base.ImageData`: indexing with an
+    int, a slice or an index tensor decodes just those images (in a thread pool: Pillow releases the GIL), so
+    the in-memory code paths (batches by index, ``subset``) work unchanged on folders larger than memory."""
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, folder: LazyImageFolder, threads: int = 8) -> None:
+        self.folder, self.threads = folder, threads
+        self.shape = torch.Size((len(folder), 3, folder.image_size, folder.image_size))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(key, int):
+            return self.folder.load(key)
+        rows = range(len(self))[key] if isinstance(key, slice) else torch.as_tensor(key).reshape(-1).tolist()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            images = list(pool.map(self.folder.load, rows))
+        if not images:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        return torch.stack(images)

@@ -21,7 +21,7 @@ def make_folder(root: Path, classes: int = 3, per_class: int = 8, size: tuple[in
         (root / f"n{c:08d}").mkdir(parents=True)
         for i in range(per_class):
             ramp = np.linspace(0, 255, size[0], dtype=np.uint8)[None, :, None].repeat(size[1], 0)
-            rgb = np.concatenate([ramp, np.full_like(ramp, 40 * c), np.full_like(ramp, 10 * i)], axis=2)
+            rgb = np.concatenate([ramp, np.full_like(ramp, 40 * c), np.full_like(ramp, (10 * i) % 256)], axis=2)
             Image.fromarray(rgb).save(root / f"n{c:08d}" / f"img{i}.png")
     return root
 
