@@ -122,6 +122,9 @@ def check_eval(cfg: RunConfig) -> None:
             SampleSettings(**{**base, **extra})
         except ConfigError as e:
             raise ConfigError(f"eval.sweep[{i}]: {e}") from None
+    if cfg.data.options.get("lazy") and cfg.eval.features != "inception":
+        raise ConfigError('data.options.lazy = true needs eval.features = "inception": the "dataset" feature network '
+                          'is trained on every training image held in memory')
     if cfg.eval.reference_stats:  # a missing or malformed file is reported before training
         from benchkit.metrics.refstats import load_reference_stats
 

@@ -88,3 +88,21 @@ def test_token_cache_resumes_after_a_kill_and_reads_memory_mapped(tmp_path: Path
     mirror = build_token_cache(data, lambda x: x[:, :, 0, :2].float(), tmp_path / "mirror", key="k", shard_size=8,
                                batch_size=4, workers=0, mirrored=True, progress=False)
     assert torch.equal(mirror[torch.tensor([3])][0], data.load(3).flip(-1)[:, 0, :2].float())
+
+
+def test_lazy_imagefolder_in_the_pipeline(tmp_path: Path) -> None:
+    from benchkit.config import resolve
+    from benchkit.data.lazy import LazyImages
+    from benchkit.errors import ConfigError
+    from benchkit.pipeline import check_eval, load_splits
+
+    root = make_folder(tmp_path / "data")
+    sets = [f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
+            "data.options.test_fraction=0.25"]
+    train, test = load_splits(resolve("tiny", overrides=sets))
+    assert isinstance(train.images, LazyImages) and len(train) == 18 and len(test) == 6
+    batch = train.images[torch.tensor([3, 1])]
+    assert batch.shape == (2, 3, 16, 16) and torch.equal(batch[1], train.images.folder.load(1))
+    assert train.subset(4).images.shape == (4, 3, 16, 16) and isinstance(train.subset(4).images, torch.Tensor)
+    with pytest.raises(ConfigError, match='lazy = true needs eval.features = "inception"'):
+        check_eval(resolve("tiny", overrides=sets))
