@@ -78,9 +78,11 @@ class TrainConfig:
             raise ValueError("checkpoint_every and log_every must be >= 1")
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the trained weights, for fingerprints: the speed switches that leave results
-        unchanged (compile, grad_checkpoint) are left out, and so is the default precision, so runs trained
-        before these switches existed keep their fingerprints."""
+        """The fields that decide the trained weights, for fingerprints: the speed switches (compile,
+        grad_checkpoint) are left out, and so is the default precision, so runs trained before these switches
+        existed keep their fingerprints. Checkpointing gives the same weights up to float noise; compiled
+        kernels also draw their random numbers (label drop, masks) from other streams, so a compiled run is a
+        different draw of the same training, not a bit-identical one."""
         out = dataclasses.asdict(self)
         del out["compile"], out["grad_checkpoint"]
         if out["precision"] == "fp32":
