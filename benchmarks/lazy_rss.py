@@ -90,7 +90,7 @@ class TreeMemory:
         return self.peak
 
 
-def phase(name: str, root: Path, size: int, steps: int, workers: int) -> dict[str, float]:
+def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool) -> dict[str, float]:
     memory = TreeMemory()
     import torch
 
@@ -113,15 +113,16 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int) -> dict[st
     out: dict[str, float] = {"images": len(data)}
     if name == "cache":
         encode = lambda x: tok.encode_for_cache(x.float().div(127.5).sub(1), "continuous")  # noqa: E731
-        for mirrored in (False, True):
+        for mirrored in (False, True) if mirror else (False,):
             build_token_cache(data, encode, root / f"cache{'-hflip' if mirrored else ''}", key="rss",
                               shard_size=2048, batch_size=256, workers=workers, mirrored=mirrored, progress=False)
     elif name == "train":
-        cache, mirror = ShardedTokenCache(root / "cache"), ShardedTokenCache(root / "cache-hflip")
+        cache = ShardedTokenCache(root / "cache")
+        flipped = ShardedTokenCache(root / "cache-hflip") if mirror else cache
 
         def get_batch(idx: torch.Tensor) -> Batch:
             pick = (torch.rand(len(idx)) < 0.5).view(-1, 1, 1, 1)
-            cached = torch.where(pick, mirror[idx], cache[idx])
+            cached = torch.where(pick, flipped[idx], cache[idx])
             return Batch(tok.tokens_from_cache(cached, "continuous"), data.labels[idx])
 
         cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-4, warmup_steps=5, checkpoint_every=steps, log_every=10)
@@ -141,9 +142,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--phase", choices=["baseline", "cache", "train"])
+    p.add_argument("--no-mirror", action="store_true", help="cache the images only, not their mirrors too")
     a = p.parse_args()
     if a.phase:
-        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers)))
+        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror)))
         return
     t0 = time.perf_counter()
     make_folder(a.dir, a.classes, a.per_class, a.size)
@@ -158,7 +160,7 @@ def main() -> None:
     print("| phase | seconds | peak PSS, process + workers (MiB) | peak RSS, main process (MiB) |\n|---|---:|---:|---:|")
     for name in ("baseline", "cache", "train"):
         args = [sys.executable, __file__, "--dir", str(a.dir), "--size", str(a.size), "--steps", str(a.steps),
-                "--workers", str(a.workers), "--phase", name]
+                "--workers", str(a.workers), "--phase", name] + (["--no-mirror"] if a.no_mirror else [])
         r = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
     cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
