@@ -63,6 +63,11 @@ class TrainConfig:
     # TensorBoard events (losses, lr, images/s, a grid at each checkpoint) in <run dir>/tensorboard; a way of
     # watching, not part of the run's identity, so the fingerprint leaves it out (see ``fingerprint``)
     tensorboard: bool = field(default=False, metadata={"identity": False})
+    # speed switches (benchkit.precision, benchkit.trainer): autocast precision, torch.compile, recomputing the
+    # transformer blocks' activations in the backward pass instead of storing them
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = field(default=False, metadata={"identity": False})
+    grad_checkpoint: bool = field(default=False, metadata={"identity": False})
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -75,6 +80,17 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the trained weights, for fingerprints: the fields marked ``identity: False`` (the
+        speed switches compile and grad_checkpoint, TensorBoard logging) are left out, and so is the default precision, so runs trained before these switches
+        existed keep their fingerprints. Checkpointing gives the same weights up to float noise; compiled
+        kernels also draw their random numbers (label drop, masks) from other streams, so a compiled run is a
+        different draw of the same training, not a bit-identical one."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
+        if out["precision"] == "fp32":
+            del out["precision"]
+        return out
 
 
 CfgSchedule = Literal["constant", "linear"]
@@ -136,6 +152,7 @@ class SampleConfig(SampleSettings):
     """The ``[sample]`` table: the base sampling setting of ``benchkit sample`` and evaluation, and batch sizes."""
 
     batch_size: int = 250  # samples per generate call
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast while generating (benchkit.precision)
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:
@@ -162,6 +179,9 @@ class EvalConfig:
     # per-row tuning (benchkit.tuning): settings tried over the base on a validation split; the best becomes the base
     tune: list[dict[str, Any]] = field(default_factory=list)
     tune_samples: int = 250
+    # an .npz with ``mu`` and ``sigma`` of the reference images' features (ADM reference batches, clean-fid custom
+    # statistics, or ``benchkit.metrics.refstats``): FID is computed against it instead of held-out images
+    reference_stats: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 2 or self.num_reference < 2:

@@ -135,15 +135,28 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
         return None
     t0 = time.perf_counter()
-    with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
-        fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
-                               seed=cfg.seed, batch_size=cfg.sample.batch_size, distributed=True, progress=bar)
-    sample_time = time.perf_counter() - t0
-    if not bdist.is_main():
-        return None
-    quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
-                                 ref_key=f"{cfg.data.name}-test-{len(real)}", labels=labels,
-                                 prc=cfg.eval.prc, device=next_device(cfg), fid_inf=True)
+    if cfg.eval.reference_stats:  # FID only, against the stored statistics, samples streamed in chunks
+        from benchkit.metrics.refstats import streamed_fid
+
+        with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
+            quality: dict[str, Any] = streamed_fid(
+                lambda lab, sd: generate_images(run.generator, run.tokenizer.module, run.combo.kind, lab, s, seed=sd,
+                                                batch_size=cfg.sample.batch_size),
+                labels, extractor, cfg.eval.reference_stats, chunk=4 * cfg.sample.batch_size, seed=cfg.seed)
+        sample_time = time.perf_counter() - t0
+        if not bdist.is_main():
+            return None
+        first = False  # no seed spread: it would sample everything again
+    else:
+        with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
+            fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
+                                   seed=cfg.seed, batch_size=cfg.sample.batch_size, distributed=True, progress=bar)
+        sample_time = time.perf_counter() - t0
+        if not bdist.is_main():
+            return None
+        quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
+                                     ref_key=f"{cfg.data.name}-test-{len(real)}", labels=labels,
+                                     prc=cfg.eval.prc, device=next_device(cfg), fid_inf=True)
     if cfg.eval.seed_spread and first:
         quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
     speed = sampling_cost(run, s, cfg)

@@ -120,6 +120,13 @@ def check_eval(cfg: RunConfig) -> None:
     from benchkit.tuning import candidates
 
     candidates(cfg.sample, cfg.eval.tune)  # eval.tune keys and values, before any training
+    if cfg.data.options.get("lazy") and cfg.eval.features != "inception":
+        raise ConfigError('data.options.lazy = true needs eval.features = "inception": the "dataset" feature network '
+                          'is trained on every training image held in memory')
+    if cfg.eval.reference_stats:  # a missing or malformed file is reported before training
+        from benchkit.metrics.refstats import load_reference_stats
+
+        load_reference_stats(cfg.eval.reference_stats)
     named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file
     if cfg.eval.features == "inception" or (cfg.eval.features == "auto" and named):
         found, where = find_inception_weights(cfg.eval.inception_weights)
@@ -138,14 +145,15 @@ TOKENIZER_REVISION = 2
 
 def tokenizer_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained tokenizer: code revision, data, tokenizer options, its training stage, seed."""
-    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train, cfg.seed)
+    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), cfg.seed)
 
 
 def run_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained generator: its tokenizer plus generator (options with defaults filled in, so a changed
-    default size is a new run), head, training and seed."""
+    default size is a new run), head, training (``TrainConfig.identity``: no speed switches) and seed."""
     generator = GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
-    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train, cfg.seed)
+    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train.identity(),
+                       cfg.seed)
 
 
 def tokenizer_dir(cfg: RunConfig) -> Path:
@@ -241,6 +249,12 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
     """What the tokenizer's ``encode_for_cache`` gives for every training image (with ``mirrored``, for its
     horizontal mirror image), computed once (by rank 0) and stored."""
     path = tok.dir / f"tokens-{kind}{'-hflip' if mirrored else ''}"
+    from benchkit.data.lazy import LazyImages
+
+    if isinstance(data.images, LazyImages):  # a folder larger than memory: sharded, memory-mapped, resumable
+        from benchkit.tokencache import sharded_token_cache
+
+        return sharded_token_cache(tok, kind, data.images.folder, path, batch_size, mirrored)  # type: ignore[return-value]
     with bdist.stage_lock(tok.dir / ".lock"):
         cache = _read_cache(path, tok, len(data)) if is_main() else None
         if is_main() and cache is None:
@@ -264,10 +278,12 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
 
 def build_generator(cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device) -> nn.Module:
     """An untrained generator (with its head) of this config."""
-    return GENERATORS.create(
+    gen = GENERATORS.create(
         cfg.generator.name, spec=combo.spec, head=cfg.head.name, head_options=dict(cfg.head.options),
         num_classes=num_classes, **cfg.generator.options,
     ).to(device)
+    gen.sample_precision = cfg.sample.precision  # read by sampling.generate_tokens
+    return gen
 
 
 def write_run_files(cfg: RunConfig, rdir: Path, device: torch.device) -> None:

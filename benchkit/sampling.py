@@ -37,14 +37,17 @@ def generate_tokens(
     out = []
     nb = (len(labels) + batch_size - 1) // batch_size
     rank, world = (bdist.rank(), bdist.world_size()) if distributed else (0, 1)
-    for b in range(rank, nb, world):
-        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-        lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
-        out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
-                                      temperature=settings.temperature, diffusion_steps=settings.diffusion_steps,
-                                      generator=g))
-        if progress is not None:
-            progress(min((b + 1) * batch_size, len(labels)), len(labels))
+    from benchkit.precision import autocast  # a run's sample.precision, set on its generator by the pipeline
+
+    with autocast(getattr(generator, "sample_precision", "fp32"), device):
+        for b in range(rank, nb, world):
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+            lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
+            out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg,
+                                          cfg_schedule=settings.cfg_schedule, temperature=settings.temperature,
+                                          diffusion_steps=settings.diffusion_steps, generator=g))
+            if progress is not None:
+                progress(min((b + 1) * batch_size, len(labels)), len(labels))
     return out
 
 

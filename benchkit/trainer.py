@@ -1,8 +1,9 @@
 """The one training loop shared by tokenizers and generators.
 
-AdamW, linear warm-up then cosine or constant learning rate, gradient clipping, EMA weights, a rich progress bar
-with loss and images/s, periodic safetensors checkpoints, resume, a CSV log, NaN/inf detection, and DDP when
-launched by torchrun. Batches are a pure function of (seed, step), so a resumed run sees exactly the batches an
+AdamW (fused on CUDA), linear warm-up then cosine or constant learning rate, gradient clipping, EMA weights,
+fp32 / bf16 / fp16 autocast (a gradient scaler for fp16), optional torch.compile and gradient checkpointing of
+the transformer blocks, a rich progress bar with loss and images/s, periodic safetensors checkpoints, resume, a
+CSV log, NaN/inf detection, and DDP when launched by torchrun. Batches are a pure function of (seed, step), so a resumed run sees exactly the batches an
 uninterrupted one would have seen, and the torch RNG state is checkpointed for the losses' own randomness.
 """
 
@@ -97,7 +98,10 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "emb" in name or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    # the fused kernel where the device has one (CUDA); elsewhere the default (foreach) path, whose results the
+    # determinism tests pin down
+    fused = bool(decay or no_decay) and all(p.device.type == "cuda" for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -134,6 +138,21 @@ def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.M
     torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
 
 
+@dataclass
+class _Loop:
+    """What one training stage carries from step to step."""
+
+    model: nn.Module
+    module: nn.Module  # the loss module actually called: DDP-wrapped and/or compiled
+    opt: torch.optim.Optimizer
+    ema: EMA | None
+    scaler: torch.amp.GradScaler | None
+    cfg: TrainConfig
+    device: torch.device
+    ckpt: Path
+    start: int
+
+
 def fit(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], LossOutput],
@@ -158,13 +177,53 @@ def fit(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
     world, rank = bdist.world_size(), bdist.rank()
     if cfg.batch_size % world:
         raise CheckpointError(f"train.batch_size {cfg.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(seed + rank)
+    loop = _setup(model, loss_fn, cfg, run_dir, fingerprint, desc, resume)
+    log_path = run_dir / "log.csv"
+    rows = _read_log(log_path, upto=loop.start) if loop.start else []
+    per_rank = cfg.batch_size // world
+    last_loss, t0, images_done = float("nan"), time.perf_counter(), 0
+    progress = _progress(show_progress and bdist.is_main(), desc, cfg.steps, loop.start)
+    tb = TensorBoardLog(run_dir if bdist.is_main() else None, enabled=cfg.tensorboard)
+    model.train()
+    try:
+        for step in range(loop.start, cfg.steps):
+            idx = batch_indices(num_items, cfg.batch_size, step, seed)[rank * per_rank : (rank + 1) * per_rank]
+            out = _train_step(loop, step, get_batch(idx), run_dir, desc)
+            last_loss = float(out.loss.detach())
+            images_done += cfg.batch_size
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                ips = images_done / (time.perf_counter() - t0)
+                last_loss = _log_row(rows, out, last_loss, done, loop.opt, ips)
+                tb.scalars(done, {k: v for k, v in rows[-1].items() if k != "step"})
+                _show(progress, desc, done, cfg, last_loss, ips)
+            if bdist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                # the log first: a kill in between leaves extra rows, which a resume drops, never missing ones
+                _write_log(log_path, rows)
+                _save(loop, done, fingerprint, desc)
+                tb.preview(model, preview, done)
+            bdist.barrier() if done % cfg.checkpoint_every == 0 else None
+    finally:
+        tb.close()
+        if progress is not None:
+            progress.stop()
+    return _finish(loop, rows, log_path, last_loss, images_done, time.perf_counter() - t0)
+
+
+def _setup(model: nn.Module, loss_fn: Callable[[nn.Module, Any], LossOutput], cfg: TrainConfig, run_dir: Path,
+           fingerprint: str, desc: str, resume: bool) -> _Loop:
+    """Optimizer, EMA, gradient scaler, the checkpoint to resume from, checkpointing, DDP and compile."""
+    from benchkit.nn.transformer import set_grad_checkpointing
+    from benchkit.precision import grad_scaler
+
+    device = next(model.parameters()).device
     opt = _optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    scaler = grad_scaler(cfg.precision, device)
     ckpt, start = run_dir / CHECKPOINT, 0
     if checkpoint_exists(ckpt):
         tensors, meta = load_checkpoint(ckpt, device)
@@ -175,78 +234,87 @@ def fit(
         if not resume and meta.get("step", 0) < cfg.steps:
             raise CheckpointError(f"{str(run_dir)!r} holds an unfinished run; pass --resume to continue it")
         _restore(tensors, meta, model, opt, ema)
+        if scaler is not None and "scaler" in meta:
+            scaler.load_state_dict(meta["scaler"])
         start = int(meta["step"])
         log.info("%s: resuming from step %d", desc, start)
+    set_grad_checkpointing(model, cfg.grad_checkpoint)
     module: nn.Module = _LossModule(model, loss_fn)
     if bdist.init_distributed(device):
         module = torch.nn.parallel.DistributedDataParallel(module)  # buffers follow rank 0 (the default)
-    log_path = run_dir / "log.csv"
-    rows = _read_log(log_path, upto=start) if start else []
-    per_rank = cfg.batch_size // world
-    last_loss, t0, images_done = float("nan"), time.perf_counter(), 0
-    progress = _progress(show_progress and bdist.is_main(), desc, cfg.steps, start)
-    tb = TensorBoardLog(run_dir if bdist.is_main() else None, enabled=cfg.tensorboard)
-    task = progress.tasks[0].id if progress is not None else None
-    model.train()
-    try:
-        for step in range(start, cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(step, cfg)
-            idx = batch_indices(num_items, cfg.batch_size, step, seed)[rank * per_rank : (rank + 1) * per_rank]
-            out: LossOutput = module(get_batch(idx))
-            if bdist.any_rank(not bool(torch.isfinite(out.loss))):  # every rank stops at the same step
-                good = _ckpt_step(ckpt) if checkpoint_exists(ckpt) else None
-                raise TrainingDivergedError(
-                    f"{desc}: loss became {out.loss.item()} at step {step}; "
-                    + (f"last good checkpoint (step {good}) kept in {run_dir}" if good is not None
-                       else f"no checkpoint was written yet (checkpoint_every = {cfg.checkpoint_every})")
-                    + "; lower the learning rate or raise warmup_steps"
-                )
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                ema.update(model)
-            last_loss = float(out.loss.detach())
-            images_done += cfg.batch_size
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                # under DDP: the loss and numeric logs of the global batch, not of rank 0's share
-                numeric = {k: float(v) for k, v in out.logs.items() if isinstance(v, (int, float))}
-                logs = {**out.logs, **bdist.mean_floats({**numeric, "loss": last_loss})}
-                last_loss = logs["loss"]
-                ips = images_done / (time.perf_counter() - t0)
-                rows.append({"step": done, "loss": last_loss, "lr": opt.param_groups[0]["lr"], "images_per_s": ips,
-                             **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")}})
-                tb.scalars(done, {k: v for k, v in rows[-1].items() if k != "step"})
-                if progress is not None:
-                    progress.update(task, completed=done, loss=last_loss, ips=ips)
-                    if not progress.console.is_terminal and done % max(cfg.log_every, cfg.steps // 10) == 0:
-                        log.info("%s: step %d/%d  loss %.4f  %.0f img/s", desc, done, cfg.steps, last_loss, ips)
-            if bdist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                # the log first: a kill in between leaves extra rows, which a resume drops, never missing ones
-                _write_log(log_path, rows)
-                _save(ckpt, model, opt, ema, done, fingerprint, desc)
-                tb.preview(model, preview, done)
-            bdist.barrier() if done % cfg.checkpoint_every == 0 else None
-    finally:
-        tb.close()
-        if progress is not None:
-            progress.stop()
-    elapsed = time.perf_counter() - t0
+    if cfg.compile:
+        module = torch.compile(module)  # type: ignore[assignment]
+    return _Loop(model, module, opt, ema, scaler, cfg, device, ckpt, start)
+
+
+def _train_step(loop: _Loop, step: int, batch: Any, run_dir: Path, desc: str) -> LossOutput:
+    """One optimizer step: forward under autocast, divergence check, (scaled) backward, clip, step, EMA."""
+    from benchkit.precision import autocast
+
+    cfg, opt = loop.cfg, loop.opt
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * lr_factor(step, cfg)
+    with autocast(cfg.precision, loop.device):
+        out: LossOutput = loop.module(batch)
+    if bdist.any_rank(not bool(torch.isfinite(out.loss))):  # every rank stops at the same step
+        good = _ckpt_step(loop.ckpt) if checkpoint_exists(loop.ckpt) else None
+        raise TrainingDivergedError(
+            f"{desc}: loss became {out.loss.item()} at step {step}; "
+            + (f"last good checkpoint (step {good}) kept in {run_dir}" if good is not None
+               else f"no checkpoint was written yet (checkpoint_every = {cfg.checkpoint_every})")
+            + "; lower the learning rate or raise warmup_steps"
+        )
+    opt.zero_grad(set_to_none=True)
+    if loop.scaler is None:
+        out.loss.backward()
+    else:
+        loop.scaler.scale(out.loss).backward()
+        loop.scaler.unscale_(opt)  # clip the true gradients
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
+    if loop.scaler is None:
+        opt.step()
+    else:
+        loop.scaler.step(opt)  # skipped when a gradient overflowed; the scale then shrinks
+        loop.scaler.update()
+    if loop.ema is not None:
+        loop.ema.update(loop.model)
+    return out
+
+
+def _log_row(rows: list[dict[str, Any]], out: LossOutput, loss: float, done: int, opt: torch.optim.Optimizer,
+             ips: float) -> float:
+    """Append the log row of step ``done``; returns the loss of the global batch (mean over ranks under DDP)."""
+    numeric = {k: float(v) for k, v in out.logs.items() if isinstance(v, (int, float))}
+    logs = {**out.logs, **bdist.mean_floats({**numeric, "loss": loss})}
+    rows.append({"step": done, "loss": logs["loss"], "lr": opt.param_groups[0]["lr"], "images_per_s": ips,
+                 **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")}})
+    return float(logs["loss"])
+
+
+def _show(progress: Any, desc: str, done: int, cfg: TrainConfig, loss: float, ips: float) -> None:
+    if progress is None:
+        return
+    progress.update(progress.tasks[0].id, completed=done, loss=loss, ips=ips)
+    if not progress.console.is_terminal and done % max(cfg.log_every, cfg.steps // 10) == 0:
+        log.info("%s: step %d/%d  loss %.4f  %.0f img/s", desc, done, cfg.steps, loss, ips)
+
+
+def _finish(loop: _Loop, rows: list[dict[str, Any]], log_path: Path, last_loss: float, images_done: int,
+            elapsed: float) -> TrainResult:
+    """Switch to the EMA weights and eval mode; report the stage (from the log when nothing was left to train)."""
+    cfg, start = loop.cfg, loop.start
     if start >= cfg.steps and not rows:
         rows = _read_log(log_path, upto=cfg.steps)
-    if ema is not None:  # evaluate with EMA weights from here on
-        model.load_state_dict(ema.shadow)
-    model.eval()
+    if loop.ema is not None:  # evaluate with EMA weights from here on
+        loop.model.load_state_dict(loop.ema.shadow)
+    loop.model.eval()
     return TrainResult(
         steps=cfg.steps,
         final_loss=last_loss if start < cfg.steps else float(rows[-1]["loss"]) if rows else float("nan"),
         images_per_s=images_done / elapsed if images_done else float(rows[-1]["images_per_s"]) if rows else 0.0,
         time_s=elapsed,
-        checkpoint=ckpt,
+        checkpoint=loop.ckpt,
         resumed_from=start,
     )
 
@@ -257,9 +325,11 @@ def _ckpt_step(ckpt: Path) -> int:
     return int(json.loads(ckpt.with_suffix(".json").read_text()).get("step", 0))
 
 
-def _save(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, step: int, fp: str, desc: str) -> None:
-    tensors, meta = _state_tensors(model, opt, ema)
-    save_checkpoint(ckpt, tensors, {**meta, "step": step, "fingerprint": fp, "desc": desc})
+def _save(loop: _Loop, step: int, fp: str, desc: str) -> None:
+    tensors, meta = _state_tensors(loop.model, loop.opt, loop.ema)
+    if loop.scaler is not None:
+        meta["scaler"] = loop.scaler.state_dict()
+    save_checkpoint(loop.ckpt, tensors, {**meta, "step": step, "fingerprint": fp, "desc": desc})
 
 
 def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:

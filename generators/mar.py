@@ -146,8 +146,8 @@ class MARGenerator(nn.Module):
         x = self.encoder(self.enc_in_norm(x))  # [B, buf + L - n_masked, W]
         # 2. decoder: scatter back to the full sequence, unknown positions get the learned mask token
         slots = torch.cat([torch.arange(buf, device=order.device).expand(B, buf), known + buf], 1)
-        full = self.mask_token.expand(B, buf + L, W).to(x.dtype)
-        full = full.scatter(1, slots[..., None].expand(-1, -1, W), self.decoder_embed(x))
+        emb = self.decoder_embed(x)  # under autocast: the autocast dtype
+        full = self.mask_token.expand(B, buf + L, W).to(emb.dtype).scatter(1, slots[..., None].expand(-1, -1, W), emb)
         if rows is not None:  # 3. one more learned position table gives the head's condition (diffusion_pos_embed)
             return self.decoder.forward_rows(full + self.dec_pos, rows + buf) + self.head_pos[0][rows]
         z = self.decoder(full + self.dec_pos)[:, buf:]  # drop the buffer: [B, L, W]

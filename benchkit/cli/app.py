@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from benchkit import __version__
-from benchkit.cli import common, compare, components, importer, report, train
+from benchkit.cli import common, compare, components, importer, plan, report, train
 from benchkit.errors import BenchkitError
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ train.register(app)
 compare.register(app)
 importer.register(app)
 report.register(app)
+plan.register(app)
 
 
 def main() -> None:

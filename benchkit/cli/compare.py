@@ -94,6 +94,8 @@ def sweep(
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the file's).")] = None,
     shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
     progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
+    slurm: Annotated[Optional[int], typer.Option("--slurm", help="Print an sbatch array script of N shards instead.")] = None,
+    slurm_opts: Annotated[Optional[list[str]], typer.Option("--slurm-opt", help="Extra #SBATCH KEY=VALUE, e.g. partition=gpu, gpus-per-task=0.")] = None,
 ) -> None:
     """Run a grid over components and options; finished runs are skipped, so re-running resumes.
 
@@ -101,6 +103,12 @@ def sweep(
     """
     if not file.is_file():
         raise ConfigError(f"sweep file {str(file)!r} does not exist")
+    if slurm is not None:
+        from benchkit.slurm import render_sbatch
+
+        typer.echo(render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),
+                   nl=False)
+        return
     _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume, as_json, threads)
 
 

@@ -55,6 +55,9 @@ class ImageFolderConfig:
     test_fraction: float = 0.2
     seed: int = 0
     background: tuple[int, ...] = (255, 255, 255)  # RGB that transparent pixels are composited over
+    # decode on demand (benchkit.data.lazy, ADM center crop) instead of loading every image: for folders larger
+    # than memory; the token cache is then written in memory-mapped shards (benchkit.tokencache)
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -196,6 +199,13 @@ def imagefolder(cfg: ImageFolderConfig, *, split: Split, root: str | None = None
     path = Path(cfg.path).expanduser()
     if not path.is_dir():
         raise DataError(f"image folder {path} does not exist or is not a folder")
+    if cfg.lazy:
+        from benchkit.data.lazy import LazyImageFolder, LazyImages
+
+        folder = LazyImageFolder(path, split=split, image_size=image_size, test_fraction=cfg.test_fraction,
+                                 seed=cfg.seed, background=cfg.background)  # type: ignore[arg-type]
+        return ImageData(f"imagefolder:{path.resolve()}", split, LazyImages(folder), folder.labels,  # type: ignore[arg-type]
+                         folder.class_names)
     files, labels, classes = _list_split(path, cfg, split)
 
     workers = max(1, min(_MAX_WORKERS, os.cpu_count() or 1, len(files) // 64 + 1))

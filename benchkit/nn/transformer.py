@@ -9,12 +9,16 @@ positions so incremental decoding feeds only the new tokens (LlamaGen's static c
 Deviations:
 - LayerNorm instead of LlamaGen's RMSNorm, learned absolute positions live in the generators (no RoPE).
 - The cache is preallocated for the whole sequence once per ``generate`` call.
+
+Gradient checkpointing (``set_grad_checkpointing``, the trainer's ``grad_checkpoint`` switch) recomputes each
+block's activations in the backward pass instead of storing them: same gradients, less memory, ~30% more compute.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 LN_EPS = 1e-6
@@ -154,11 +158,16 @@ class Transformer(nn.Module):
         self.heads, self.head_dim = heads, dim // heads
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.grad_checkpoint = False
 
     def forward(self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
         """x [B, T, D] -> [B, T, D]. With ``cache``, x holds only the new positions and the cache advances."""
+        recompute = self.grad_checkpoint and cache is None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=causal, cache=cache, layer=i)
+            if recompute:  # the RNG state is replayed, so dropout masks match the first pass
+                x = torch.utils.checkpoint.checkpoint(block, x, causal=causal, use_reentrant=False)
+            else:
+                x = block(x, causal=causal, cache=cache, layer=i)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)
@@ -176,3 +185,11 @@ class Transformer(nn.Module):
         return KVCache(
             len(self.blocks), batch, self.heads, max_len, self.head_dim, device=like.device, dtype=like.dtype
         )
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool) -> int:
+    """Switch gradient checkpointing of every :class:`Transformer` inside ``model``; returns how many there are."""
+    found = [m for m in model.modules() if isinstance(m, Transformer)]
+    for m in found:
+        m.grad_checkpoint = enabled
+    return len(found)

@@ -1,0 +1,171 @@
+"""Peak memory of the out-of-memory data path: lazy image folder -> sharded token cache -> training from it.
+
+Generates an ImageNet-layout folder of ``--classes x --per-class`` PNG images at ``--size`` px (once), then runs
+each phase in a fresh process so its peak resident set size (``ru_maxrss``, the process plus its DataLoader
+workers) is its own (PSS of the process tree sampled every 50 ms, and the main process's ``ru_maxrss``):
+
+- ``baseline``: imports, a tiny KL tokenizer and a tiny MAR + Diffusion Loss, nothing else;
+- ``cache``: every image and its mirror through ``DataLoader`` workers and the tokenizer into sharded caches;
+- ``train``: ``--steps`` training steps of the generator whose batches are gathered from the memory-mapped caches.
+
+It prints the decoded size of the data (N x 3 x size^2 bytes, what the in-memory path holds) beside each peak.
+Usage: ``python benchmarks/lazy_rss.py --dir /tmp/rss [--classes 20 --per-class 1000 --size 64 --steps 50]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_folder(root: Path, classes: int, per_class: int, size: int) -> None:
+    """Random-colour blobs, one folder per class (skipped when the folder is complete)."""
+    from PIL import Image
+
+    if (root / "done").is_file():
+        return
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for c in range(classes):
+        d = root / "train" / f"n{c:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cy, cx, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(4, size // 3))]
+            blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None]
+            img = np.where(blob, rng.integers(0, 256, 3), rng.integers(0, 256, 3)) + rng.normal(0, 8, (size, size, 3))
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i:05d}.png")
+    (root / "done").write_text("ok")
+
+
+class TreeMemory:
+    """Samples, every 50 ms, the proportional set size (PSS) of this process plus all its descendants (DataLoader
+    workers), so shared library pages are not counted once per worker; keeps the peak (MiB)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _pids(pid: int) -> list[int]:
+        out = [pid]
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for k in kids:
+                out += TreeMemory._pids(int(k))
+        return out
+
+    @staticmethod
+    def _pss_kb(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, sum(self._pss_kb(p) for p in self._pids(os.getpid())) / 1024)
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool) -> dict[str, float]:
+    memory = TreeMemory()
+    import torch
+
+    import benchkit.generators
+    import benchkit.heads
+    import benchkit.tokenizers  # noqa: F401
+    from benchkit.config import TrainConfig
+    from benchkit.data.lazy import LazyImageFolder
+    from benchkit.interfaces import Batch
+    from benchkit.registry import GENERATORS, TOKENIZERS
+    from benchkit.tokencache import ShardedTokenCache, build_token_cache
+    from benchkit.trainer import fit
+
+    torch.manual_seed(0)
+    tok = TOKENIZERS.create("kl", image_size=size, channel_mult=[1, 1, 2, 2]).eval()  # 64 px -> 8x8x4
+    spec = tok.specs["continuous"]
+    gen = GENERATORS.create("mar", spec=spec, head="diffloss", num_classes=1000)
+    data = LazyImageFolder(root / "train", image_size=size)
+    t0 = time.perf_counter()
+    out: dict[str, float] = {"images": len(data)}
+    if name == "cache":
+        encode = lambda x: tok.encode_for_cache(x.float().div(127.5).sub(1), "continuous")  # noqa: E731
+        for mirrored in (False, True) if mirror else (False,):
+            build_token_cache(data, encode, root / f"cache{'-hflip' if mirrored else ''}", key="rss",
+                              shard_size=2048, batch_size=256, workers=workers, mirrored=mirrored, progress=False)
+    elif name == "train":
+        cache = ShardedTokenCache(root / "cache")
+        flipped = ShardedTokenCache(root / "cache-hflip") if mirror else cache
+
+        def get_batch(idx: torch.Tensor) -> Batch:
+            pick = (torch.rand(len(idx)) < 0.5).view(-1, 1, 1, 1)
+            cached = torch.where(pick, flipped[idx], cache[idx])
+            return Batch(tok.tokens_from_cache(cached, "continuous"), data.labels[idx])
+
+        cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-4, warmup_steps=5, checkpoint_every=steps, log_every=10)
+        fit(gen, lambda m, b: m.loss(b), get_batch, len(data), cfg, root / "run", seed=0, fingerprint=f"rss{steps}",
+            resume=False, show_progress=False)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.update(seconds=time.perf_counter() - t0, peak_pss_mb=memory.stop(), own_peak_rss_mb=own)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--classes", type=int, default=20)
+    p.add_argument("--per-class", type=int, default=1000)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--phase", choices=["baseline", "cache", "train"])
+    p.add_argument("--no-mirror", action="store_true", help="cache the images only, not their mirrors too")
+    a = p.parse_args()
+    if a.phase:
+        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror)))
+        return
+    t0 = time.perf_counter()
+    make_folder(a.dir, a.classes, a.per_class, a.size)
+    n = a.classes * a.per_class
+    disk = sum(f.stat().st_size for f in (a.dir / "train").rglob("*.png")) / 2**20
+    print(f"folder: {n} images at {a.size} px, {disk:.0f} MiB of PNG, decoded {n * 3 * a.size**2 / 2**20:.0f} MiB "
+          f"(made in {time.perf_counter() - t0:.0f} s); load average {os.getloadavg()[0]:.2f}\n")
+    import shutil
+
+    for old in ("cache", "cache-hflip", "run"):  # every phase measured from scratch
+        shutil.rmtree(a.dir / old, ignore_errors=True)
+    print("| phase | seconds | peak PSS, process + workers (MiB) | peak RSS, main process (MiB) |\n|---|---:|---:|---:|")
+    for name in ("baseline", "cache", "train"):
+        args = [sys.executable, __file__, "--dir", str(a.dir), "--size", str(a.size), "--steps", str(a.steps),
+                "--workers", str(a.workers), "--phase", name] + (["--no-mirror"] if a.no_mirror else [])
+        r = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
+    cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
+    print(f"\ntoken caches on disk: {cache_mb:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
