@@ -38,6 +38,7 @@ from torch import nn
 
 import benchkit.generators  # noqa: F401  (registers the generators)
 import benchkit.heads  # noqa: F401  (registers the heads)
+from benchkit import compute
 from benchkit.config import TrainConfig
 from benchkit.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import count_params
@@ -83,11 +84,8 @@ def build(name: str, spec: TokenSpec, head: str, options: dict[str, Any], head_o
 
 def random_batch(spec: TokenSpec, n: int, seed: int = 0) -> Batch:
     """Uniform random ids or standard normal vectors, with random labels."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (n, *spec.token_shape)
-    tokens = (torch.randint(0, int(spec.vocab_size or 0), shape, generator=g) if spec.kind == "discrete"
-              else torch.randn(shape, generator=g))
-    return Batch(tokens, torch.randint(0, NUM_CLASSES, (n,), generator=g))
+    return compute.random_batch(spec, n, NUM_CLASSES, device=torch.device("cpu"),
+                                generator=torch.Generator().manual_seed(seed))
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from benchkit.generators.ar import ARConfig
 from torch import nn
 
+from benchkit import compute
 from benchkit.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import count_params, flops_per_call, matmul_peak_flops
 from benchkit.registry import GENERATORS
@@ -132,14 +133,7 @@ def timed(fn: Callable[[], Any], device: torch.device, plan: Plan, *, warmup: Ca
 
 def random_batch(spec: TokenSpec, batch: int, device: torch.device, seed: int = 0) -> Batch:
     """Uniform random token ids (discrete) or standard normal vectors (continuous) plus random labels."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (batch, *spec.token_shape)
-    if spec.kind == "discrete":
-        tokens = torch.randint(0, int(spec.vocab_size or 0), shape, generator=g)
-    else:
-        tokens = torch.randn(shape, generator=g)
-    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
-    return Batch(tokens.to(device), labels.to(device))
+    return compute.random_batch(spec, batch, NUM_CLASSES, device=device, generator=torch.Generator().manual_seed(seed))
 
 
 def build(name: str, head: str, layout: str, device: torch.device) -> nn.Module:

@@ -28,16 +28,13 @@ from torch import nn
 
 from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.nn.convnet import (
-    ConvDecoder,
-    ConvEncoder,
     calibrate_scale,
     check_conv_options,
     check_kind,
-    conv_kwargs,
     latent_grid,
     reconstruction_loss,
 )
-from benchkit.nn.ldm import check_backbone_options, ldm_backbone
+from benchkit.nn.ldm import check_backbone_options, tokenizer_backbone
 from benchkit.registry import TOKENIZERS
 
 
@@ -76,15 +73,7 @@ class KLTokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "kl")
-        if cfg.backbone == "ldm":  # the official layout, with 1x1 quant_conv / post_quant_conv
-            self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = ldm_backbone(
-                cfg, 2 * cfg.z_channels, cfg.z_channels
-            )
-        else:
-            net = conv_kwargs(cfg)
-            self.encoder = ConvEncoder(out_ch=2 * cfg.z_channels, **net)  # mean and logvar ("double_z")
-            self.decoder = ConvDecoder(in_ch=cfg.z_channels, **net)
-            self.quant_conv = self.post_quant_conv = nn.Identity()
+        self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = tokenizer_backbone(cfg, 2 * cfg.z_channels, cfg.z_channels)  # encoder: mean and logvar
         self.register_buffer("scale", torch.tensor(1.0))  # token scale 1/std, set by calibrate()
         self.specs: dict[TokenKind, TokenSpec] = {
             "continuous": TokenSpec("continuous", (side, side), dim=cfg.z_channels)

@@ -37,17 +37,14 @@ from benchkit.nn.codebook import (
     straight_through,
 )
 from benchkit.nn.convnet import (
-    ConvDecoder,
-    ConvEncoder,
     DeterministicTokenCache,
     calibrate_scale,
     check_conv_options,
     check_kind,
-    conv_kwargs,
     latent_grid,
     reconstruction_loss,
 )
-from benchkit.nn.ldm import check_backbone_options, ldm_backbone
+from benchkit.nn.ldm import check_backbone_options, tokenizer_backbone
 from benchkit.registry import TOKENIZERS
 
 
@@ -90,15 +87,7 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
         super().__init__()
         self.cfg = cfg
         side = latent_grid(image_size, cfg.channel_mult, "rq")
-        net = conv_kwargs(cfg)
-        if cfg.backbone == "ldm":  # the official layout, with 1x1 quant_conv / post_quant_conv
-            self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = ldm_backbone(
-                cfg, cfg.code_dim, cfg.code_dim
-            )
-        else:
-            self.encoder = ConvEncoder(out_ch=cfg.code_dim, **net)
-            self.decoder = ConvDecoder(in_ch=cfg.code_dim, **net)
-            self.quant_conv = self.post_quant_conv = nn.Identity()
+        self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = tokenizer_backbone(cfg, cfg.code_dim, cfg.code_dim)
         self.codebook = Codebook(
             cfg.codebook_size,
             cfg.code_dim,

@@ -36,7 +36,7 @@ def import_checkpoint(
     --tokenizer results/tokenizers/kl-<fp>
     """
     from benchkit.errors import ConfigError
-    from benchkit.importers import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer
+    from benchkit.importers.api import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer
 
     if kind not in KINDS:
         raise ConfigError(f"unknown import kind {kind!r}; valid: {', '.join(KINDS)}")

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchkit.nn.convnet import ConvDecoder, ConvEncoder, conv_kwargs
+
 GROUPS = 32
 
 
@@ -194,6 +196,15 @@ def ldm_backbone(cfg: Any, enc_out: int, dec_in: int) -> tuple[nn.Module, nn.Mod
     encoder = LDMEncoder(out_ch=enc_out, attn_levels=cfg.attn_levels, **net)
     decoder = LDMDecoder(in_ch=dec_in, attn_levels=cfg.decoder_attn_levels, **net)
     return encoder, nn.Conv2d(enc_out, enc_out, 1), nn.Conv2d(dec_in, dec_in, 1), decoder
+
+
+def tokenizer_backbone(cfg: Any, enc_out: int, dec_in: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """(encoder, quant_conv, post_quant_conv, decoder) of a conv tokenizer config: the LDM layout with its 1x1
+    convs for ``backbone = "ldm"``, else benchkit's conv net with identity convs (no parameters)."""
+    if cfg.backbone == "ldm":
+        return ldm_backbone(cfg, enc_out, dec_in)
+    net = conv_kwargs(cfg)
+    return ConvEncoder(out_ch=enc_out, **net), nn.Identity(), nn.Identity(), ConvDecoder(in_ch=dec_in, **net)
 
 
 BACKBONES = ("benchkit", "ldm")

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from benchkit.importers import imported_provenance, kl16
+from benchkit.importers import kl16
+from benchkit.importers.api import imported_provenance
 from benchkit.registry import TOKENIZERS
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
