@@ -1,11 +1,13 @@
 """Thread settings of a benchkit process: how many intra-op threads torch uses and how idle OpenMP threads wait.
 
-- :func:`prepare_openmp` asks OpenMP for a passive wait policy: a worker thread that runs out of work sleeps instead
-  of spinning. It has to run before torch is imported (libgomp reads its environment once, when it is loaded), so
-  the CLI calls it first thing; a value the user exported is kept. When several processes share the cores (two
-  sweep shards, or a sweep next to any other job) spinning workers burn the time slices the other process needs,
-  and every barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). Export
-  ``OMP_WAIT_POLICY=ACTIVE`` to keep threads spinning on a machine of your own.
+- :func:`prepare_openmp` asks OpenMP for a passive wait policy (a worker thread that runs out of work sleeps instead
+  of spinning) when the command runs a sweep shard (``--shard i/n``, n > 1), i.e. when several processes are
+  expected to share the cores: spinning workers then burn the time slices the other process needs, and every
+  barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). A process alone keeps
+  OpenMP's default: on an idle 2-core machine the passive policy made ``ar`` + ``ce`` sampling (batch 64) 2x
+  slower, because every small parallel region then pays for waking its threads. It has to run before torch is
+  imported (libgomp reads its environment once, when it is loaded), so the CLI calls it first thing; a value the
+  user exported is always kept (export ``OMP_WAIT_POLICY=PASSIVE`` next to other heavy jobs).
 - :func:`resolve_threads` picks the intra-op thread count: an explicit request (``--threads`` / config key
   ``threads``), else ``OMP_NUM_THREADS`` when exported, else the usable cores divided by the number of sweep
   shards (``--shard i/n`` on one host: n processes share the cores), else every usable core (torch's default).
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Sequence
 
 from benchkit.errors import ConfigError
 
@@ -27,9 +31,25 @@ log = logging.getLogger(__name__)
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
 
-def prepare_openmp() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy; only effective before torch is imported."""
-    os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+def prepare_openmp(argv: Sequence[str] | None = None) -> None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when ``argv`` (default: ``sys.argv``) runs a shard of n > 1 and the user chose
+    no policy; only effective before torch is imported."""
+    if WAIT_POLICY_ENV not in os.environ and shard_count(sys.argv if argv is None else argv) > 1:
+        os.environ[WAIT_POLICY_ENV] = "PASSIVE"
+
+
+def shard_count(argv: Sequence[str]) -> int:
+    """n of a ``--shard i/n`` (or ``--shard=i/n``) in a command line; 1 when there is none or it is malformed (the
+    command's own parsing reports that)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--shard="):
+            text: str | None = arg[len("--shard="):]
+        else:
+            text = argv[i + 1] if arg == "--shard" and i + 1 < len(argv) else None
+        if text is not None:
+            n = text.partition("/")[2]
+            return int(n) if n.isdigit() and int(n) > 0 else 1
+    return 1
 
 
 def usable_cores() -> int:

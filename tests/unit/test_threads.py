@@ -58,19 +58,27 @@ def test_apply_sets_torch_threads_and_does_not_carry_over(four_cores: None) -> N
         torch.set_num_threads(before)
 
 
-def test_prepare_openmp_keeps_a_users_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_openmp_is_passive_for_shards_only_and_keeps_a_users_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
-    bt.prepare_openmp()
-    assert os.environ[bt.WAIT_POLICY_ENV] == "PASSIVE"
+    bt.prepare_openmp(["benchkit", "run"])
+    assert bt.WAIT_POLICY_ENV not in os.environ  # a process alone keeps OpenMP's default
+    bt.prepare_openmp(["benchkit", "run", "--shard", "1/1"])
+    assert bt.WAIT_POLICY_ENV not in os.environ
+    for argv in (["benchkit", "run", "--shard", "0/2"], ["benchkit", "sweep", "f.toml", "--shard=1/3"]):
+        monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
+        bt.prepare_openmp(argv)
+        assert os.environ[bt.WAIT_POLICY_ENV] == "PASSIVE"
     monkeypatch.setenv(bt.WAIT_POLICY_ENV, "ACTIVE")
-    bt.prepare_openmp()
+    bt.prepare_openmp(["benchkit", "run", "--shard", "0/2"])
     assert os.environ[bt.WAIT_POLICY_ENV] == "ACTIVE"
+    assert [bt.shard_count(a) for a in (["--shard", "x"], ["--shard"], ["--shard=2/0"], ["--shard", "0/4"])] == [1, 1, 1, 4]
 
 
-def test_cli_sets_the_wait_policy_before_torch_is_imported() -> None:
+def test_cli_sets_the_wait_policy_of_a_shard_before_torch_is_imported() -> None:
     env = {k: v for k, v in os.environ.items() if k != bt.WAIT_POLICY_ENV}
     # the policy at the moment torch is first imported (by the CLI package, or right after it)
     code = ("import os, sys, importlib.abc\n"
+            "sys.argv = ['benchkit', 'run', '--shard', '0/2']\n"
             "seen = []\n"
             "class Spy(importlib.abc.MetaPathFinder):\n"
             "    def find_spec(self, name, path, target=None):\n"
