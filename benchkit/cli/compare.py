@@ -83,7 +83,7 @@ def run(
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
-    Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 13 min on 2 CPU cores)
+    Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 14.5 min on 2 CPU cores)
     """
     _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume, as_json, threads)
 
