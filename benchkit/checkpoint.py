@@ -26,17 +26,9 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from benchkit.errors import CheckpointError
-from benchkit.files import atomic_write
+from benchkit.files import atomic_write, file_sha256
 
 __all__ = ["atomic_write", "checkpoint_exists", "load_checkpoint", "save_checkpoint"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _paths(path: Path) -> tuple[Path, Path, Path]:
@@ -58,7 +50,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
     st, js, staged = _paths(path)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(staged, lambda p: save_file(flat, str(p)))  # 1. stage the tensors
-    body = json.dumps({**meta, "sha256": _sha256(staged)}, indent=1, sort_keys=True, default=str)
+    body = json.dumps({**meta, "sha256": file_sha256(staged)}, indent=1, sort_keys=True, default=str)
     atomic_write(js, lambda p: p.write_text(body))  # 2. commit: the metadata now names the staged tensors
     _promote(staged, st)  # 3. publish
 
@@ -72,7 +64,7 @@ def _settle(path: Path) -> None:
         want = json.loads(js.read_text()).get("sha256")
     except (ValueError, AttributeError):
         return
-    if want is not None and _sha256(staged) == want and not (st.is_file() and _sha256(st) == want):
+    if want is not None and file_sha256(staged) == want and not (st.is_file() and file_sha256(st) == want):
         _promote(staged, st)
 
 

@@ -23,7 +23,8 @@ from benchkit.checkpoint import atomic_write, load_checkpoint, load_module_weigh
 from benchkit.config import ComponentSpec, DataConfig, RunConfig, SampleConfig, from_dict
 from benchkit.errors import CheckpointError, ConfigError
 from benchkit.importers import kl16, mar, rq
-from benchkit.importers.common import file_sha256, load_official, pick_weights, read_container
+from benchkit.files import file_sha256
+from benchkit.importers.common import load_official, pick_weights, read_container
 
 TOKENIZER_KINDS = ("kl16", "rqvae")
 GENERATOR_KINDS = ("mar", "rqtransformer")

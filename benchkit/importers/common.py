@@ -13,7 +13,6 @@ copy, loads it, and (on the meta device) proves that the full-size layouts are c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,15 +27,6 @@ from benchkit.errors import CheckpointError, ConfigError
 StateDict = dict[str, torch.Tensor]
 Mapper = Callable[[Mapping[str, torch.Tensor]], StateDict]
 SHOW = 3  # keys named in an error message
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_container(path: str | Path) -> dict[str, Any]:

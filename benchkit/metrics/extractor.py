@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from benchkit.errors import ConfigError
+from benchkit.files import file_sha256
 
 # ---------------------------------------------------------------------------------------------- small helpers
 
@@ -29,11 +30,7 @@ def safe_name(text: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_file_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(Path(path))
 
 
 def sha256_file(path: Path) -> str:
