@@ -9,6 +9,7 @@ from unittest import mock
 
 import pytest
 import torch
+from random_inception import write_random_inception
 
 from benchkit.data.base import ImageData
 from benchkit.errors import ConfigError
@@ -127,20 +128,7 @@ def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Pa
 @pytest.fixture(scope="module")
 def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state_dict of torch-fidelity's FeatureExtractorInceptionV3 with random (Kaiming) weights."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    cls = fe.FeatureExtractorInceptionV3
-    # Its constructor always loads weights (download when no path): stub both to get a random instance.
-    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
-            mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None):
-        net = cls("tmp-random-inception", ["2048"])
-    torch.manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):  # default init shrinks activations to denormals: slow on CPU
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    return write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 def test_inception_loads_offline_from_file(random_inception: Path, tmp_path: Path,
