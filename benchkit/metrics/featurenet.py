@@ -28,9 +28,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import torch
