@@ -54,7 +54,7 @@ plan.register(app)
 def main() -> None:
     """Console entry point: one red line for benchkit errors (exit 1 or 2), tracebacks only with --debug."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here, not as an exception
     except BenchkitError as e:
         if common.STATE.get("debug"):
             raise
@@ -78,3 +78,5 @@ def main() -> None:
             sys.exit(1)
         raise
     logging.shutdown()
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)

@@ -23,7 +23,7 @@ from benchkit.metrics.distortions import gaussian_blur
 from benchkit.metrics.extractor import content_hash
 
 log = logging.getLogger(__name__)
-_CACHE_VERSION = 2  # bump when the architecture, training loop or feature layout changes
+CACHE_VERSION = 2  # bump when the architecture, training loop or feature layout changes
 
 
 class ClassifierCNN(nn.Module):
@@ -81,7 +81,7 @@ class DatasetCNNConfig:
 def classifier_fingerprint(data: ImageData, cfg: DatasetCNNConfig) -> str:
     """16 hex digits identifying (dataset name, split, size, image content, classifier config)."""
     train_cfg = {f.name: getattr(cfg, f.name) for f in fields(DatasetCNNConfig)}
-    payload = {"dataset": data.name, "split": data.split, "n": len(data), "version": _CACHE_VERSION,
+    payload = {"dataset": data.name, "split": data.split, "n": len(data), "version": CACHE_VERSION,
                "content": content_hash(data.images, data.labels), "config": train_cfg}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -69,16 +69,17 @@ def register_with_fidelity(name: str, cls: type) -> None:
 class Extractor:
     """One feature network, usable directly (``features``, ``logits``) and by torch-fidelity (``fidelity_name``).
 
-    ``tag`` goes into result tables; ``num_classes`` is the number of dataset classes its logits cover (None for
+    ``tag`` goes into result tables; ``weights_hash`` identifies the weights (the file's sha256 unless the network
+    gives a digest of its own); ``num_classes`` is the number of dataset classes its logits cover (None for
     Inception, whose 1008 ImageNet logits say nothing about the dataset's labels).
     """
 
     def __init__(self, *, tag: str, fidelity_name: str, fidelity_class: type, weights_path: Path,
                  feature_layer: str, logits_layer: str, num_classes: int | None, device: torch.device,
-                 batch_size: int, info: dict | None = None) -> None:
+                 batch_size: int, info: dict | None = None, weights_hash: str | None = None) -> None:
         self.tag, self.fidelity_name, self.fidelity_class = tag, fidelity_name, fidelity_class
         self.weights_path = Path(weights_path)
-        self.weights_hash = sha256_file(self.weights_path)
+        self.weights_hash = weights_hash or sha256_file(self.weights_path)
         self.feature_layer, self.logits_layer = feature_layer, logits_layer
         self.num_classes, self.device, self.batch_size = num_classes, torch.device(device), batch_size
         self.info = dict(info or {})

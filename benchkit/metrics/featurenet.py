@@ -13,6 +13,10 @@ has total variance one, then multiplied by its weight (``colour_weight``, ``edge
 ``FEATURE_SCALE``. The network, its standardisation and its config are cached on disk (safetensors + json) under a
 fingerprint of (dataset, split, size, image content, config).
 
+The ``features`` tag (``dataset-fused@<sha8>``) is ``feature_digest`` of the cached tensors: what fixes the features
+and nothing else, so a rebuild that gives the same weights gives the same tag and reuses reference statistics. The
+safetensors file's own bytes are not hashed, since its header lists metadata keys in a per-process random order.
+
 Deviations:
 - Not a published feature network: its FIDs compare only between rows with the same ``features`` tag.
 """
@@ -20,9 +24,11 @@ Deviations:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,9 @@ import torch.nn as nn
 
 from benchkit.data.base import ImageData, to_float
 from benchkit.metrics.appearance import COLOUR_DIM, EDGE_DIM, colour_block, edge_block
-from benchkit.metrics.classifier import ClassifierCNN, DatasetCNNConfig, classifier_fingerprint, train_classifier
+from benchkit.metrics.classifier import (
+    CACHE_VERSION, ClassifierCNN, DatasetCNNConfig, classifier_fingerprint, train_classifier,
+)
 from benchkit.files import atomic_write_text
 from benchkit.metrics.extractor import safe_name, sha256_file
 
@@ -81,6 +89,37 @@ class DatasetFeatureNet(nn.Module):
         self.scale.copy_(scale.float())
 
 
+def block_weights(cfg: DatasetCNNConfig) -> dict[str, float]:
+    """The weight of each feature block, by block name."""
+    return {"colour": cfg.colour_weight, "edges": cfg.edge_weight, "cnn": cfg.cnn_weight}
+
+
+def feature_digest(state: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> str:
+    """Hex sha256 of what fixes the features: the cache version, ``FEATURE_SCALE``, the block ``weights`` and every
+    tensor of ``state`` (classifier weights and the standardisation's shift and scale) as name, dtype, shape and
+    bytes, in sorted name order. File metadata, timing and training stats do not enter."""
+    head = {"version": CACHE_VERSION, "feature_scale": FEATURE_SCALE, "block_weights": dict(sorted(weights.items()))}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype (bf16 included)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _stored_digest(path: str, size: int, mtime_ns: int, weights: tuple[tuple[str, float], ...]) -> str:
+    from safetensors.torch import load_file
+
+    return feature_digest(load_file(path), dict(weights))
+
+
+def stored_feature_digest(path: Path, cfg: DatasetCNNConfig) -> str:
+    """``feature_digest`` of the tensors in a cached feature network file (memoised per path, size and mtime)."""
+    st = os.stat(path)
+    return _stored_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, tuple(block_weights(cfg).items()))
+
+
 def build_feature_net(data: ImageData, cfg: DatasetCNNConfig, device: torch.device) -> tuple[DatasetFeatureNet, dict]:
     """Train the classifier on ``data`` and fit the block standardisation on its training images."""
     classifier, stats = train_classifier(data, cfg, device)
@@ -88,8 +127,7 @@ def build_feature_net(data: ImageData, cfg: DatasetCNNConfig, device: torch.devi
     net.classifier.load_state_dict(classifier.state_dict())
     net.eval()
     n_fit = min(_FIT_IMAGES, stats["n_train"])
-    net.fit_standardisation(data.images[:n_fit], {"colour": cfg.colour_weight, "edges": cfg.edge_weight,
-                                                  "cnn": cfg.cnn_weight})
+    net.fit_standardisation(data.images[:n_fit], block_weights(cfg))
     return net, stats
 
 
@@ -131,7 +169,8 @@ def cached_feature_net(
         os.replace(tmp, wpath)
         meta = {"fingerprint": fp, "dataset": data.name, "split": data.split, "n_images": len(data),
                 "class_names": list(data.class_names), "image_size": data.image_size,
-                "config": asdict(cfg), "weights_sha256": sha256_file(wpath), **stats}
+                "config": asdict(cfg), "weights_sha256": sha256_file(wpath),
+                "feature_sha256": feature_digest(state, block_weights(cfg)), **stats}
         atomic_write_text(jpath, json.dumps(meta, indent=2))
     return wpath, meta
 

@@ -34,7 +34,9 @@ import torch
 from benchkit.data.base import ImageData
 from benchkit.errors import ConfigError
 from benchkit.metrics.classifier import ClassifierCNN, DatasetCNNConfig, classifier_fingerprint  # noqa: F401
-from benchkit.metrics.featurenet import cached_feature_net, fidelity_feature_class, load_feature_net  # noqa: F401
+from benchkit.metrics.featurenet import (  # noqa: F401  (re-exported)
+    cached_feature_net, fidelity_feature_class, load_feature_net, stored_feature_digest,
+)
 from benchkit.metrics.extractor import (  # noqa: F401  (re-exported)
     Extractor, content_hash, register_with_fidelity, safe_name, sha256_file,
 )
@@ -65,11 +67,11 @@ def dataset_features(cfg: DatasetCNNConfig, *, train_data: ImageData | None = No
         raise ConfigError("features 'dataset' needs a cache_dir for its classifier weights")
     device = device or torch.device("cpu")
     path, meta = cached_feature_net(train_data, cfg, Path(cache_dir), device)
-    digest = sha256_file(path)
+    digest = stored_feature_digest(path, cfg)  # the tensors, not the file's bytes: equal weights, equal tag
     return Extractor(tag=f"dataset-fused@{digest[:8]}", fidelity_name=f"benchkit-dataset-fused-{digest[:16]}",
                      fidelity_class=fidelity_feature_class(), weights_path=path, feature_layer="feat",
                      logits_layer="logits", num_classes=train_data.num_classes, device=device, batch_size=256,
-                     info=meta)
+                     info=meta, weights_hash=digest)
 
 
 @FEATURES.register("auto", config=AutoConfig)

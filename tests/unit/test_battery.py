@@ -111,3 +111,23 @@ def test_check_requirements_pass_fail_and_symmetries() -> None:
     weak = {**good, ("noise", 0.1): 1.5}
     failed = {c.requirement for c in check_requirements(_battery(weak), symmetries=()) if not c.passed}
     assert {"noise 0.1 >= 10x baseline", "noise grows with strength"} <= failed
+
+
+def test_sanity_cli_exit_code_follows_the_checks(tmp_path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    """``benchkit eval --sanity`` exits 1 when a requirement fails and 0 when all hold (feature network stubbed)."""
+    import json
+    from types import SimpleNamespace
+
+    from benchkit.metrics import features, sanity
+    from benchkit.metrics.battery import Check
+
+    rows = [BatteryRow(family="baseline", distortion="baseline", unit="", strength=0.0, fid=1.0, ratio=1.0)]
+    battery = Battery(rows=rows, n=20, features="stub@0", dataset="shapes")
+    monkeypatch.setattr(features, "load_extractor", lambda *a, **k: SimpleNamespace(tag="stub@0"))
+    args = ["eval", "--sanity", "--out-dir", str(tmp_path), "--set", "data.options={num_train = 20, num_test = 20}"]
+    for passed, code in ((False, 1), (True, 0)):
+        checks = [Check("r", passed, "x")]
+        monkeypatch.setattr(sanity, "sanity_battery", lambda *a, checks=checks, **k: (battery, checks))
+        got, _, err = run_cli(args)
+        assert got == code and ("1 battery requirement(s) fail" in err) == (not passed), err
+        assert json.loads((tmp_path / "sanity" / "shapes-stub_0.json").read_text())["passed"] is passed

@@ -9,6 +9,7 @@ from unittest import mock
 
 import pytest
 import torch
+from random_inception import write_random_inception
 
 from benchkit.data.base import ImageData
 from benchkit.errors import ConfigError
@@ -127,20 +128,7 @@ def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Pa
 @pytest.fixture(scope="module")
 def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state_dict of torch-fidelity's FeatureExtractorInceptionV3 with random (Kaiming) weights."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    cls = fe.FeatureExtractorInceptionV3
-    # Its constructor always loads weights (download when no path): stub both to get a random instance.
-    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
-            mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None):
-        net = cls("tmp-random-inception", ["2048"])
-    torch.manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):  # default init shrinks activations to denormals: slow on CPU
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    return write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 def test_inception_loads_offline_from_file(random_inception: Path, tmp_path: Path,
@@ -200,3 +188,73 @@ def test_blocks_are_standardised_and_tag_follows_the_network(train_data: ImageDa
     other = reference_stats(real, ext, cache_dir=cache, ref_key="k")
     assert not other.loaded and other.path != first.path
     assert reference_stats(real, base, cache_dir=cache, ref_key="k").loaded
+
+
+def _resave(path: Path, state: dict[str, torch.Tensor], extra_meta: dict[str, str]) -> None:
+    """Rewrite a cached feature network with ``state`` (its metadata plus ``extra_meta``) and update the file hash
+    its json records, as a rebuild that writes the same tensors into a differently ordered header would."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from benchkit.files import file_sha256
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(state, str(path), metadata={**extra_meta, **meta})
+    jpath = path.with_suffix(".json")
+    record = json.loads(jpath.read_text())
+    record["weights_sha256"] = file_sha256(path)
+    jpath.write_text(json.dumps(record))
+
+
+def test_tag_covers_the_tensors_not_the_file(train_data: ImageData, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from benchkit.files import file_sha256
+    from benchkit.metrics.quality import reference_stats
+
+    def load(cache: Path) -> bf.Extractor:
+        return load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+
+    a, b = load(tmp_path / "a"), load(tmp_path / "b")  # two builds with the same seed (and thread count)
+    state = load_file(a.weights_path)
+    rebuilt = load_file(b.weights_path)
+    assert sorted(state) == sorted(rebuilt) and all(torch.equal(state[k], rebuilt[k]) for k in state)
+    assert b.tag == a.tag and b.fidelity_name == a.fidelity_name and a.info["feature_sha256"] == a.weights_hash
+    real = train_data.images[:20]
+    first = reference_stats(real, a, cache_dir=tmp_path / "a", ref_key="k")
+    assert reference_stats(real, b, cache_dir=tmp_path / "a", ref_key="k").loaded  # the rebuild reuses them
+
+    # Same tensors, other file bytes (header order, metadata): same tag, cached statistics still reused.
+    before = file_sha256(a.weights_path)
+    _resave(a.weights_path, state, {"note": "same tensors"})
+    same = load(tmp_path / "a")
+    assert file_sha256(a.weights_path) != before and same.tag == a.tag
+    assert reference_stats(real, same, cache_dir=tmp_path / "a", ref_key="k").loaded
+
+    # One weight changed by 1e-3: another tag and torch-fidelity name; the old statistics are not reused.
+    changed = dict(state)
+    w = changed["classifier.body.0.weight"].clone()
+    w.view(-1)[0] += 1e-3
+    changed["classifier.body.0.weight"] = w
+    _resave(a.weights_path, changed, {})
+    other = load(tmp_path / "a")
+    assert other.tag != a.tag and other.fidelity_name != a.fidelity_name
+    fresh = reference_stats(real, other, cache_dir=tmp_path / "a", ref_key="k")
+    assert not fresh.loaded and fresh.path != first.path
+
+
+def test_feature_digest_covers_standardisation_and_block_weights(train_data: ImageData, cache: Path) -> None:
+    from safetensors.torch import load_file
+
+    ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+    state, weights = load_file(ext.weights_path), featurenet.block_weights(bf.DatasetCNNConfig(**TINY))
+    digest = featurenet.feature_digest(state, weights)
+    assert digest == ext.weights_hash
+    assert featurenet.feature_digest(dict(reversed(list(state.items()))), weights) == digest  # order-free
+    assert featurenet.feature_digest({**state, "scale": state["scale"] * 1.001}, weights) != digest
+    assert featurenet.feature_digest(state, {**weights, "colour": 1.3}) != digest
+    with mock.patch.object(featurenet, "CACHE_VERSION", featurenet.CACHE_VERSION + 1):
+        assert featurenet.feature_digest(state, weights) != digest
