@@ -8,8 +8,11 @@ workers) is its own (PSS of the process tree sampled every 50 ms, and the main p
 - ``cache``: every image and its mirror through ``DataLoader`` workers and the tokenizer into sharded caches;
 - ``train``: ``--steps`` training steps of the generator whose batches are gathered from the memory-mapped caches.
 
-It prints the decoded size of the data (N x 3 x size^2 bytes, what the in-memory path holds) beside each peak.
-Usage: ``python benchmarks/lazy_rss.py --dir /tmp/rss [--classes 20 --per-class 1000 --size 64 --steps 50]``
+It prints the decoded size of the data (N x 3 x size^2 bytes, what the in-memory path holds) beside each peak, and
+each phase's peak above the baseline's: the part that depends on the data path (decoding workers, batches, the
+pages of the memory-mapped caches), as against the fixed cost of the interpreter, torch and the models.
+Usage: ``python benchmarks/lazy_rss.py --dir /tmp/rss [--classes 20 --per-class 1000 --size 64 --steps 50]
+[--cache-batch 256] [--tokenizer-ch 16] [--no-mirror]``
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ class TreeMemory:
         return self.peak
 
 
-def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool) -> dict[str, float]:
+def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool, cache_batch: int = 256,
+          tokenizer_ch: int = 0) -> dict[str, float]:
     memory = TreeMemory()
     import torch
 
@@ -105,7 +109,8 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bo
     from benchkit.trainer import fit
 
     torch.manual_seed(0)
-    tok = TOKENIZERS.create("kl", image_size=size, channel_mult=[1, 1, 2, 2]).eval()  # 64 px -> 8x8x4
+    ch = {"ch": tokenizer_ch} if tokenizer_ch else {}  # a narrower encoder: the same data path, less compute
+    tok = TOKENIZERS.create("kl", image_size=size, channel_mult=[1, 1, 2, 2], **ch).eval()  # 64 px -> 8x8x4
     spec = tok.specs["continuous"]
     gen = GENERATORS.create("mar", spec=spec, head="diffloss", num_classes=1000)
     data = LazyImageFolder(root / "train", image_size=size)
@@ -115,7 +120,8 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bo
         encode = lambda x: tok.encode_for_cache(x.float().div(127.5).sub(1), "continuous")  # noqa: E731
         for mirrored in (False, True) if mirror else (False,):
             build_token_cache(data, encode, root / f"cache{'-hflip' if mirrored else ''}", key="rss",
-                              shard_size=2048, batch_size=256, workers=workers, mirrored=mirrored, progress=False)
+                              shard_size=max(1, 2048 // cache_batch) * cache_batch, batch_size=cache_batch,
+                              workers=workers, mirrored=mirrored, progress=False)
     elif name == "train":
         cache = ShardedTokenCache(root / "cache")
         flipped = ShardedTokenCache(root / "cache-hflip") if mirror else cache
@@ -143,9 +149,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--phase", choices=["baseline", "cache", "train"])
     p.add_argument("--no-mirror", action="store_true", help="cache the images only, not their mirrors too")
+    p.add_argument("--cache-batch", type=int, default=256, help="images per encoding batch while caching")
+    p.add_argument("--tokenizer-ch", type=int, default=0, help="KL encoder base width (0: the tiny default)")
     a = p.parse_args()
     if a.phase:
-        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror)))
+        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror, a.cache_batch,
+                               a.tokenizer_ch)))
         return
     t0 = time.perf_counter()
     make_folder(a.dir, a.classes, a.per_class, a.size)
@@ -157,12 +166,18 @@ def main() -> None:
 
     for old in ("cache", "cache-hflip", "run"):  # every phase measured from scratch
         shutil.rmtree(a.dir / old, ignore_errors=True)
-    print("| phase | seconds | peak PSS, process + workers (MiB) | peak RSS, main process (MiB) |\n|---|---:|---:|---:|")
+    print(f"cache batch {a.cache_batch}, {a.workers} workers, mirrors {'no' if a.no_mirror else 'yes'}\n")
+    print("| phase | seconds | peak PSS, process + workers (MiB) | above baseline | peak RSS, main process (MiB) | "
+          "above baseline |\n|---|---:|---:|---:|---:|---:|")
+    base: dict[str, float] = {}
     for name in ("baseline", "cache", "train"):
         args = [sys.executable, __file__, "--dir", str(a.dir), "--size", str(a.size), "--steps", str(a.steps),
-                "--workers", str(a.workers), "--phase", name] + (["--no-mirror"] if a.no_mirror else [])
+                "--workers", str(a.workers), "--phase", name, "--cache-batch", str(a.cache_batch),
+                "--tokenizer-ch", str(a.tokenizer_ch)] + (["--no-mirror"] if a.no_mirror else [])
         r = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
+        base = base or r
+        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['peak_pss_mb'] - base['peak_pss_mb']:.0f} | "
+              f"{r['own_peak_rss_mb']:.0f} | {r['own_peak_rss_mb'] - base['own_peak_rss_mb']:.0f} |")
     cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
     print(f"\ntoken caches on disk: {cache_mb:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
 
