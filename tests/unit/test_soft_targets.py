@@ -119,3 +119,17 @@ def test_paper_presets_train_with_soft_targets(preset: str) -> None:
     cfg = resolve(preset)
     assert soft_codes_of(cfg, "discrete") == SoftCodes(0.5, True)
     assert soft_codes_of(resolve(preset, None, ["generator.name=ar"]), "discrete") is None  # ar has no such option
+
+
+def test_plan_counts_the_soft_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchkit import plan
+    from benchkit.plan import make_plan
+
+    monkeypatch.setattr(plan, "DRAWS", 1)  # nothing random in an RQ-Transformer step's shapes
+    base = ["tokenizer.name=rq", "generator.name=rqtransformer"]
+    hard = make_plan(resolve("tiny", None, base), gpus=1, num_classes=10)
+    soft = make_plan(resolve("tiny", None, [*base, "generator.options.soft_target_temperature=0.5"]), gpus=1,
+                     num_classes=10)
+    targets = 4 * 4 * 4 * 256 * 4  # 4x4 positions x 4 depths x 256 codes, float32, per image
+    assert soft.flops_per_image == hard.flops_per_image
+    assert soft.activation_bytes_per_image - hard.activation_bytes_per_image == pytest.approx(targets, rel=0.05)
