@@ -112,6 +112,28 @@ def test_tiny_soft_target_run_trains_and_samples(tmp_path: Path) -> None:
         train_generator(resolve("tiny", None, [*sets, "head.name=diffloss"]), progress=False)
 
 
+@pytest.mark.slow
+def test_soft_targets_on_a_lazy_folder_cache_latent_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchkit.pipeline as pipeline
+    from benchkit.tokencache import ShardedTokenCache
+    from test_lazy_data import make_folder
+
+    monkeypatch.setattr(pipeline, "check_eval", lambda cfg: None)  # lazy data asks for Inception weights
+    root = make_folder(tmp_path / "imagenet", classes=2, per_class=16, size=(40, 32))
+    cfg = resolve("tiny", None, [
+        f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
+        "data.options.test_fraction=0.25", "tokenizer.name=rq", "tokenizer.options.ch=8", "tokenizer_train.steps=2",
+        "tokenizer_train.batch_size=8", "generator.name=rqtransformer", "generator.options.width=16",
+        "generator.options.soft_target_temperature=0.5", "generator.options.stochastic_codes=true", "train.steps=3",
+        "train.batch_size=8", "train.hflip=true", f'out_dir="{tmp_path / "out"}"',
+    ])
+    run = pipeline.train_generator(cfg, progress=False)
+    latents = ShardedTokenCache(run.tokenizer.dir / "latent" / "tokens-discrete-shards")
+    assert len(latents) == 24 and latents[torch.arange(2)].shape == (2, 2, 2, 16)  # 2x2 positions of 16 channels
+    assert (run.tokenizer.dir / "latent" / "tokens-discrete-hflip-shards").is_dir()
+    assert run.result is not None and torch.isfinite(torch.tensor(run.result.final_loss))
+
+
 @pytest.mark.parametrize("preset", ["rqt-480m", "rqt-821m", "rqt-1388m"])
 def test_paper_presets_train_with_soft_targets(preset: str) -> None:
     from benchkit.softcodes import SoftCodes, soft_codes_of
