@@ -240,6 +240,7 @@ def count_calls(model: nn.Module, fn: Callable[[], Any]) -> tuple[int, int]:
     ``forward_modulated`` (the adaLN outputs precomputed), which a forward hook would not see."""
     head = model.head
     net = getattr(head, "net", None)
+    net = net if hasattr(net, "forward_modulated") else None  # the ce head's net is a plain Linear
     counts = [0, 0]
 
     def counting(obj: Any, method: str, i: int) -> None:
