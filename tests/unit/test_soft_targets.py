@@ -89,6 +89,32 @@ def test_generator_takes_soft_targets_and_checks_the_option() -> None:
                           num_classes=2, soft_target_temperature=0.5)
 
 
+def test_stochastic_codes_resume_exactly(tmp_path: Path) -> None:
+    from benchkit.config import TrainConfig
+    from benchkit.softcodes import SoftCodes, soft_code_batch
+    from benchkit.trainer import fit
+
+    tok = _rq_tokenizer()
+    latents = tok.encode_latent(torch.rand(32, 3, 16, 16) * 2 - 1).detach()  # [32, 8, 8, 8]
+    labels, soft = torch.arange(32) % 2, SoftCodes(0.5, True)
+
+    def run(steps: int, out: Path) -> torch.nn.Module:
+        torch.manual_seed(0)
+        gen = GENERATORS.create("rqtransformer", spec=tok.specs["discrete"], head="ce", num_classes=2, width=16,
+                                spatial_depth=1, num_heads=2, soft_target_temperature=0.5, stochastic_codes=True)
+        cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=1, schedule="constant", checkpoint_every=3,
+                          log_every=3, ema_decay=0.0)
+        fit(gen, lambda m, b: m.loss(b), lambda idx: soft_code_batch(tok, latents[idx], labels[idx], soft), 32, cfg,
+            out, seed=0, fingerprint="soft", show_progress=False)
+        return gen
+
+    whole = run(6, tmp_path / "a")
+    run(3, tmp_path / "b")
+    resumed = run(6, tmp_path / "b")  # continues from the step-3 checkpoint, RNG state included
+    for (name, p), q in zip(whole.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
 @pytest.mark.slow
 def test_tiny_soft_target_run_trains_and_samples(tmp_path: Path) -> None:
     from benchkit.pipeline import train_generator
