@@ -86,10 +86,12 @@ class TokenSpec:
 
 
 class Batch(NamedTuple):
-    """A training batch for a generator: tokens in a TokenSpec layout and class labels long [B]."""
+    """A training batch for a generator: tokens in a TokenSpec layout and class labels long [B]; ``targets``, when
+    set, replaces the tokens as the head's targets (soft targets of the RQ-Transformer: float [B, h, w, D, K])."""
 
     tokens: torch.Tensor
     labels: torch.Tensor
+    targets: torch.Tensor | None = None
 
 
 class LossOutput(NamedTuple):

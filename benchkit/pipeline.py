@@ -47,6 +47,7 @@ from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
 from benchkit.progress import progress_bar
 from benchkit.provenance import environment
 from benchkit.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
+from benchkit.softcodes import latent_cache_tokenizer, soft_code_batch, soft_codes_of
 from benchkit.tblog import reconstruction_preview, require_tensorboard, sample_preview
 from benchkit.trainer import TrainResult, fit
 
@@ -297,6 +298,7 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
                     splits: tuple[ImageData, ImageData] | None = None) -> TrainedRun:
     """The whole training path of one config: checks, data, tokenizer, token cache, generator."""
     combo = check(cfg)
+    soft = soft_codes_of(cfg, combo.kind)  # None unless generator.options.soft_target_temperature > 0
     for where, stage in (("tokenizer_train", cfg.tokenizer_train), ("train", cfg.train)):
         if stage.tensorboard:  # here, not in check(): loading a run for sampling needs no TensorBoard
             require_tensorboard(f"{where}.tensorboard")
@@ -305,8 +307,9 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
     train, _ = splits or load_splits(cfg)
     _check_sizes(cfg, train)
     tok = train_tokenizer(cfg, train, resume=resume, progress=progress)
-    cache = token_cache(tok, combo.kind, train)
-    mirror = token_cache(tok, combo.kind, train, mirrored=True) if cfg.train.hflip else None
+    cache_tok = latent_cache_tokenizer(tok) if soft else tok  # soft targets: latents cached, quantized per batch
+    cache = token_cache(cache_tok, combo.kind, train)
+    mirror = token_cache(cache_tok, combo.kind, train, mirrored=True) if cfg.train.hflip else None
     labels = train.labels
     rdir, fp = run_dir(cfg), run_fingerprint(cfg)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -323,6 +326,8 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
 
         def get_batch(idx: torch.Tensor) -> Batch:
             cached = cache[idx] if mirror is None else _random_mirror(cache[idx], mirror[idx])
+            if soft is not None:
+                return soft_code_batch(tok.module, cached.to(device), labels[idx].to(device), soft)
             tokens = tok.module.tokens_from_cache(cached.to(device), combo.kind)
             return Batch(tokens, labels[idx].to(device))
 

@@ -78,19 +78,22 @@ class _MetaScalars(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _meta_batch(spec: TokenSpec, dtype: torch.dtype) -> Batch:
+def _meta_batch(spec: TokenSpec, dtype: torch.dtype, soft_targets: bool = False) -> Batch:
     shape = (1, *spec.grid) + ((spec.depth,) if spec.depth > 1 else ())
     if spec.kind == "discrete":
         tokens = torch.zeros(shape, dtype=torch.long, device="meta")
     else:
         tokens = torch.zeros(*shape, int(spec.dim or 0), dtype=dtype, device="meta")
-    return Batch(tokens, torch.zeros(1, dtype=torch.long, device="meta"))
+    # soft targets (RQ-Transformer): a float32 distribution over the codebook per code, kept for the backward pass
+    targets = torch.zeros(*shape, int(spec.vocab_size or 0), device="meta") if soft_targets else None
+    return Batch(tokens, torch.zeros(1, dtype=torch.long, device="meta"), targets)
 
 
-def measure_step(gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpointed: bool) -> tuple[float, float]:
+def measure_step(gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpointed: bool,
+                 soft_targets: bool = False) -> tuple[float, float]:
     """(FLOPs, bytes of saved activations) of one training step on one image, averaged over ``DRAWS`` draws."""
     set_grad_checkpointing(gen, checkpointed)
-    batch = _meta_batch(spec, dtype)
+    batch = _meta_batch(spec, dtype, soft_targets)
     params = {id(p) for p in gen.parameters()}
     flops, saved = 0.0, 0.0
     for draw in range(DRAWS):
@@ -121,6 +124,7 @@ def measure_step(gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpo
 def make_plan(cfg: RunConfig, *, gpus: int, utilisation: float = 0.4, num_classes: int = 1000) -> Plan:
     """Estimate the generator training of ``cfg`` on ``gpus`` GPUs at ``utilisation`` of the bf16 peak."""
     from benchkit.pipeline import build_generator, build_tokenizer, check
+    from benchkit.softcodes import soft_codes_of
 
     if gpus < 1 or cfg.train.batch_size % gpus:
         raise ConfigError(f"--gpus must divide train.batch_size {cfg.train.batch_size}, got {gpus}")
@@ -134,8 +138,9 @@ def make_plan(cfg: RunConfig, *, gpus: int, utilisation: float = 0.4, num_classe
         gen = build_generator(cfg, combo, num_classes, meta)
     n_params = count_params(gen)
     gen = gen.to(dtype).train()  # activations in the training precision (autocast does not run on meta)
-    flops, act = measure_step(gen, combo.spec, dtype, checkpointed=False)
-    _, act_ckpt = measure_step(gen, combo.spec, dtype, checkpointed=True)
+    soft = soft_codes_of(cfg, combo.kind) is not None
+    flops, act = measure_step(gen, combo.spec, dtype, checkpointed=False, soft_targets=soft)
+    _, act_ckpt = measure_step(gen, combo.spec, dtype, checkpointed=True, soft_targets=soft)
     total = flops * cfg.train.steps * cfg.train.batch_size
     hours = {name: total / (peak * utilisation) / 3600 for name, peak in GPU_PEAKS.items()}
     return Plan(cfg.name, n_params, count_params(tok), flops, act, act_ckpt, cfg.train.steps,

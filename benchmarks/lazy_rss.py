@@ -6,10 +6,15 @@ workers) is its own (PSS of the process tree sampled every 50 ms, and the main p
 
 - ``baseline``: imports, a tiny KL tokenizer and a tiny MAR + Diffusion Loss, nothing else;
 - ``cache``: every image and its mirror through ``DataLoader`` workers and the tokenizer into sharded caches;
-- ``train``: ``--steps`` training steps of the generator whose batches are gathered from the memory-mapped caches.
+- ``train``: ``--steps`` training steps of the generator whose batches are gathered from the memory-mapped caches;
+- ``cache-nodata`` and ``train-nodata``: the same encoding and training work on random tensors (no files, workers
+  or caches), so that ``cache - cache-nodata`` and ``train - train-nodata`` are the data path's own share.
 
-It prints the decoded size of the data (N x 3 x size^2 bytes, what the in-memory path holds) beside each peak.
-Usage: ``python benchmarks/lazy_rss.py --dir /tmp/rss [--classes 20 --per-class 1000 --size 64 --steps 50]``
+It prints the decoded size of the data (N x 3 x size^2 bytes, what the in-memory path holds) beside each peak, and
+each phase's peak above the baseline's: the part that depends on the data path (decoding workers, batches, the
+pages of the memory-mapped caches), as against the fixed cost of the interpreter, torch and the models.
+Usage: ``python benchmarks/lazy_rss.py --dir /tmp/rss [--classes 20 --per-class 1000 --size 64 --steps 50]
+[--cache-batch 256] [--tokenizer-ch 16] [--no-mirror]``
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,32 +96,54 @@ class TreeMemory:
         return self.peak
 
 
-def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool) -> dict[str, float]:
+NODATA_BATCHES = 20  # encoding batches of the cache-nodata phase (the peak is reached within a few)
+PHASES = ("baseline", "cache-nodata", "cache", "train-nodata", "train")
+
+
+def _train(gen: Any, get_batch: Any, n: int, steps: int, run_dir: Path) -> None:
+    """``steps`` steps of the trainer at batch 64 from scratch in ``run_dir``."""
+    import shutil
+
+    from benchkit.config import TrainConfig
+    from benchkit.trainer import fit
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-4, warmup_steps=5, checkpoint_every=steps, log_every=10)
+    fit(gen, lambda m, b: m.loss(b), get_batch, n, cfg, run_dir, seed=0, fingerprint=f"rss{steps}", resume=False,
+        show_progress=False)
+
+
+def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool, cache_batch: int = 256,
+          tokenizer_ch: int = 0) -> dict[str, float]:
     memory = TreeMemory()
     import torch
 
     import benchkit.generators
     import benchkit.heads
     import benchkit.tokenizers  # noqa: F401
-    from benchkit.config import TrainConfig
     from benchkit.data.lazy import LazyImageFolder
     from benchkit.interfaces import Batch
     from benchkit.registry import GENERATORS, TOKENIZERS
     from benchkit.tokencache import ShardedTokenCache, build_token_cache
-    from benchkit.trainer import fit
 
     torch.manual_seed(0)
-    tok = TOKENIZERS.create("kl", image_size=size, channel_mult=[1, 1, 2, 2]).eval()  # 64 px -> 8x8x4
+    ch = {"ch": tokenizer_ch} if tokenizer_ch else {}  # a narrower encoder: the same data path, less compute
+    tok = TOKENIZERS.create("kl", image_size=size, channel_mult=[1, 1, 2, 2], **ch).eval()  # 64 px -> 8x8x4
     spec = tok.specs["continuous"]
     gen = GENERATORS.create("mar", spec=spec, head="diffloss", num_classes=1000)
     data = LazyImageFolder(root / "train", image_size=size)
     t0 = time.perf_counter()
     out: dict[str, float] = {"images": len(data)}
+    encode = lambda x: tok.encode_for_cache(x.float().div(127.5).sub(1), "continuous")  # noqa: E731
     if name == "cache":
-        encode = lambda x: tok.encode_for_cache(x.float().div(127.5).sub(1), "continuous")  # noqa: E731
         for mirrored in (False, True) if mirror else (False,):
             build_token_cache(data, encode, root / f"cache{'-hflip' if mirrored else ''}", key="rss",
-                              shard_size=2048, batch_size=256, workers=workers, mirrored=mirrored, progress=False)
+                              shard_size=max(1, 2048 // cache_batch) * cache_batch, batch_size=cache_batch,
+                              workers=workers, mirrored=mirrored, progress=False)
+    elif name == "cache-nodata":  # the same encoding work on random batches: no files, workers or shards
+        with torch.no_grad():
+            for _ in range(NODATA_BATCHES):
+                encode(torch.randint(0, 256, (cache_batch, 3, size, size), dtype=torch.uint8))
     elif name == "train":
         cache = ShardedTokenCache(root / "cache")
         flipped = ShardedTokenCache(root / "cache-hflip") if mirror else cache
@@ -125,9 +153,10 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bo
             cached = torch.where(pick, flipped[idx], cache[idx])
             return Batch(tok.tokens_from_cache(cached, "continuous"), data.labels[idx])
 
-        cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-4, warmup_steps=5, checkpoint_every=steps, log_every=10)
-        fit(gen, lambda m, b: m.loss(b), get_batch, len(data), cfg, root / "run", seed=0, fingerprint=f"rss{steps}",
-            resume=False, show_progress=False)
+        _train(gen, get_batch, len(data), steps, root / "run")
+    elif name == "train-nodata":  # the same training steps on random tokens held by nobody
+        _train(gen, lambda idx: Batch(torch.randn(len(idx), *spec.token_shape), data.labels[idx]), len(data), steps,
+               root / "run-nodata")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.update(seconds=time.perf_counter() - t0, peak_pss_mb=memory.stop(), own_peak_rss_mb=own)
     return out
@@ -141,11 +170,14 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--phase", choices=["baseline", "cache", "train"])
+    p.add_argument("--phase", choices=PHASES)
     p.add_argument("--no-mirror", action="store_true", help="cache the images only, not their mirrors too")
+    p.add_argument("--cache-batch", type=int, default=256, help="images per encoding batch while caching")
+    p.add_argument("--tokenizer-ch", type=int, default=0, help="KL encoder base width (0: the tiny default)")
     a = p.parse_args()
     if a.phase:
-        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror)))
+        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror, a.cache_batch,
+                               a.tokenizer_ch)))
         return
     t0 = time.perf_counter()
     make_folder(a.dir, a.classes, a.per_class, a.size)
@@ -155,16 +187,26 @@ def main() -> None:
           f"(made in {time.perf_counter() - t0:.0f} s); load average {os.getloadavg()[0]:.2f}\n")
     import shutil
 
-    for old in ("cache", "cache-hflip", "run"):  # every phase measured from scratch
+    for old in ("cache", "cache-hflip", "run", "run-nodata"):  # every phase measured from scratch
         shutil.rmtree(a.dir / old, ignore_errors=True)
-    print("| phase | seconds | peak PSS, process + workers (MiB) | peak RSS, main process (MiB) |\n|---|---:|---:|---:|")
-    for name in ("baseline", "cache", "train"):
+    print(f"cache batch {a.cache_batch}, {a.workers} workers, mirrors {'no' if a.no_mirror else 'yes'}\n")
+    print("| phase | seconds | peak PSS, process + workers (MiB) | above baseline | peak RSS, main process (MiB) | "
+          "above baseline |\n|---|---:|---:|---:|---:|---:|")
+    base: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    for name in PHASES:
         args = [sys.executable, __file__, "--dir", str(a.dir), "--size", str(a.size), "--steps", str(a.steps),
-                "--workers", str(a.workers), "--phase", name] + (["--no-mirror"] if a.no_mirror else [])
+                "--workers", str(a.workers), "--phase", name, "--cache-batch", str(a.cache_batch),
+                "--tokenizer-ch", str(a.tokenizer_ch)] + (["--no-mirror"] if a.no_mirror else [])
         r = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
+        base = base or r
+        peaks[name] = r["peak_pss_mb"]
+        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['peak_pss_mb'] - base['peak_pss_mb']:.0f} | "
+              f"{r['own_peak_rss_mb']:.0f} | {r['own_peak_rss_mb'] - base['own_peak_rss_mb']:.0f} |")
     cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
-    print(f"\ntoken caches on disk: {cache_mb:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
+    print(f"\nthe data path's share of the peak PSS (phase minus its no-data twin): caching "
+          f"{peaks['cache'] - peaks['cache-nodata']:.0f} MiB, training {peaks['train'] - peaks['train-nodata']:.0f} MiB")
+    print(f"token caches on disk: {cache_mb:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

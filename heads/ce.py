@@ -106,9 +106,12 @@ class CEHead(nn.Module):
         return self.net(cond)
 
     def loss(self, cond: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy of target ids [N] under the logits of cond [N, cond_dim], mean over rows where mask == 1."""
-        assert target.shape == cond.shape[:1], f"target {tuple(target.shape)} must be [N] for cond {tuple(cond.shape)}"
-        nll = F.cross_entropy(self(cond).float(), target.long(), reduction="none")  # [N]
+        """Cross-entropy of target ids [N], or of soft targets float [N, V] (a distribution per row: -sum_k q_k log
+        p_k), under the logits of cond [N, cond_dim], mean over rows where mask == 1."""
+        soft = target.is_floating_point()
+        want = (cond.shape[0], self.vocab_size) if soft else cond.shape[:1]
+        assert target.shape == want, f"target {tuple(target.shape)} must be {tuple(want)} for cond {tuple(cond.shape)}"
+        nll = F.cross_entropy(self(cond).float(), target.float() if soft else target.long(), reduction="none")  # [N]
         return masked_mean(nll, mask)
 
     @torch.no_grad()

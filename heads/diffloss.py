@@ -25,6 +25,9 @@ Deviations:
 - Parameter names match the official ``SimpleMLPAdaLN`` under ``net.`` (MAR keys ``diffloss.net.*``); its forward
   takes the adaLN condition precomputed (MAR's ``forward(x, t, c)`` is ``net(x, net.embed(t, c))``), so training
   embeds each timestep value and each token's z once, and sampling embeds z once per call: same values, less work.
+
+``train.grad_checkpoint`` recomputes each residual block of the denoiser in the backward pass (as MAR's
+``grad_checkpointing`` does), besides the generator's transformer blocks.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from benchkit.errors import ConfigError
@@ -92,6 +96,7 @@ class DenoiserMLP(nn.Module):
         self.input_proj = nn.Linear(in_dim, width)
         self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
         self.final_layer = FinalLayer(width, out_dim)
+        self.grad_checkpoint = False  # train.grad_checkpoint: recompute each residual block in the backward pass
         # MAR init: xavier Linear with zero bias (the time embedding keeps its N(0, 0.02)); zero adaLN outputs and
         # final Linear, so gates start at 0 (identity blocks) and the first output is 0
         for name, m in self.named_modules():
@@ -127,8 +132,9 @@ class DenoiserMLP(nn.Module):
         """x [N, C] with precomputed ``modulations`` [N, (3 depth + 2) W] -> [N, out_dim]."""
         h = self.input_proj(x)
         parts = mods.split([3 * h.shape[-1]] * len(self.res_blocks) + [2 * h.shape[-1]], dim=-1)
+        recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block, mod in zip(self.res_blocks, parts[:-1], strict=True):
-            h = block(h, mod)
+            h = torch.utils.checkpoint.checkpoint(block, h, mod, use_reentrant=False) if recompute else block(h, mod)
         return self.final_layer(h, parts[-1])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from benchkit.nn.codebook import (
     Codebook,
     check_codebook_options,
     code_usage,
+    soft_residual_codes,
     straight_through,
 )
 from benchkit.nn.convnet import (
@@ -123,6 +124,16 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
             residual = residual - self.codebook.lookup(k)  # r_d = r_{d-1} - e_{k_d}
             ids.append(k)
         return torch.stack(ids, dim=-1).reshape(*z.shape[:-1], self.cfg.depth)
+
+    def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> encoder latents [B, h, w, C] before quantization (the cache of soft-target training)."""
+        return self._latent(images)
+
+    def soft_codes(self, latent: torch.Tensor, temperature: float, *, stochastic: bool,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents [B, h, w, C] -> (ids [B, h, w, D], soft targets [B, h, w, D, K]): ``soft_residual_codes``."""
+        return soft_residual_codes(latent, self.codebook.weight, self.cfg.depth, temperature, stochastic=stochastic,
+                                   generator=generator)
 
     def loss(self, images: torch.Tensor) -> LossOutput:
         """Training forward: L1 + L2 reconstruction + beta x commitment; D EMA codebook updates in train mode."""

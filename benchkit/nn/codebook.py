@@ -5,6 +5,8 @@ Method: VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937) with the EMA codeboo
 @341395e ``rqvae/models/rqvae/quantizations.py``) and the optional l2-normalised low-dimensional codes of LlamaGen
 (Sun et al. 2024, arXiv 2406.06525; FoundationVision/LlamaGen @ce98ec4 ``tokenizer/tokenizer_image/vq_model.py``).
 ``tokenizers/vq.py`` uses one Codebook once; ``tokenizers/rq.py`` uses one shared Codebook D times on residuals.
+``soft_residual_codes`` is the soft-label residual quantizer of the RQ-Transformer configs (soft targets at a
+temperature, optionally with stochastic codes; see ``benchkit/softcodes.py``).
 
 Notation (paper -> code): e_k -> ``embed[k]``, N_k (EMA cluster size) -> ``cluster_size[k]``, m_k (EMA sum of
 assigned encoder outputs) -> ``embed_sum[k]``, gamma (decay) -> ``decay``, z_e(x) -> ``z``, beta -> ``beta``.
@@ -30,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Codebook", "CodebookUpdate", "code_usage", "straight_through"]
+__all__ = ["Codebook", "CodebookUpdate", "code_usage", "soft_residual_codes", "straight_through"]
 
 log = logging.getLogger(__name__)
 CodebookUpdate = Literal["ema", "learned"]
@@ -188,3 +190,48 @@ class Codebook(nn.Module):
             self.embed_sum[dead] = picked * self.restart_threshold
         log.debug("restarted %d of %d codes", num_dead, self.num_codes)
         return num_dead
+
+
+def _draw_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of probs [N, K] by inverse CDF: long [N]. The uniforms come from the CPU generator (torch's
+    global one when None), whose state the trainer checkpoints, so a resumed run repeats them on any device."""
+    cdf = probs.double().cumsum(dim=-1)  # [N, K]
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def soft_residual_codes(
+    z: torch.Tensor,
+    codes: torch.Tensor,
+    depth: int,
+    temperature: float,
+    *,
+    stochastic: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual quantization with soft targets: latents z [..., C], code vectors [K, C] -> (ids long [..., D],
+    q float [..., D, K]).
+
+    Depth by depth, q_d(k) = softmax_k(-||r_{d-1} - e_k||^2 / temperature) with r_0 = z (raw squared distances, so
+    the temperature depends on the latent's scale); k_d is the argmin (``stochastic=False``, the ids of the greedy
+    quantizer) or a draw from q_d (``stochastic=True``), and r_d = r_{d-1} - e_{k_d} uses that code. The soft-label
+    recipe of the RQ-Transformer configs (Kim et al. 2022): the ids are the generator's inputs, q its targets.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    e = codes.float()
+    e_sq = e.pow(2).sum(-1)[None, :]  # [1, K]
+    residual = z.reshape(-1, z.shape[-1]).float()  # r_0, [N, C]
+    ids, probs = [], []
+    for _ in range(depth):
+        # ||r - e_k||^2 without the per-row constant ||r||^2, which neither the argmin nor the softmax sees;
+        # the same expression as Codebook.nearest, so the argmin ids agree exactly
+        dist_ = e_sq - 2.0 * residual @ e.t()  # [N, K]
+        q = (-dist_ / temperature).softmax(dim=-1)
+        k = _draw_rows(q, generator) if stochastic else dist_.argmin(dim=-1)
+        residual = residual - e[k]
+        ids.append(k)
+        probs.append(q)
+    lead = z.shape[:-1]
+    return torch.stack(ids, -1).reshape(*lead, depth), torch.stack(probs, -2).reshape(*lead, depth, e.shape[0])

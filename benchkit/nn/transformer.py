@@ -12,6 +12,7 @@ Deviations:
 
 Gradient checkpointing (``set_grad_checkpointing``, the trainer's ``grad_checkpoint`` switch) recomputes each
 block's activations in the backward pass instead of storing them: same gradients, less memory, ~30% more compute.
+The switch also reaches the residual blocks of the Diffusion Loss head's denoiser (``heads/diffloss.py``).
 """
 
 from __future__ import annotations
@@ -188,8 +189,9 @@ class Transformer(nn.Module):
 
 
 def set_grad_checkpointing(model: nn.Module, enabled: bool) -> int:
-    """Switch gradient checkpointing of every :class:`Transformer` inside ``model``; returns how many there are."""
-    found = [m for m in model.modules() if isinstance(m, Transformer)]
+    """Switch gradient checkpointing of every module inside ``model`` that has a boolean ``grad_checkpoint``
+    attribute (each :class:`Transformer`, the Diffusion Loss head's denoiser); returns how many there are."""
+    found = [m for m in model.modules() if isinstance(getattr(m, "grad_checkpoint", None), bool)]
     for m in found:
         m.grad_checkpoint = enabled
     return len(found)

@@ -85,6 +85,56 @@ def test_checkpointed_blocks_give_the_same_gradients() -> None:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
 
 
+def test_checkpointed_diffusion_head_gives_the_same_gradients() -> None:
+    from benchkit.registry import HEADS
+
+    torch.manual_seed(0)
+    head = HEADS.create("diffloss", spec=TokenSpec("continuous", (1, 1), dim=4), cond_dim=8, width=16, depth=3,
+                        learn_sigma=True).train()
+    with torch.no_grad():  # non-zero adaLN and output layers, so every block's gradient is non-trivial
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    cond, target = torch.randn(6, 8, requires_grad=True), torch.randn(6, 4)
+    grads, losses = [], []
+    for on in (False, True):
+        assert set_grad_checkpointing(head, on) == 1  # the denoiser's residual blocks
+        head.zero_grad()
+        cond.grad = None
+        torch.manual_seed(1)  # the same timesteps and noise
+        loss = head.loss(cond, target)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append({"cond": cond.grad.clone(), **{n: p.grad.clone() for n, p in head.named_parameters()}})
+    assert losses[0] == losses[1]
+    for name in grads[0]:
+        assert grads[0][name].abs().sum() > 0, name
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_plan_counts_the_checkpointed_diffusion_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchkit import plan
+    from benchkit.pipeline import build_generator, check
+
+    cfg = resolve("tiny", overrides=["tokenizer.name=kl", "generator.name=mar", "head.name=diffloss",
+                                     "head.options.depth=6"])
+    with torch.device("meta"):
+        gen = build_generator(cfg, check(cfg, include_eval=False), 10, torch.device("meta")).train()
+    spec = check(cfg, include_eval=False).spec
+    monkeypatch.setattr(plan, "DRAWS", 1)  # the same mask-ratio draw for the three measurements
+    plain = plan.measure_step(gen, spec, torch.float32, checkpointed=False)[1]
+    both = plan.measure_step(gen, spec, torch.float32, checkpointed=True)[1]
+
+    def transformers_only(model: torch.nn.Module, enabled: bool) -> int:  # the switch before it reached the head
+        found = [m for m in model.modules() if isinstance(m, Transformer)]
+        for m in found:
+            m.grad_checkpoint = enabled
+        return len(found)
+
+    monkeypatch.setattr(plan, "set_grad_checkpointing", transformers_only)
+    blocks_only = plan.measure_step(gen, spec, torch.float32, checkpointed=True)[1]
+    assert both < 0.8 * blocks_only < plain  # a 6-block head holds most of MAR's activations at tiny
+
+
 def test_speed_switches_leave_the_fingerprint_alone_and_precision_changes_it() -> None:
     from benchkit.pipeline import run_fingerprint
 
