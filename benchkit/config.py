@@ -16,9 +16,13 @@ from typing import Any, Literal, get_args
 
 from benchkit.errors import ConfigError, suggest
 from benchkit.options import build_dataclass, field_types, parse_text, toml_loads
+from benchkit.precision import Precision, check_precision
 from benchkit.sizes import apply_sizes
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+# field metadata: a field that identifies its dataclass (fingerprints, labels) only when it differs from its default,
+# so that adding it kept the fingerprints of everything made before
+UNLESS_DEFAULT = {"identity": "unless-default"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +116,8 @@ class SampleSettings:
     cfg_schedule: CfgSchedule = "constant"
     temperature: float = 1.0
     diffusion_steps: int | None = None
+    # autocast while generating (benchkit.precision); in fingerprints and labels only when not fp32
+    precision: Precision = field(default="fp32", metadata=UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         for name in ("steps", "diffusion_steps"):
@@ -127,10 +133,11 @@ class SampleSettings:
                               + suggest(str(self.cfg_schedule), CFG_SCHEDULES))
         if not self.temperature >= 0:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        check_precision(self.precision, "sample precision")
 
     def label(self) -> str:
         """Short text for logs and plot legends."""
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(SampleSettings)
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in _identity_fields(self, SampleSettings)
                          if getattr(self, f.name) is not None)
 
     def settings(self) -> SampleSettings:
@@ -152,7 +159,6 @@ class SampleConfig(SampleSettings):
     """The ``[sample]`` table: the base sampling setting of ``benchkit sample`` and evaluation, and batch sizes."""
 
     batch_size: int = 250  # samples per generate call
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast while generating (benchkit.precision)
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:
@@ -311,11 +317,19 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             base[k] = v
 
 
+def _identity_fields(x: Any, cls: Any) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` that identify the dataclass instance ``x``: not those marked ``identity: False``, nor
+    those marked ``UNLESS_DEFAULT`` that hold their default."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("identity", True) is True
+            or (f.metadata.get("identity") == UNLESS_DEFAULT["identity"] and getattr(x, f.name) != f.default)]
+
+
 def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out)."""
+    """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out, and
+    those marked ``UNLESS_DEFAULT`` while they hold their default)."""
     def norm(x: Any) -> Any:
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            return {f.name: norm(getattr(x, f.name)) for f in dataclasses.fields(x) if f.metadata.get("identity", True)}
+            return {f.name: norm(getattr(x, f.name)) for f in _identity_fields(x, x)}
         return x
 
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)

@@ -278,12 +278,10 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
 
 def build_generator(cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device) -> nn.Module:
     """An untrained generator (with its head) of this config."""
-    gen = GENERATORS.create(
+    return GENERATORS.create(
         cfg.generator.name, spec=combo.spec, head=cfg.head.name, head_options=dict(cfg.head.options),
         num_classes=num_classes, **cfg.generator.options,
     ).to(device)
-    gen.sample_precision = cfg.sample.precision  # read by sampling.generate_tokens
-    return gen
 
 
 def write_run_files(cfg: RunConfig, rdir: Path, device: torch.device) -> None:
