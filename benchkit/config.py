@@ -72,6 +72,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = field(default=False, metadata={"identity": False})
     grad_checkpoint: bool = field(default=False, metadata={"identity": False})
+    # tokenizer stage only: weight of LPIPS(images, reconstruction) in the loss (benchkit.metrics.perceptual), 0 = off;
+    # a non-zero weight needs the lpips package and torchvision's AlexNet weights on disk (see eval.lpips_weights)
+    lpips_weight: float = field(default=0.0, metadata=UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -84,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if not self.lpips_weight >= 0:
+            raise ValueError(f"lpips_weight must be >= 0 (0 = off), got {self.lpips_weight}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained weights, for fingerprints: the fields marked ``identity: False`` (the
@@ -91,7 +96,7 @@ class TrainConfig:
         existed keep their fingerprints. Checkpointing gives the same weights up to float noise; compiled
         kernels also draw their random numbers (label drop, masks) from other streams, so a compiled run is a
         different draw of the same training, not a bit-identical one."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
+        out = {f.name: getattr(self, f.name) for f in _identity_fields(self, self)}
         if out["precision"] == "fp32":
             del out["precision"]
         return out
@@ -175,6 +180,9 @@ class EvalConfig:
 
     features: str = "auto"
     inception_weights: str | None = None
+    # torchvision's AlexNet checkpoint (alexnet-owt-7be5be79.pth) for the LPIPS tokenizer metric and loss; default:
+    # torch's hub cache (benchkit.metrics.perceptual); never downloaded, the metric is left out without it
+    lpips_weights: str | None = None
     num_samples: int = 1000
     num_reference: int = 5000
     prc: bool = True
@@ -217,6 +225,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or unset for the default), got {self.threads}")
+        if self.train.lpips_weight:
+            raise ValueError("train.lpips_weight applies to tokenizer training only; set tokenizer_train.lpips_weight")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""

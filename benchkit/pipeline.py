@@ -44,6 +44,7 @@ from benchkit.distributed import is_main, pick_device
 from benchkit.errors import CheckpointError, ConfigError, DataError
 from benchkit.interfaces import Batch, TokenKind
 from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
+from benchkit.metrics.perceptual import lpips_loss
 from benchkit.progress import progress_bar
 from benchkit.provenance import environment
 from benchkit.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
@@ -202,7 +203,7 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
 
         result = fit(
             module,
-            lambda m, images: m.loss(images),
+            lpips_loss(cfg.tokenizer_train.lpips_weight, path=cfg.eval.lpips_weights),  # m.loss alone at weight 0
             get_images,
             len(train),
             cfg.tokenizer_train,

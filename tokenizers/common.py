@@ -207,4 +207,4 @@ class QuantizingTokenizer(ConvTokenizer):
         usage, perplexity = code_usage(ids, self.cfg.codebook_size)
         loss = rec_loss + q_loss
         logs.update(recon=rec_loss.item(), commit=commit.item(), usage=usage, perplexity=perplexity, loss=loss.item())
-        return LossOutput(loss, logs)
+        return LossOutput(loss, logs, recon)

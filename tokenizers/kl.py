@@ -8,8 +8,9 @@ latents times a scale factor 1/std measured on training images (MAR's 0.2325 for
 DiT). The token cache stores the posterior moments so every epoch sees a fresh sample, as MAR's ``main_cache.py``.
 
 Deviations:
-- No perceptual (LPIPS) or adversarial (PatchGAN) loss, and no learned output log-variance: they need pretrained or
-  extra networks that cannot be downloaded offline and do not fit the tiny budget. Reconstruction is L1 + L2 means;
+- No adversarial (PatchGAN) loss and no learned output log-variance (they do not fit the tiny budget), and LPIPS
+  only when asked for (``tokenizer_train.lpips_weight``, 0 by default: its pretrained backbone is never downloaded,
+  see ``benchkit.metrics.perceptual``). Reconstruction is L1 + L2 means;
   the KL sum per image is divided by the number of image values 3*H*W, so ``kl_weight`` keeps LDM's meaning
   (LDM sums its reconstruction over pixels and its KL over latent values).
 - With the default ``backbone = "benchkit"`` the encoder outputs the 2*C moments directly (no 1x1 ``quant_conv``
@@ -91,7 +92,7 @@ class KLTokenizer(ConvTokenizer):
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
         loss = rec_loss + self.cfg.kl_weight * kl / images[0].numel()
         logs.update(recon=rec_loss.item(), kl=kl.item(), logvar=logvar.mean().item(), loss=loss.item())
-        return LossOutput(loss, logs)
+        return LossOutput(loss, logs, recon)
 
     def encode(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor:
         """Images -> scaled latents float [B, h, w, C]: the posterior mode or a sample (``encode_mode``)."""

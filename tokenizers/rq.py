@@ -11,9 +11,9 @@ Token views: "discrete" = ids long [B, h, w, D]; "continuous" = the per-depth co
 times a calibrated scale (one scalar, so the sum over D divided by the scale is the quantized latent).
 
 Deviations:
-- No perceptual (LPIPS) or adversarial (PatchGAN) loss: they need pretrained or extra networks that cannot be
-  downloaded offline and do not fit the tiny budget. Reconstruction is L1 + L2 (the official recipe uses MSE +
-  LPIPS + 0.75 x adaptive hinge GAN).
+- No adversarial (PatchGAN) loss, and LPIPS only when asked for (``tokenizer_train.lpips_weight``, 0 by default:
+  its pretrained backbone is never downloaded, see ``benchkit.metrics.perceptual``). Reconstruction is L1 + L2 by
+  default (the official recipe uses MSE + LPIPS + 0.75 x adaptive hinge GAN).
 - The codebook has K rows, not K+1 (the official padding row is never selected; ``benchkit import rqvae`` drops it).
 - With the default ``backbone = "benchkit"`` the encoder outputs the code dimension directly (no 1x1
   ``quant_conv`` / ``post_quant_conv``; ``backbone = "ldm"`` is the official layout with both) and the tiny code

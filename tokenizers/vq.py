@@ -8,9 +8,10 @@ vectors ("continuous", float [B, h, w, C], times a calibrated scale so they have
 MAR trains Diffusion Loss on VQ latents (arXiv 2406.11838, Table 2).
 
 Deviations:
-- No perceptual (LPIPS) or adversarial (PatchGAN) loss: both need pretrained or extra networks that cannot be
-  downloaded offline, and the tiny budget has no room for a discriminator. Reconstruction is L1 + L2 instead, so
-  reconstructions are blurrier than a VQGAN's at the same rate.
+- No adversarial (PatchGAN) loss (the tiny budget has no room for a discriminator), and a perceptual (LPIPS) term
+  only when asked for (``tokenizer_train.lpips_weight``, 0 by default: its pretrained backbone is never downloaded,
+  see ``benchkit.metrics.perceptual``). Reconstruction is L1 + L2 by default, so reconstructions are blurrier than
+  a VQGAN's at the same rate.
 - With the default ``backbone = "benchkit"`` the encoder outputs the code dimension directly (no separate 1x1
   ``quant_conv`` / ``post_quant_conv``); ``backbone = "ldm"`` is the taming layout with both.
 - Continuous tokens are decoded as given (re-normalised when codes are l2-normalised); MAR's VQ-16 experiment
