@@ -61,7 +61,8 @@ def load_lpips(net: str = "alex", path: str | None = None, device: torch.device 
     with warnings.catch_warnings():  # the package asks torchvision for an untrained backbone in its older words
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-    state = torch.load(backbone_path(net, path), map_location="cpu", weights_only=True)
+    file = backbone_path(net, path)
+    state = torch.load(file, map_location="cpu", weights_only=True)
     # the package keeps torchvision's ``features.<i>`` layers as ``slice<k>.<i>``
     model.net.load_state_dict({name: state["features." + name.split(".", 1)[1]] for name in model.net.state_dict()})
     return model.eval().requires_grad_(False).to(device or torch.device("cpu"))
