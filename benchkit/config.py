@@ -16,9 +16,13 @@ from typing import Any, Literal, get_args
 
 from benchkit.errors import ConfigError, suggest
 from benchkit.options import build_dataclass, field_types, parse_text, toml_loads
+from benchkit.precision import Precision, check_precision
 from benchkit.sizes import apply_sizes
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+# field metadata: a field that identifies its dataclass (fingerprints, labels) only when it differs from its default,
+# so that adding it kept the fingerprints of everything made before
+UNLESS_DEFAULT = {"identity": "unless-default"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +72,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = field(default=False, metadata={"identity": False})
     grad_checkpoint: bool = field(default=False, metadata={"identity": False})
+    # tokenizer stage only: weight of LPIPS(images, reconstruction) in the loss (benchkit.metrics.perceptual), 0 = off;
+    # a non-zero weight needs the lpips package and torchvision's AlexNet weights on disk (see eval.lpips_weights)
+    lpips_weight: float = field(default=0.0, metadata=UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -80,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if not self.lpips_weight >= 0:
+            raise ValueError(f"lpips_weight must be >= 0 (0 = off), got {self.lpips_weight}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained weights, for fingerprints: the fields marked ``identity: False`` (the
@@ -87,7 +96,7 @@ class TrainConfig:
         existed keep their fingerprints. Checkpointing gives the same weights up to float noise; compiled
         kernels also draw their random numbers (label drop, masks) from other streams, so a compiled run is a
         different draw of the same training, not a bit-identical one."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
+        out = {f.name: getattr(self, f.name) for f in _identity_fields(self, self)}
         if out["precision"] == "fp32":
             del out["precision"]
         return out
@@ -112,6 +121,8 @@ class SampleSettings:
     cfg_schedule: CfgSchedule = "constant"
     temperature: float = 1.0
     diffusion_steps: int | None = None
+    # autocast while generating (benchkit.precision); in fingerprints and labels only when not fp32
+    precision: Precision = field(default="fp32", metadata=UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         for name in ("steps", "diffusion_steps"):
@@ -127,10 +138,11 @@ class SampleSettings:
                               + suggest(str(self.cfg_schedule), CFG_SCHEDULES))
         if not self.temperature >= 0:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        check_precision(self.precision, "sample precision")
 
     def label(self) -> str:
         """Short text for logs and plot legends."""
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(SampleSettings)
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in _identity_fields(self, SampleSettings)
                          if getattr(self, f.name) is not None)
 
     def settings(self) -> SampleSettings:
@@ -152,7 +164,6 @@ class SampleConfig(SampleSettings):
     """The ``[sample]`` table: the base sampling setting of ``benchkit sample`` and evaluation, and batch sizes."""
 
     batch_size: int = 250  # samples per generate call
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast while generating (benchkit.precision)
     grid_per_class: int = 10
 
     def __post_init__(self) -> None:
@@ -169,6 +180,9 @@ class EvalConfig:
 
     features: str = "auto"
     inception_weights: str | None = None
+    # torchvision's AlexNet checkpoint (alexnet-owt-7be5be79.pth) for the LPIPS tokenizer metric and loss; default:
+    # torch's hub cache (benchkit.metrics.perceptual); never downloaded, the metric is left out without it
+    lpips_weights: str | None = None
     num_samples: int = 1000
     num_reference: int = 5000
     prc: bool = True
@@ -211,6 +225,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or unset for the default), got {self.threads}")
+        if self.train.lpips_weight:
+            raise ValueError("train.lpips_weight applies to tokenizer training only; set tokenizer_train.lpips_weight")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -311,11 +327,19 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             base[k] = v
 
 
+def _identity_fields(x: Any, cls: Any) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` that identify the dataclass instance ``x``: not those marked ``identity: False``, nor
+    those marked ``UNLESS_DEFAULT`` that hold their default."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("identity", True) is True
+            or (f.metadata.get("identity") == UNLESS_DEFAULT["identity"] and getattr(x, f.name) != f.default)]
+
+
 def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out)."""
+    """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out, and
+    those marked ``UNLESS_DEFAULT`` while they hold their default)."""
     def norm(x: Any) -> Any:
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            return {f.name: norm(getattr(x, f.name)) for f in dataclasses.fields(x) if f.metadata.get("identity", True)}
+            return {f.name: norm(getattr(x, f.name)) for f in _identity_fields(x, x)}
         return x
 
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)

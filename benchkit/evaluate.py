@@ -26,6 +26,7 @@ from benchkit.deviations import head_deviations
 from benchkit.images import reconstruction_grid, save_grid
 from benchkit.metrics import cost
 from benchkit.metrics.features import load_extractor
+from benchkit.metrics.perceptual import load_lpips, lpips_per_image, lpips_unavailable
 from benchkit.metrics.quality import generation_metrics
 from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
 from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
@@ -214,7 +215,8 @@ def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[st
 
 def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData,
                        results_dir: Path, *, skip_done: bool = True) -> dict[str, Any] | None:
-    """Reconstruction quality (rFID with the generation features, PSNR, SSIM), codebook use, size and speed."""
+    """Reconstruction quality (rFID with the generation features, PSNR, SSIM, LPIPS when its weights are present),
+    codebook use, size and speed."""
     row_id = fingerprint("tok-row", tok.fingerprint, cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference)
     if not bdist.is_main():
         return None
@@ -222,6 +224,17 @@ def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
         if skip_done and has_row(results_dir, row_id):
             return None
         return _measure_tokenizer(tok, cfg, train, test, results_dir, row_id)
+
+
+def _lpips(recon: torch.Tensor, originals: torch.Tensor, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+    """``{"lpips": mean LPIPS}`` of the reconstructions when its weights are on disk, else ``{}`` and one log line
+    saying which file to put where (the table then shows no lpips column, or ``-`` in this row)."""
+    reason = lpips_unavailable(path=cfg.eval.lpips_weights)
+    if reason is not None:
+        log.info("no lpips in the tokenizer table: %s", reason)
+        return {}
+    model = load_lpips(path=cfg.eval.lpips_weights, device=device)
+    return {"lpips": float(lpips_per_image(model, recon, originals).mean())}
 
 
 def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData, results_dir: Path,
@@ -249,6 +262,7 @@ def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
         "token_kind": "/".join(kinds), "grid": f"{spec.grid[0]}x{spec.grid[1]}x{spec.depth}",
         "rfid": quality.get("fid"), "rfid_cleanfid": quality.get("fid_cleanfid"), "features": quality.get("features"),
         "n_samples": n, "psnr": float(psnr(recon, originals)), "ssim": float(ssim(recon, originals)),
+        **_lpips(recon, originals, cfg, device),
         "params": cost.count_params(module), "config_fingerprint": tok.fingerprint, **_identity(cfg),
     }
     if ids:

@@ -95,10 +95,12 @@ class Batch(NamedTuple):
 
 
 class LossOutput(NamedTuple):
-    """A scalar loss plus float logs for the progress bar and CSV log."""
+    """A scalar loss plus float logs for the progress bar and CSV log; a tokenizer also returns the images its
+    training forward decoded (``recon``, float [B, 3, H, W], not clamped) for losses on images such as LPIPS."""
 
     loss: torch.Tensor
     logs: dict[str, float]
+    recon: torch.Tensor | None = None
 
 
 @runtime_checkable

@@ -44,6 +44,7 @@ from benchkit.distributed import is_main, pick_device
 from benchkit.errors import CheckpointError, ConfigError, DataError
 from benchkit.interfaces import Batch, TokenKind
 from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
+from benchkit.metrics.perceptual import lpips_loss
 from benchkit.progress import progress_bar
 from benchkit.provenance import environment
 from benchkit.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
@@ -203,7 +204,7 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
 
         result = fit(
             module,
-            lambda m, images: m.loss(images),
+            lpips_loss(cfg.tokenizer_train.lpips_weight, path=cfg.eval.lpips_weights),  # m.loss alone at weight 0
             get_images,
             len(train),
             cfg.tokenizer_train,
@@ -279,12 +280,10 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
 
 def build_generator(cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device) -> nn.Module:
     """An untrained generator (with its head) of this config."""
-    gen = GENERATORS.create(
+    return GENERATORS.create(
         cfg.generator.name, spec=combo.spec, head=cfg.head.name, head_options=dict(cfg.head.options),
         num_classes=num_classes, **cfg.generator.options,
     ).to(device)
-    gen.sample_precision = cfg.sample.precision  # read by sampling.generate_tokens
-    return gen
 
 
 def write_run_files(cfg: RunConfig, rdir: Path, device: torch.device) -> None:

@@ -44,7 +44,7 @@ IDENTITY = ("run", "dataset", "tokenizer", "grid", "generator", "head", "feature
             "temperature", "diffusion_steps", "head_deviations", "n_samples", "seed")
 QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", "fid_gap_significant", "is_mean",
            "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc")
-TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "codebook_usage", "perplexity", "bits_per_image")
+TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
 COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
         "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_steps", "train_flops",
         "train_time_s", "peak_mem_mb")
@@ -54,7 +54,7 @@ INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops
 # Decimals shown per column; other float columns get 4.
 DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_diff": 3, "fid_inf": 2,
             "seed_spread_fid": 2, "is_mean": 2, "is_std": 2, "kid_mean": 4, "kid_std": 4, "precision": 3,
-            "recall": 3, "class_acc": 3, "rfid": 2, "psnr": 2, "ssim": 3, "codebook_usage": 3, "perplexity": 1,
+            "recall": 3, "class_acc": 3, "rfid": 2, "psnr": 2, "ssim": 3, "lpips": 3, "codebook_usage": 3, "perplexity": 1,
             "bits_per_image": 1, "images_per_s": 1, "latency_s": 4, "encode_images_per_s": 1,
             "decode_images_per_s": 1, "train_images_per_s": 1, "train_time_s": 1, "peak_mem_mb": 1}
 # shown as 1.23M / 4.56G in markdown, LaTeX and the terminal

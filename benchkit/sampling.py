@@ -18,6 +18,7 @@ from benchkit import distributed as bdist
 from benchkit.config import SampleSettings
 from benchkit.data.base import to_uint8
 from benchkit.interfaces import TokenKind
+from benchkit.precision import autocast
 
 
 
@@ -31,15 +32,13 @@ def generate_tokens(
     generator: nn.Module, labels: torch.Tensor, settings: SampleSettings, *, seed: int, batch_size: int,
     progress: Callable[[int, int], None] | None = None, distributed: bool = False,
 ) -> list[torch.Tensor]:
-    """Tokens for ``labels`` in batches: all of them, or with ``distributed`` (every rank must call) this rank's
-    batches (index i for i % world == rank)."""
+    """Tokens for ``labels`` in batches, generated under autocast in ``settings.precision``: all of them, or with
+    ``distributed`` (every rank must call) this rank's batches (index i for i % world == rank)."""
     device = next(generator.parameters()).device
     out = []
     nb = (len(labels) + batch_size - 1) // batch_size
     rank, world = (bdist.rank(), bdist.world_size()) if distributed else (0, 1)
-    from benchkit.precision import autocast  # a run's sample.precision, set on its generator by the pipeline
-
-    with autocast(getattr(generator, "sample_precision", "fp32"), device):
+    with autocast(settings.precision, device):
         for b in range(rank, nb, world):
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
             lab = labels[b * batch_size : (b + 1) * batch_size].to(device)

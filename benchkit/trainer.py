@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from benchkit import distributed as bdist
 from benchkit.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
@@ -65,20 +66,26 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 class EMA:
-    """Exponential moving average of parameters; buffers are copied."""
+    """Exponential moving average of the parameters (``torch.optim.swa_utils.AveragedModel`` with its EMA average);
+    buffers are copied. ``shadow`` is the averaged copy's state dict: what checkpoints store as ``ema.*`` and what
+    resuming copies back into."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        # AveragedModel's first update copies instead of averaging: spend it here, so that the average starts at the
+        # initial weights and the first training step is already averaged in
+        self.averaged.update_parameters(model)
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """The averaged weights and buffers by state-dict name (tensors sharing storage with the averaged copy)."""
+        return self.averaged.module.state_dict()
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        for k, v in model.state_dict().items():
-            if k in params and v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
+        """After an optimizer step: shadow = decay * shadow + (1 - decay) * weights; buffers copied."""
+        self.averaged.update_parameters(model)
 
 
 class _LossModule(nn.Module):
@@ -123,9 +130,9 @@ def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None
 def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
-        for k in ema.shadow:
+        for k, v in ema.shadow.items():
             if f"ema.{k}" in tensors:
-                ema.shadow[k].copy_(tensors[f"ema.{k}"])
+                v.copy_(tensors[f"ema.{k}"])
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

@@ -20,26 +20,23 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from benchkit.errors import ConfigError, IncompatibleComponentsError
+from benchkit.errors import ConfigError
+from benchkit.generators.common import (
+    ClassConditionalGenerator,
+    GuidedSampler,
+    gather_positions,
+    one_token_per_position,
+    scatter_positions,
+)
 from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
-from benchkit.nn.conditioning import (
-    check_transformer_options,
-    drop_labels,
-    guidance_labels,
-)
+from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import LN_EPS, Transformer, init_weights
-from benchkit.registry import GENERATORS, HEADS
-from benchkit.schedules import (
-    cfg_at,
-    check_sampling_args,
-    mask_ratio_truncnorm,
-    tokens_to_keep_masked,
-)
+from benchkit.registry import GENERATORS
+from benchkit.schedules import mask_ratio_truncnorm, tokens_to_keep_masked
 
 log = logging.getLogger(__name__)
 
@@ -60,45 +57,24 @@ class MARConfig:
     steps: int = 16  # default generation steps (capped at h*w)
 
     def __post_init__(self) -> None:
-        if min(self.width, self.encoder_depth, self.decoder_depth, self.num_heads, self.buffer_size, self.steps) < 1:
-            raise ValueError("width, encoder_depth, decoder_depth, num_heads, buffer_size and steps must be >= 1")
-        check_transformer_options(self)
+        check_transformer_options(self, "encoder_depth", "decoder_depth", "buffer_size", "steps")
         if not 0.0 <= self.mask_ratio_min < 1.0:
             raise ValueError(f"mask_ratio_min must be in [0, 1), got {self.mask_ratio_min}")
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, L, ...], idx [B, n] -> x[b, idx[b]] as [B, n, ...]."""
-    return x.gather(1, idx.view(*idx.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:]))
-
-
 @GENERATORS.register("mar", config=MARConfig)
-class MARGenerator(nn.Module):
+class MARGenerator(ClassConditionalGenerator):
     """MAR: bidirectional masked autoregression in random order with a per-token head (Li et al. 2024)."""
 
-    def __init__(
-        self,
-        cfg: MARConfig,
-        *,
-        spec: TokenSpec,
-        head: str,
-        head_options: dict[str, Any] | None = None,
-        num_classes: int,
-    ) -> None:
-        super().__init__()
-        reason = self.check_spec(spec)
-        if reason is not None:
-            raise IncompatibleComponentsError(reason)
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-        self.cfg, self.spec, self.num_classes = cfg, spec, num_classes
-        self.seq_len = L = spec.positions
+    cfg: MARConfig
+
+    def build(self) -> None:
+        """Token and class embeddings, the MAE encoder/decoder with their position tables, the head's positions."""
+        cfg = self.cfg
+        self.seq_len = L = self.spec.positions
         W, buf = cfg.width, cfg.buffer_size
-        if spec.kind == "discrete":
-            self.tok_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
-        else:
-            self.tok_emb = nn.Linear(int(spec.dim or 0), W)  # MAR's z_proj
-        self.class_emb = nn.Embedding(num_classes + 1, W)  # row num_classes = null class (MAR's fake_latent)
+        self.tok_emb = token_embedding(self.spec, W)  # continuous: MAR's z_proj
+        self.class_emb = self.class_embedding()  # its null-class row replaces MAR's fake_latent
         self.enc_pos = nn.Parameter(torch.zeros(1, buf + L, W))
         self.enc_in_norm = nn.LayerNorm(W, eps=LN_EPS)  # MAR's z_proj_ln, applied after the position embedding
         self.encoder = Transformer(W, cfg.encoder_depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
@@ -110,14 +86,11 @@ class MARGenerator(nn.Module):
         self.apply(init_weights)
         for p in (self.enc_pos, self.mask_token, self.dec_pos, self.head_pos):
             nn.init.normal_(p, std=0.02)
-        self.head = HEADS.create(head, spec=spec, cond_dim=W, **(head_options or {}))
 
     @classmethod
     def check_spec(cls, spec: TokenSpec) -> str | None:
         """MAR models one token per grid position; stacked (depth > 1) tokens are refused."""
-        if spec.depth != 1:
-            return f"mar models one token per position (depth 1), got depth {spec.depth}; use rqtransformer or ar"
-        return None
+        return one_token_per_position("mar", spec)
 
     def condition(
         self,
@@ -138,10 +111,9 @@ class MARGenerator(nn.Module):
         known = order[:, n_masked:]  # [B, L - n_masked]: positions the encoder may see
         # 1. encoder input: buffer slots all hold the class embedding, then the known tokens (MAE: sparse)
         cls = self.class_emb(labels)[:, None].expand(B, buf, W)
-        # gather, not ``enc_pos[0, buf:][known]``: the backward of advanced indexing with repeated indices adds
-        # with float atomics on several CPU threads (order, so bits, vary run to run); gather's does not
-        pos = _gather(self.enc_pos[:, buf:].expand(B, L, W), known)
-        seen = self.tok_emb(_gather(tokens, known)) + pos  # [B, L - n_masked, W]
+        # gather, not ``enc_pos[0, buf:][known]`` (see gather_positions)
+        pos = gather_positions(self.enc_pos[:, buf:].expand(B, L, W), known)
+        seen = self.tok_emb(gather_positions(tokens, known)) + pos  # [B, L - n_masked, W]
         x = torch.cat([cls + self.enc_pos[:, :buf], seen], 1)
         x = self.encoder(self.enc_in_norm(x))  # [B, buf + L - n_masked, W]
         # 2. decoder: scatter back to the full sequence, unknown positions get the learned mask token
@@ -155,11 +127,8 @@ class MARGenerator(nn.Module):
 
     def loss(self, batch: Batch) -> LossOutput:
         """Head loss on the masked tokens of a random order with a truncated-normal mask ratio (MAR Sec. 3.3)."""
-        tokens, labels = batch.tokens, batch.labels
-        B, L = tokens.shape[0], self.seq_len
-        tokens = tokens.reshape(B, L) if self.spec.kind == "discrete" else tokens.reshape(B, L, -1)
-        if self.training:
-            labels = drop_labels(labels, self.cfg.label_drop, self.num_classes)
+        B, L = batch.tokens.shape[0], self.seq_len
+        tokens, labels = self.as_sequence(batch.tokens, L), self.training_labels(batch.labels)
         # 1. one mask ratio per batch, one random order per sample; the first ceil(L*r) positions are unknown
         ratio = mask_ratio_truncnorm(low=self.cfg.mask_ratio_min)
         n_masked = min(L, max(1, math.ceil(L * ratio)))
@@ -167,46 +136,26 @@ class MARGenerator(nn.Module):
         z = self.condition(tokens, labels, order, n_masked)
         # 2. loss on the masked tokens only
         masked = order[:, :n_masked]
-        cond = _gather(z, masked).reshape(B * n_masked, -1)
-        target = _gather(tokens, masked)
+        cond = gather_positions(z, masked).reshape(B * n_masked, -1)
+        target = gather_positions(tokens, masked)
         target = target.reshape(B * n_masked, *target.shape[2:])
         loss = self.head.loss(cond, target, None)
         return LossOutput(loss, {"loss": float(loss.detach()), "mask_ratio": n_masked / L})
 
-    @torch.no_grad()
-    def generate(
-        self,
-        labels: torch.Tensor,
-        *,
-        steps: int | None = None,
-        cfg: float = 1.0,
-        cfg_schedule: str = "constant",
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-        diffusion_steps: int | None = None,
+    def sample_tokens(
+        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
     ) -> torch.Tensor:
         """Sample in ``steps`` rounds (default ``cfg.steps``, at most h*w) along one random order per sample."""
-        check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
-            diffusion_steps=diffusion_steps,
-        )
-        labels = labels.to(self.class_emb.weight.device)
         L, B = self.seq_len, labels.shape[0]
         K = min(self.cfg.steps, L) if steps is None else steps
         if K > L:
             raise ConfigError(f"mar steps must be in [1, {L}] (h*w tokens), got {steps}")
         device = labels.device
-        guided = cfg != 1.0
-        cond_labels = guidance_labels(labels, self.num_classes, guided)
+        cond_labels, both = sampler.class_labels(labels), sampler.both
         # 1. one random generation order per sample, fixed for the whole loop (MAR: fully random order)
-        order = torch.argsort(torch.rand(B, L, generator=generator, device=device), dim=1)
+        order = torch.argsort(torch.rand(B, L, generator=sampler.generator, device=device), dim=1)
         shape = (B, L) if self.spec.kind == "discrete" else (B, L, int(self.spec.dim or 0))
         tokens = torch.zeros(shape, dtype=self.spec.dtype, device=device)
-
-        def both(t: torch.Tensor) -> torch.Tensor:  # the unconditional half sees the same tokens and order
-            return torch.cat([t, t]) if guided else t
-
         masked_before = L
         for k in range(K):
             # 2. cosine schedule (MaskGIT, as in MAR's sample_tokens): m_k = floor(L cos(pi/2 (k+1)/K)) stay masked
@@ -216,15 +165,10 @@ class MARGenerator(nn.Module):
                 new = order[:, masked_after:masked_before]  # [B, n]
                 n = new.shape[1]
                 z = self.condition(both(tokens), cond_labels, both(order), masked_before, rows=both(new))  # [B', n, W]
-                cond = z.reshape(-1, z.shape[-1])  # [B'*n, W]: conditional rows first
                 # 4. guidance scale for the fraction generated after this step (Muse/MAR linear ramp)
-                w = cfg_at(cfg, cfg_schedule, (L - masked_after) / L)
-                if guided and w == 1.0:
-                    cond = cond[: B * n]
-                sampled = self.head.sample(cond, temperature=temperature, cfg=w, generator=generator,
-                                           diffusion_steps=diffusion_steps)
+                sampled = sampler.draw(z.reshape(-1, z.shape[-1]), (L - masked_after) / L)  # conditional rows first
                 sampled = sampled.reshape(B, n, *shape[2:]).to(tokens.dtype)
-                tokens = tokens.scatter(1, new.view(B, n, *([1] * (tokens.ndim - 2))).expand_as(sampled), sampled)
+                tokens = scatter_positions(tokens, new, sampled)
                 masked_before = masked_after
             if progress is not None:
                 progress(k + 1, K)

@@ -32,24 +32,19 @@ Deviations:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
-from benchkit.errors import ConfigError, IncompatibleComponentsError
+from benchkit.errors import IncompatibleComponentsError
+from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
-from benchkit.nn.conditioning import (
-    check_transformer_options,
-    drop_labels,
-    guidance_labels,
-)
-from benchkit.nn.transformer import Transformer, init_weights
-from benchkit.registry import GENERATORS, HEADS
-from benchkit.schedules import cfg_at, check_sampling_args
+from benchkit.nn.conditioning import check_transformer_options, token_embedding
+from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
+from benchkit.registry import GENERATORS
 
 log = logging.getLogger(__name__)
 OFFICIAL_LN_EPS = 1e-5  # torch's LayerNorm default, used by the official minGPT-style blocks
@@ -73,37 +68,24 @@ class RQTransformerConfig:
     stochastic_codes: bool = False  # with soft targets: input codes drawn from q_d instead of the argmin
 
     def __post_init__(self) -> None:
-        if min(self.width, self.spatial_depth, self.depth_depth, self.num_heads) < 1:
-            raise ValueError("width, spatial_depth, depth_depth and num_heads must be >= 1")
+        check_transformer_options(self, "spatial_depth", "depth_depth")
         if self.code_embedding not in ("learned", "codebook"):
             raise ValueError(f"code_embedding must be one of learned, codebook, got {self.code_embedding!r}")
         if (self.code_embedding == "codebook") != (self.codebook_dim > 0):
             raise ValueError("codebook_dim must be > 0 exactly when code_embedding = 'codebook'")
         if self.soft_target_temperature < 0 or (self.stochastic_codes and self.soft_target_temperature == 0):
             raise ValueError("soft_target_temperature must be >= 0 (0 = hard targets) and > 0 with stochastic_codes")
-        check_transformer_options(self)
 
 
 @GENERATORS.register("rqtransformer", config=RQTransformerConfig)
-class RQTransformerGenerator(nn.Module):
+class RQTransformerGenerator(ClassConditionalGenerator):
     """RQ-Transformer: causal spatial transformer plus a depth transformer over stacked codes (Kim et al. 2022)."""
 
-    def __init__(
-        self,
-        cfg: RQTransformerConfig,
-        *,
-        spec: TokenSpec,
-        head: str,
-        head_options: dict[str, Any] | None = None,
-        num_classes: int,
-    ) -> None:
-        super().__init__()
-        reason = self.check_spec(spec)
-        if reason is not None:
-            raise IncompatibleComponentsError(reason)
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-        self.cfg, self.spec, self.num_classes = cfg, spec, num_classes
+    cfg: RQTransformerConfig
+
+    def build(self) -> None:
+        """Code embeddings (learned, or the official frozen-codebook path), the spatial and depth transformers."""
+        cfg, spec = self.cfg, self.spec
         self.use_kv_cache = cfg.use_kv_cache
         W, D, P = cfg.width, spec.depth, spec.positions
         self.official = cfg.code_embedding == "codebook"
@@ -114,13 +96,10 @@ class RQTransformerGenerator(nn.Module):
             self.spatial_emb: nn.Module = nn.Linear(cfg.codebook_dim, W)  # official input_mlp
             self.depth_emb: nn.Module = nn.Linear(cfg.codebook_dim, W)  # official head_mlp
             self.start_pos = nn.Parameter(torch.zeros(1, 1, W))  # official pos_emb_cond
-        elif spec.kind == "discrete":
-            self.spatial_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
-            self.depth_emb: nn.Module = nn.Embedding(int(spec.vocab_size or 0), W)
         else:
-            self.spatial_emb = nn.Linear(int(spec.dim or 0), W)
-            self.depth_emb = nn.Linear(int(spec.dim or 0), W)
-        self.class_emb = nn.Embedding(num_classes + 1, W)  # row num_classes = null class (CFG)
+            self.spatial_emb = token_embedding(spec, W)
+            self.depth_emb = token_embedding(spec, W)
+        self.class_emb = self.class_embedding()
         self.spatial_pos = nn.Parameter(torch.zeros(1, P, W))  # slot 0 = class, slot t = codes of position t-1
         self.depth_pos = nn.Parameter(torch.zeros(1, D, W))
         self.spatial = Transformer(W, cfg.spatial_depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
@@ -134,8 +113,7 @@ class RQTransformerGenerator(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.LayerNorm):
                     m.eps = OFFICIAL_LN_EPS
-        self.head = HEADS.create(head, spec=dataclasses.replace(spec, depth=1), cond_dim=W, **(head_options or {}))
-        if cfg.soft_target_temperature > 0 and (head != "ce" or spec.kind != "discrete"):
+        if cfg.soft_target_temperature > 0 and (self.head_name != "ce" or spec.kind != "discrete"):
             raise IncompatibleComponentsError("soft_target_temperature needs discrete tokens and the ce head")
 
     @classmethod
@@ -182,92 +160,56 @@ class RQTransformerGenerator(nn.Module):
         """Head loss averaged over every code of every position (all depths share one head)."""
         B, P, D = batch.tokens.shape[0], self.spec.positions, self.spec.depth
         codes = batch.tokens.reshape(B, P, D, *batch.tokens.shape[4:])  # [B, P, D(, C)]
-        labels = batch.labels
-        if self.training:
-            labels = drop_labels(labels, self.cfg.label_drop, self.num_classes)
-        z = self.forward(codes, labels)
+        z = self.forward(codes, self.training_labels(batch.labels))
         target = codes.reshape(B * P * D, *codes.shape[3:])
         if batch.targets is not None:  # soft targets float [B, h, w, D, K] -> [B*P*D, K]
             target = batch.targets.reshape(B * P * D, -1)
         loss = self.head.loss(z.reshape(B * P * D, -1), target, None)
         return LossOutput(loss, {"loss": float(loss.detach())})
 
-    @torch.no_grad()
-    def generate(
-        self,
-        labels: torch.Tensor,
-        *,
-        steps: int | None = None,
-        cfg: float = 1.0,
-        cfg_schedule: str = "constant",
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-        diffusion_steps: int | None = None,
+    def sample_tokens(
+        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
     ) -> torch.Tensor:
         """Sample position by position in raster order, each position's D codes by the depth transformer.
 
         ``steps`` must be None or h*w (one spatial step per position). ``use_kv_cache`` switches the caches of
         both transformers; without them every step recomputes its prefix (same tokens for the same seed).
         """
-        check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
-            diffusion_steps=diffusion_steps,
-        )
-        labels = labels.to(self.class_emb.weight.device)
-        P, D = self.spec.positions, self.spec.depth
-        if steps is not None and steps != P:
-            raise ConfigError(f"rqtransformer steps once per position: steps must be None or {P} (h*w), got {steps}")
-        B = labels.shape[0]
-        guided = cfg != 1.0
-
-        def both(t: torch.Tensor) -> torch.Tensor:  # the unconditional half is fed the same codes
-            return torch.cat([t, t]) if guided else t
-
-        cond_labels = guidance_labels(labels, self.num_classes, guided)
+        P, D, B = self.spec.positions, self.spec.depth, labels.shape[0]
+        check_fixed_steps(steps, P, "rqtransformer takes one step per position (h*w positions)")
         slot_pos = self._slot_pos()
-        x = self.class_emb(cond_labels)[:, None] + slot_pos[:, :1]  # [B', 1, W] slot 0
-        s_cache = self.spatial.new_cache(x.shape[0], P, x) if self.use_kv_cache else None
-        d_cache = self.depth.new_cache(x.shape[0], D, x) if self.use_kv_cache else None
-        s_prefix = x
+        x = self.class_emb(sampler.class_labels(labels))[:, None] + slot_pos[:, :1]  # [B', 1, W] slot 0
+        spatial = IncrementalDecoder(self.spatial, P, x, cached=self.use_kv_cache).start(x)
+        depth = IncrementalDecoder(self.depth, D, x, cached=self.use_kv_cache)
         out: list[torch.Tensor] = []
         for t in range(P):
             # 1. spatial context h_t of position t (slot t holds the codes of position t-1)
-            if s_cache is not None:
-                h = self.spatial(x, causal=True, cache=s_cache)[:, -1]  # [B', W]
-            else:
-                h = self.spatial(s_prefix, causal=True)[:, -1]
-            # 2. depth loop: code d given h_t and the partial sum of codes < d
-            y = (h + self.depth_pos[:, 0])[:, None]  # [B', 1, W]
-            d_prefix, partial = y, h.new_zeros(())
-            if d_cache is not None:
-                d_cache.reset()
-            codes: list[torch.Tensor] = []
-            for d in range(D):
-                if d_cache is not None:
-                    z = self.depth(y, causal=True, cache=d_cache)[:, -1]
-                else:
-                    z = self.depth(d_prefix, causal=True)[:, -1]
-                # 3. guidance for the fraction of codes generated after this one (Muse/MAR linear ramp)
-                w = cfg_at(cfg, cfg_schedule, (t * D + d + 1) / (P * D))
-                if guided and w == 1.0:
-                    z = z[:B]
-                code = self.head.sample(z, temperature=temperature, cfg=w, generator=generator,
-                                    diffusion_steps=diffusion_steps)  # [B(, C)]
-                codes.append(code)
-                if d + 1 < D:
-                    partial = partial + self._depth_term(both(code))
-                    y = (self._depth_input(partial) + self.depth_pos[:, d + 1])[:, None]
-                    if d_cache is None:
-                        d_prefix = torch.cat([d_prefix, y], 1)
-            stacked = torch.stack(codes, 1)  # [B, D(, C)]
-            out.append(stacked)
+            h = spatial.output()  # [B', W]
+            codes = self._sample_depths(h, depth, sampler, done=t * D, total=P * D)  # [B, D(, C)]
+            out.append(codes)
             if progress is not None:
                 progress(t + 1, P)
             if t + 1 < P:
                 # 4. feed the summed code embeddings of position t at slot t+1
-                x = self._embed_codes(both(stacked))[:, None] + slot_pos[:, t + 1 : t + 2]
-                if s_cache is None:
-                    s_prefix = torch.cat([s_prefix, x], 1)
+                spatial.push(self._embed_codes(sampler.both(codes))[:, None] + slot_pos[:, t + 1 : t + 2])
         tokens = torch.stack(out, 1)  # [B, P, D(, C)]
         return tokens.reshape(B, *self.spec.token_shape).to(self.spec.dtype)
+
+    def _sample_depths(
+        self, h: torch.Tensor, depth: IncrementalDecoder, sampler: GuidedSampler, *, done: int, total: int
+    ) -> torch.Tensor:
+        """The D codes of one position [B, D(, C)] given its spatial context h [B', W]; ``done`` of ``total`` codes
+        were generated before."""
+        D = self.spec.depth
+        # 2. depth loop: code d given h_t and the partial sum of codes < d
+        depth.start((h + self.depth_pos[:, 0])[:, None])  # [B', 1, W]
+        partial = h.new_zeros(())
+        codes: list[torch.Tensor] = []
+        for d in range(D):
+            # 3. guidance for the fraction of codes generated after this one (Muse/MAR linear ramp)
+            code = sampler.draw(depth.output(), (done + d + 1) / total)  # [B(, C)]
+            codes.append(code)
+            if d + 1 < D:
+                partial = partial + self._depth_term(sampler.both(code))
+                depth.push((self._depth_input(partial) + self.depth_pos[:, d + 1])[:, None])
+        return torch.stack(codes, 1)

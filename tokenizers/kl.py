@@ -8,8 +8,9 @@ latents times a scale factor 1/std measured on training images (MAR's 0.2325 for
 DiT). The token cache stores the posterior moments so every epoch sees a fresh sample, as MAR's ``main_cache.py``.
 
 Deviations:
-- No perceptual (LPIPS) or adversarial (PatchGAN) loss, and no learned output log-variance: they need pretrained or
-  extra networks that cannot be downloaded offline and do not fit the tiny budget. Reconstruction is L1 + L2 means;
+- No adversarial (PatchGAN) loss and no learned output log-variance (they do not fit the tiny budget), and LPIPS
+  only when asked for (``tokenizer_train.lpips_weight``, 0 by default: its pretrained backbone is never downloaded,
+  see ``benchkit.metrics.perceptual``). Reconstruction is L1 + L2 means;
   the KL sum per image is divided by the number of image values 3*H*W, so ``kl_weight`` keeps LDM's meaning
   (LDM sums its reconstruction over pixels and its KL over latent values).
 - With the default ``backbone = "benchkit"`` the encoder outputs the 2*C moments directly (no 1x1 ``quant_conv``
@@ -24,64 +25,47 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
 from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
-from benchkit.nn.convnet import (
-    calibrate_scale,
-    check_conv_options,
-    check_kind,
-    latent_grid,
-    reconstruction_loss,
-)
-from benchkit.nn.ldm import check_backbone_options, tokenizer_backbone
 from benchkit.registry import TOKENIZERS
+from benchkit.tokenizers.common import ConvOptions, ConvTokenizer, reconstruction_loss
 
 
 @dataclass(frozen=True)
-class KLConfig:
-    """Options of the KL-VAE tokenizer; the defaults are the ``tiny`` size (32x32 images -> 8x8x4 latents)."""
+class KLConfig(ConvOptions):
+    """Options of the KL-VAE tokenizer (and the encoder/decoder's, ``ConvOptions``); defaults = the ``tiny`` size
+    (32x32 images -> 8x8x4 latents). MAR's KL-16 has no decoder attention."""
 
     z_channels: int = 4
     kl_weight: float = 1e-6
     encode_mode: Literal["mode", "sample"] = "sample"
-    ch: int = 16
-    channel_mult: tuple[int, ...] = (1, 1, 2)
-    num_res_blocks: int = 1
-    attention: bool = False
-    norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    backbone: Literal["benchkit", "ldm"] = "benchkit"  # "ldm": the official layout (benchkit/nn/ldm.py)
-    attn_levels: tuple[int, ...] = ()  # ldm: levels (0 = full resolution) with attention in the encoder
-    decoder_attn_levels: tuple[int, ...] = ()  # ldm: the same for the decoder (MAR's KL-16 has none)
 
     def __post_init__(self) -> None:
-        check_backbone_options(self)
+        super().__post_init__()
         if self.z_channels < 1:
             raise ValueError(f"z_channels must be >= 1, got {self.z_channels}")
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
-        check_conv_options(self)
 
 
 @TOKENIZERS.register("kl", config=KLConfig)
-class KLTokenizer(nn.Module):
+class KLTokenizer(ConvTokenizer):
     """KL-VAE tokenizer: Gaussian-posterior conv autoencoder with scaled continuous latents (LDM / MAR KL-16)."""
 
-    def __init__(self, cfg: KLConfig, *, image_size: int = 32) -> None:
-        super().__init__()
-        self.cfg = cfg
-        side = latent_grid(image_size, cfg.channel_mult, "kl")
-        self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = tokenizer_backbone(cfg, 2 * cfg.z_channels, cfg.z_channels)  # encoder: mean and logvar
-        self.register_buffer("scale", torch.tensor(1.0))  # token scale 1/std, set by calibrate()
-        self.specs: dict[TokenKind, TokenSpec] = {
-            "continuous": TokenSpec("continuous", (side, side), dim=cfg.z_channels)
-        }
+    name = "kl"
+    cfg: KLConfig
+
+    def latent_channels(self) -> tuple[int, int]:
+        """The encoder gives mean and log-variance, the decoder takes a latent."""
+        return 2 * self.cfg.z_channels, self.cfg.z_channels
+
+    def build(self, grid: tuple[int, int]) -> dict[TokenKind, TokenSpec]:
+        """Nothing on the latent grid; one token view: the scaled latents."""
+        return {"continuous": TokenSpec("continuous", grid, dim=self.cfg.z_channels)}
 
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior q(z|x): images [B, 3, H, W] -> (mean, logvar), each float [B, h, w, C], logvar in [-30, 20]."""
-        mean, logvar = self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1).chunk(2, dim=-1)
+        mean, logvar = self._latent(images).chunk(2, dim=-1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     @staticmethod
@@ -90,13 +74,11 @@ class KLTokenizer(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + (0.5 * logvar).exp() * eps
 
-    def _decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents [B, h, w, C] (unscaled) -> images [B, 3, H, W] in [-1, 1]."""
-        return self.decode_raw(z).clamp(-1.0, 1.0)
-
-    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents [B, h, w, C] (unscaled) -> decoder output [B, 3, H, W], not clamped."""
-        return self.decoder(self.post_quant_conv(z.permute(0, 3, 1, 2)))
+    def _latent_token(
+        self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The unscaled latent a token is made of: the posterior mode or a sample, as ``encode_mode`` says."""
+        return mean if self.cfg.encode_mode == "mode" else self._sample(mean, logvar, generator)
 
     def loss(self, images: torch.Tensor) -> LossOutput:
         """Training forward: L1 + L2 reconstruction of a posterior sample + kl_weight x KL / (3*H*W)."""
@@ -110,44 +92,33 @@ class KLTokenizer(nn.Module):
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
         loss = rec_loss + self.cfg.kl_weight * kl / images[0].numel()
         logs.update(recon=rec_loss.item(), kl=kl.item(), logvar=logvar.mean().item(), loss=loss.item())
-        return LossOutput(loss, logs)
+        return LossOutput(loss, logs, recon)
 
     def encode(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor:
         """Images -> scaled latents float [B, h, w, C]: the posterior mode or a sample (``encode_mode``)."""
-        check_kind(kind, self.specs, "kl")
-        mean, logvar = self.moments(images)
-        z = mean if self.cfg.encode_mode == "mode" else self._sample(mean, logvar, None)
-        return z * self.scale
+        self.check_kind(kind)
+        return self._latent_token(*self.moments(images), None) * self.scale
 
     def decode(self, tokens: torch.Tensor, kind: TokenKind) -> torch.Tensor:
         """Scaled latents float [B, h, w, C] -> images float [B, 3, H, W] in [-1, 1]."""
-        check_kind(kind, self.specs, "kl")
+        self.check_kind(kind)
         return self._decode_latent(tokens / self.scale)
 
     def encode_for_cache(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor:
         """What the token cache stores: cat(mean, logvar) float [B, h, w, 2C], re-sampled by tokens_from_cache."""
-        check_kind(kind, self.specs, "kl")
+        self.check_kind(kind)
         return torch.cat(self.moments(images), dim=-1)
 
     def tokens_from_cache(
         self, cached: torch.Tensor, kind: TokenKind, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Cached moments [B, h, w, 2C] -> scaled tokens [B, h, w, C]: a fresh posterior sample (or the mode)."""
-        check_kind(kind, self.specs, "kl")
-        mean, logvar = cached.chunk(2, dim=-1)
-        z = mean if self.cfg.encode_mode == "mode" else self._sample(mean, logvar, generator)
-        return z * self.scale
+        self.check_kind(kind)
+        return self._latent_token(*cached.chunk(2, dim=-1), generator) * self.scale
 
-    @torch.no_grad()
-    def calibrate(self, images: torch.Tensor, batch_size: int = 256) -> None:
-        """Set scale = 1/std of the latents (as ``encode_mode`` gives them) of ``images``; seeded for repeatability."""
-        gen = torch.Generator(device=images.device).manual_seed(0)
-
-        def latents(batch: torch.Tensor) -> torch.Tensor:
-            mean, logvar = self.moments(batch)
-            return mean if self.cfg.encode_mode == "mode" else self._sample(mean, logvar, gen)
-
-        calibrate_scale(self, latents, images, batch_size, "kl: latent")
+    def calibration_tokens(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The unscaled latents (as ``encode_mode`` gives them), sampled from ``generator`` for repeatability."""
+        return self._latent_token(*self.moments(images), generator)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Decode the posterior mode: images [B, 3, H, W] -> [B, 3, H, W] in [-1, 1]."""

@@ -11,9 +11,9 @@ Token views: "discrete" = ids long [B, h, w, D]; "continuous" = the per-depth co
 times a calibrated scale (one scalar, so the sum over D divided by the scale is the quantized latent).
 
 Deviations:
-- No perceptual (LPIPS) or adversarial (PatchGAN) loss: they need pretrained or extra networks that cannot be
-  downloaded offline and do not fit the tiny budget. Reconstruction is L1 + L2 (the official recipe uses MSE +
-  LPIPS + 0.75 x adaptive hinge GAN).
+- No adversarial (PatchGAN) loss, and LPIPS only when asked for (``tokenizer_train.lpips_weight``, 0 by default:
+  its pretrained backbone is never downloaded, see ``benchkit.metrics.perceptual``). Reconstruction is L1 + L2 by
+  default (the official recipe uses MSE + LPIPS + 0.75 x adaptive hinge GAN).
 - The codebook has K rows, not K+1 (the official padding row is never selected; ``benchkit import rqvae`` drops it).
 - With the default ``backbone = "benchkit"`` the encoder outputs the code dimension directly (no 1x1
   ``quant_conv`` / ``post_quant_conv``; ``backbone = "ldm"`` is the official layout with both) and the tiny code
@@ -24,96 +24,40 @@ Deviations:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from torch import nn
 
 from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
-from benchkit.nn.codebook import (
-    Codebook,
-    check_codebook_options,
-    code_usage,
-    soft_residual_codes,
-    straight_through,
-)
-from benchkit.nn.convnet import (
-    DeterministicTokenCache,
-    calibrate_scale,
-    check_conv_options,
-    check_kind,
-    latent_grid,
-    reconstruction_loss,
-)
-from benchkit.nn.ldm import check_backbone_options, tokenizer_backbone
+from benchkit.nn.codebook import soft_residual_codes
 from benchkit.registry import TOKENIZERS
+from benchkit.tokenizers.common import CodebookOptions, QuantizingTokenizer
 
 
 @dataclass(frozen=True)
-class RQConfig:
-    """Options of the RQ-VAE tokenizer; the defaults are the ``tiny`` size (32x32 images -> 4x4x4 ids)."""
+class RQConfig(CodebookOptions):
+    """Options of the RQ-VAE tokenizer (and its codebook's and encoder/decoder's, ``CodebookOptions``); defaults =
+    the ``tiny`` size (32x32 images -> 4x4x4 ids)."""
 
-    codebook_size: int = 256
-    code_dim: int = 16
     depth: int = 4
-    decay: float = 0.99
-    beta: float = 0.25
-    restart_threshold: float = 1.0
-    ch: int = 16
+    code_dim: int = 16
     channel_mult: tuple[int, ...] = (1, 1, 2, 2)
-    num_res_blocks: int = 1
-    attention: bool = False
-    norm: Literal["group", "none"] = "none"  # "none" at tiny: see benchkit/nn/convnet.py
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    backbone: Literal["benchkit", "ldm"] = "benchkit"  # "ldm": the official taming layout (benchkit/nn/ldm.py)
-    attn_levels: tuple[int, ...] = ()  # ldm: levels (0 = full resolution) with attention in the encoder
-    decoder_attn_levels: tuple[int, ...] = ()  # ldm: the same for the decoder
 
     def __post_init__(self) -> None:
-        check_backbone_options(self)
-        check_codebook_options(self)
+        super().__post_init__()
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
-        check_conv_options(self)
 
 
 @TOKENIZERS.register("rq", config=RQConfig)
-class RQTokenizer(DeterministicTokenCache, nn.Module):
+class RQTokenizer(QuantizingTokenizer):
     """RQ-VAE tokenizer: D residual codes per position from one shared EMA codebook (Lee et al. 2022)."""
 
     name = "rq"
+    cfg: RQConfig
 
-    def __init__(self, cfg: RQConfig, *, image_size: int = 32) -> None:
-        super().__init__()
-        self.cfg = cfg
-        side = latent_grid(image_size, cfg.channel_mult, "rq")
-        self.encoder, self.quant_conv, self.post_quant_conv, self.decoder = tokenizer_backbone(cfg, cfg.code_dim, cfg.code_dim)
-        self.codebook = Codebook(
-            cfg.codebook_size,
-            cfg.code_dim,
-            update="ema",
-            decay=cfg.decay,
-            beta=cfg.beta,
-            restart_threshold=cfg.restart_threshold,
-        )
-        self.register_buffer("scale", torch.tensor(1.0))  # continuous-token scale 1/std, set by calibrate()
-        self.specs: dict[TokenKind, TokenSpec] = {
-            "discrete": TokenSpec("discrete", (side, side), depth=cfg.depth, vocab_size=cfg.codebook_size),
-            "continuous": TokenSpec("continuous", (side, side), depth=cfg.depth, dim=cfg.code_dim),
-        }
-
-    def _latent(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] -> encoder outputs [B, h, w, C]."""
-        return self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1)
-
-    def _decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
-        """Quantized latents [B, h, w, C] -> images [B, 3, H, W] in [-1, 1]."""
-        return self.decode_raw(zq).clamp(-1.0, 1.0)
-
-    def decode_raw(self, zq: torch.Tensor) -> torch.Tensor:
-        """Quantized latents [B, h, w, C] -> decoder output [B, 3, H, W], not clamped."""
-        return self.decoder(self.post_quant_conv(zq.permute(0, 3, 1, 2)))
+    def build(self, grid: tuple[int, int]) -> dict[TokenKind, TokenSpec]:
+        """The shared EMA codebook; token views: D ids and D (scaled) code vectors per position."""
+        return self.build_codebook(grid, depth=self.cfg.depth)
 
     def _residual_ids(self, z: torch.Tensor) -> torch.Tensor:
         """Greedy residual quantization without codebook updates: [B, h, w, C] -> ids long [B, h, w, D]."""
@@ -154,12 +98,7 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
             ids.append(k)
         commit = commit / self.cfg.depth
         # 4. The decoder sees z^(D) with the gradient of z (straight-through).
-        recon = self.decode_raw(straight_through(flat, partial).reshape(z.shape))
-        rec_loss, logs = reconstruction_loss(images, recon, self.cfg.l1_weight, self.cfg.l2_weight)
-        usage, perplexity = code_usage(torch.stack(ids), self.cfg.codebook_size)
-        loss = rec_loss + self.cfg.beta * commit
-        logs.update(recon=rec_loss.item(), commit=commit.item(), usage=usage, perplexity=perplexity, loss=loss.item())
-        return LossOutput(loss, logs)
+        return self.quantized_loss(images, flat, partial, z.shape, torch.stack(ids), self.cfg.beta * commit, commit)
 
     def code_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """Unscaled code vectors of a stack of ids: long [B, h, w, D] -> float [B, h, w, D, C]."""
@@ -177,22 +116,12 @@ class RQTokenizer(DeterministicTokenCache, nn.Module):
 
     def encode(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor:
         """Images -> ids long [B, h, w, D] or scaled per-depth code vectors float [B, h, w, D, C]."""
-        check_kind(kind, self.specs, "rq")
+        self.check_kind(kind)
         ids = self._residual_ids(self._latent(images))
         return ids if kind == "discrete" else self.code_embeddings(ids) * self.scale
 
     def decode(self, tokens: torch.Tensor, kind: TokenKind) -> torch.Tensor:
         """Tokens in the ``kind`` layout -> images float [B, 3, H, W] in [-1, 1]; sums the codes over depth."""
-        check_kind(kind, self.specs, "rq")
+        self.check_kind(kind)
         codes = self.code_embeddings(tokens) if kind == "discrete" else tokens / self.scale  # [B, h, w, D, C]
         return self._decode_latent(codes.sum(dim=-2))
-
-    @torch.no_grad()
-    def calibrate(self, images: torch.Tensor, batch_size: int = 256) -> None:
-        """Set the continuous-token scale to 1/std of the per-depth code vectors of ``images`` (one scalar)."""
-        self.scale.fill_(1.0)
-        calibrate_scale(self, lambda b: self.encode(b, "continuous"), images, batch_size, "rq: continuous-token")
-
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode to D ids per position and decode back: images [B, 3, H, W] -> [B, 3, H, W] in [-1, 1]."""
-        return self.decode(self.encode(images, "discrete"), "discrete")

@@ -56,7 +56,8 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
 
 
 SUMMARY = {
-    "tokenizer": ["tokenizer", "grid", "rfid", "psnr", "ssim", "codebook_usage", "params", "encode_images_per_s"],
+    "tokenizer": ["tokenizer", "grid", "rfid", "psnr", "ssim", "lpips", "codebook_usage", "params",
+                  "encode_images_per_s"],
     "generator": ["tokenizer", "generator", "head", "steps", "cfg", "cfg_schedule", "diffusion_steps", "fid",
                   "seed_spread_fid", "kid_mean", "class_acc", "params", "images_per_s", "latency_s"],
 }  # kept in table order: see benchkit.results.table_columns

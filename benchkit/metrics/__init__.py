@@ -6,6 +6,7 @@ is imported here):
 - ``features``: ``load_extractor`` and the FEATURES registry entries ``inception``, ``dataset``, ``auto``.
 - ``quality``: ``generation_metrics``, ``reference_stats``, ``fid_infinity``.
 - ``recon``: ``psnr``, ``ssim``, ``codebook_usage``, ``bits_per_image``.
+- ``perceptual``: ``load_lpips``, ``lpips_per_image``, ``lpips_loss`` (LPIPS, optional: local weights only).
 - ``cost``: ``count_params``, ``flops_per_call``, ``throughput``, ``latency``, ``peak_memory_mb``,
   ``matmul_peak_flops``.
 - ``battery``: ``run_battery``, ``check_requirements`` (the distortion battery of a feature network).

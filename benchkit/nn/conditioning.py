@@ -22,8 +22,12 @@ def token_embedding(spec: TokenSpec, width: int) -> nn.Module:
     return nn.Linear(int(spec.dim or 0), width)
 
 
-def check_transformer_options(cfg: Any) -> None:
-    """Range checks of the options every transformer generator config carries."""
+def check_transformer_options(cfg: Any, *counts: str) -> None:
+    """Range checks of the options every transformer generator config carries, and that ``width``, ``num_heads``
+    and the config's other ``counts`` (field names: depths, sizes) are >= 1."""
+    for name in ("width", *counts, "num_heads"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.width % cfg.num_heads:
         raise ValueError(f"width {cfg.width} must be divisible by num_heads {cfg.num_heads}")
     if cfg.mlp_ratio <= 0:

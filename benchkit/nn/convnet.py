@@ -6,9 +6,8 @@ stack of pre-activation ResBlocks (GroupNorm + SiLU + 3x3 conv), a stride-2 conv
 res / attention / res at the lowest resolution, and a GroupNorm + SiLU + 3x3 conv head. The decoder mirrors it with
 nearest-neighbour x2 upsampling followed by a 3x3 conv. ``channel_mult`` has one entry per level, so the spatial
 downsampling factor is ``2 ** (len(channel_mult) - 1)``: ``(1, 2, 2)`` -> 4, ``(1, 2, 2, 2)`` -> 8,
-``(1, 1, 2, 2, 4)`` -> 16. Widths are ``ch * channel_mult[level]``. The small helpers at the bottom
-(``latent_grid``, ``reconstruction_loss``, ``check_kind``, ``calibrate_scale``, ...) are shared by the three conv
-tokenizers.
+``(1, 1, 2, 2, 4)`` -> 16. Widths are ``ch * channel_mult[level]``. What the three conv tokenizers share around
+it (options, latent grid, scale calibration, reconstruction loss) is in ``benchkit.tokenizers.common``.
 
 Deviations:
 - Downsampling uses a symmetric zero padding of 1 (taming pads (0, 1, 0, 1)); the output grid is the same.
@@ -28,34 +27,21 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import TokenKind, TokenSpec
-
-log = logging.getLogger(__name__)
-
 __all__ = [
     "AttnBlock",
     "ConvDecoder",
     "ConvEncoder",
-    "DeterministicTokenCache",
     "ResBlock",
-    "calibrate_scale",
-    "check_conv_options",
-    "check_kind",
     "conv_kwargs",
     "downsample_factor",
     "group_norm",
     "make_norm",
-    "latent_grid",
-    "reconstruction_loss",
 ]
 
 
@@ -206,76 +192,6 @@ class ConvDecoder(nn.Module):
         """[B, in_ch, h, w] -> [B, out_ch, h*f, w*f]."""
         h = self.up(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
-
-
-# Helpers shared by the conv tokenizers (vq, rq, kl).
-
-
-def latent_grid(image_size: int, channel_mult: tuple[int, ...], name: str) -> int:
-    """Side of the token grid for ``image_size``; ConfigError if the image does not divide by the stride."""
-    f = downsample_factor(channel_mult)
-    if image_size < f or image_size % f:
-        raise ConfigError(
-            f"tokenizer {name!r}: image size {image_size} is not divisible by its downsampling factor {f} "
-            f"(channel_mult={channel_mult}); use an image size that is a multiple of {f} or a shorter channel_mult"
-        )
-    return image_size // f
-
-
-def reconstruction_loss(
-    images: torch.Tensor, recon: torch.Tensor, l1_weight: float, l2_weight: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """l1_weight * mean|x - x'| + l2_weight * mean (x - x')^2, with both terms logged."""
-    l1 = F.l1_loss(recon, images)
-    l2 = F.mse_loss(recon, images)
-    return l1_weight * l1 + l2_weight * l2, {"l1": l1.item(), "mse": l2.item()}
-
-
-def check_kind(kind: str, specs: dict[TokenKind, TokenSpec], name: str) -> None:
-    """ConfigError unless ``kind`` is one of the tokenizer's token views."""
-    if kind not in specs:
-        raise ConfigError(f"tokenizer {name!r} has no {kind!r} tokens; valid: {', '.join(specs)}")
-
-
-@torch.no_grad()
-def calibrate_scale(module: nn.Module, latents: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                    batch_size: int, what: str) -> None:
-    """Set ``module.scale`` to 1/std of ``latents(batch)`` over ``images`` (computed in eval mode, in batches), so
-    that generators see unit-variance continuous tokens (the DiT/MAR scale factor, no mean shift)."""
-    was_training = module.training
-    module.eval()
-    z = torch.cat([latents(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    module.scale.fill_(1.0 / z.float().std().clamp_min(1e-8).item())
-    log.info("%s scale factor %.4f from %d images", what, module.scale.item(), len(images))
-    module.train(was_training)
-
-
-class DeterministicTokenCache:
-    """Token-cache methods of a tokenizer whose encoding is deterministic (VQ, RQ): the cache holds the tokens."""
-
-    name: str
-    specs: dict[TokenKind, TokenSpec]
-
-    def encode_for_cache(self, images: torch.Tensor, kind: TokenKind) -> torch.Tensor:
-        """What the token cache stores: the tokens themselves."""
-        return self.encode(images, kind)  # type: ignore[attr-defined]
-
-    def tokens_from_cache(
-        self, cached: torch.Tensor, kind: TokenKind, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Cached tokens back to training tokens: the identity (``generator`` is unused)."""
-        check_kind(kind, self.specs, self.name)
-        return cached
-
-
-def check_conv_options(cfg: Any) -> None:
-    """Range check of the encoder/decoder options every tokenizer config carries (ch, channel_mult, loss weights)."""
-    if cfg.ch < 1 or cfg.num_res_blocks < 1 or not cfg.channel_mult or min(cfg.channel_mult) < 1:
-        raise ValueError("ch and num_res_blocks must be >= 1 and channel_mult a non-empty list of ints >= 1")
-    if cfg.norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
-    if cfg.l1_weight < 0 or cfg.l2_weight < 0:
-        raise ValueError(f"l1_weight and l2_weight must be >= 0, got {cfg.l1_weight}, {cfg.l2_weight}")
 
 
 def conv_kwargs(cfg: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@ positions so incremental decoding feeds only the new tokens (LlamaGen's static c
 
 Deviations:
 - LayerNorm instead of LlamaGen's RMSNorm, learned absolute positions live in the generators (no RoPE).
-- The cache is preallocated for the whole sequence once per ``generate`` call.
+- The cache is preallocated for the whole sequence once per ``generate`` call; :class:`IncrementalDecoder` drives
+  it (or recomputes the prefix without it) one new slot at a time.
 
 Gradient checkpointing (``set_grad_checkpointing``, the trainer's ``grad_checkpoint`` switch) recomputes each
 block's activations in the backward pass instead of storing them: same gradients, less memory, ~30% more compute.
@@ -186,6 +187,40 @@ class Transformer(nn.Module):
         return KVCache(
             len(self.blocks), batch, self.heads, max_len, self.head_dim, device=like.device, dtype=like.dtype
         )
+
+
+class IncrementalDecoder:
+    """Runs a causal :class:`Transformer` one new slot at a time while sampling: through a KV cache (only the new
+    slot is computed) or, with ``cached=False``, by recomputing the whole prefix (the reference path).
+
+    ``start(first)`` begins a sequence (the cache buffers, allocated once on ``like``'s device and dtype, are reused),
+    ``output()`` returns the transformer's output at the newest slot (call it once per slot), ``push(x)`` appends
+    the next slot [B, 1, W].
+    """
+
+    def __init__(self, transformer: Transformer, max_len: int, like: torch.Tensor, *, cached: bool) -> None:
+        self.transformer = transformer
+        self.cache = transformer.new_cache(like.shape[0], max_len, like) if cached else None
+        self.new = self.prefix = like
+
+    def start(self, first: torch.Tensor) -> IncrementalDecoder:
+        """Begin a new sequence whose only slot is ``first`` [B, 1, W]."""
+        if self.cache is not None:
+            self.cache.reset()
+        self.new = self.prefix = first
+        return self
+
+    def output(self) -> torch.Tensor:
+        """The transformer's output at the newest slot [B, W]."""
+        if self.cache is not None:
+            return self.transformer(self.new, causal=True, cache=self.cache)[:, -1]
+        return self.transformer(self.prefix, causal=True)[:, -1]
+
+    def push(self, x: torch.Tensor) -> None:
+        """Append the slot ``x`` [B, 1, W]."""
+        self.new = x
+        if self.cache is None:
+            self.prefix = torch.cat([self.prefix, x], dim=1)
 
 
 def set_grad_checkpointing(model: nn.Module, enabled: bool) -> int:

@@ -3,8 +3,6 @@ Loss denoiser's stacked adaLN, the per-chunk adaLN outputs of a sampling chain, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from benchkit.generators.mar import MARGenerator
@@ -19,14 +17,6 @@ from benchkit.nn.transformer import Transformer
 from benchkit.registry import GENERATORS
 
 SPEC = TokenSpec("continuous", (3, 3), dim=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def perturbed_head(**options: object) -> DiffLossHead:

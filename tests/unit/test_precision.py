@@ -167,8 +167,43 @@ def test_every_generator_and_head_trains_and_samples_under_bf16() -> None:
             loss = m.loss(batch).loss
         loss.backward()
         assert torch.isfinite(loss), (g, h, layout)
-        m.eval().sample_precision = "bf16"
-        out = generate_tokens(m, batch.labels, SampleSettings(cfg=2.0), seed=0, batch_size=4)[0]
+        out = generate_tokens(m.eval(), batch.labels, SampleSettings(cfg=2.0, precision="bf16"), seed=0,
+                              batch_size=4)[0]
         assert out.shape[:3] == batch.tokens.shape[:3], (g, h, layout)
         if SPECS[layout].kind == "continuous":
             assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_sample_precision_is_a_sampling_setting() -> None:
+    """sample.precision reaches ``generate`` through the settings (autocast around it), a sweep entry may set it,
+    and fp32 keeps the fingerprints and labels that settings had before the field existed."""
+    from benchkit.config import SampleSettings, fingerprint
+    from benchkit.evaluate import settings_from
+    from benchkit.sampling import generate_tokens
+
+    gen = GENERATORS.create("ar", spec=SPEC, head="ce", num_classes=4, width=32, depth=2, num_heads=2).eval()
+    seen: list[torch.dtype] = []
+    generate = gen.generate
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return generate(*args, **kwargs)
+
+    gen.generate = spy  # type: ignore[method-assign]
+    bf16 = resolve("tiny", overrides=["sample.precision=bf16"]).sample.settings()
+    for settings in (bf16, resolve("tiny").sample.settings()):
+        generate_tokens(gen, LABELS[:2], settings, seed=0, batch_size=2)
+    assert seen == [torch.bfloat16, torch.float32]
+
+    swept = settings_from(resolve("tiny", overrides=['eval.sweep=[{precision = "fp16"}]']))
+    assert [s.precision for s in swept] == ["fp32", "fp16"]
+    fp32 = SampleSettings(cfg=2.0)
+    before = {"steps": None, "cfg": 2.0, "cfg_schedule": "constant", "temperature": 1.0, "diffusion_steps": None}
+    assert fingerprint(fp32) == fingerprint(before)
+    assert fingerprint(SampleSettings(cfg=2.0, precision="bf16")) != fingerprint(fp32)
+    assert fp32.label() == "cfg=2.0, cfg_schedule=constant, temperature=1.0"
+    assert SampleSettings(precision="bf16").label().endswith("precision=bf16")
+    with pytest.raises(ConfigError, match="unknown sample precision 'fp8'; valid: fp32, bf16, fp16"):
+        SampleSettings(precision="fp8")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="sample.precision"):
+        resolve("tiny", overrides=["sample.precision=fp8"])

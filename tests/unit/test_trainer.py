@@ -103,3 +103,26 @@ def test_checkpoint_truncated_or_tampered(tmp_path: Path) -> None:
         load_checkpoint(p)
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_ema_is_an_averaged_model_that_follows_the_formula_and_copies_buffers() -> None:
+    from benchkit.trainer import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(model, 0.9)
+    assert isinstance(ema.averaged, torch.optim.swa_utils.AveragedModel)
+    want = {k: v.clone() for k, v in model.state_dict().items()}  # the average starts at the initial weights
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.fill_(step)
+        ema.update(model)
+        for k, p in model.named_parameters():
+            want[k].lerp_(p.detach(), 0.1)  # shadow = 0.9 shadow + 0.1 weights, from the very first step
+    for k, v in ema.shadow.items():
+        expected = want[k] if k in dict(model.named_parameters()) else model.state_dict()[k]  # buffers: copied
+        assert torch.equal(v, expected), k
+    ema.shadow["0.weight"].zero_()  # shadow tensors are the averaged copy's: resume writes through them
+    assert not ema.averaged.module[0].weight.any()
