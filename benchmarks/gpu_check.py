@@ -27,13 +27,12 @@ import benchkit.generators
 import benchkit.heads  # noqa: F401  (registers the components)
 import torch
 
-from benchkit.config import resolve
+from benchkit.config import SampleSettings, resolve
 from benchkit.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import count_params, peak_memory_mb, reset_peak_memory
 from benchkit.pipeline import check
 from benchkit.precision import autocast
 from benchkit.registry import GENERATORS
-from benchkit.sampling import SampleSettings, head_settings
 
 PRESETS = ("mar-b", "ar-l", "rqt-480m")
 SMALL_GENERATOR = {"mar": {"width": 64, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 4},
@@ -96,8 +95,9 @@ def sample_seconds(gen: Any, cfg: Any, batch_size: int, steps: int, diffusion_st
     mar_steps = min(steps, gen.seq_len) if cfg.generator.name == "mar" else None  # --small has 16 tokens
     settings = SampleSettings(steps=mar_steps, cfg=cfg.sample.cfg,
                               cfg_schedule=cfg.sample.cfg_schedule, diffusion_steps=diffusion_steps if cfg.head.name == "diffloss" else None)
-    kw = dict(steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule)
-    with head_settings(gen, settings), autocast("bf16", device):
+    kw = dict(steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
+              diffusion_steps=settings.diffusion_steps)
+    with autocast("bf16", device):
         gen.generate(torch.arange(min(8, batch_size), device=device), generator=torch.Generator(device=device).manual_seed(0), **kw)
         _sync(device)
         t0 = time.perf_counter()
