@@ -73,24 +73,66 @@ def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], to
     n_shards = (len(data) + shard_size - 1) // shard_size
     todo = [i for i in range(n_shards) if not _shard_path(root, i).is_file()]
     bar = _progress(progress, len(data), (n_shards - len(todo)) * shard_size, mirrored)
+    # one loader (one set of worker processes) over the rows of every missing shard, in order; shard_size is a
+    # multiple of batch_size, so each batch falls inside one shard, and its rows go straight into that shard's
+    # memory-mapped .npy file: nothing of a shard is held in memory beyond the batch being encoded
+    rows = [r for i in todo for r in range(i * shard_size, min(len(data), (i + 1) * shard_size))]
+    loader = image_loader(Subset(_Unflipped(data, mirrored), rows), batch_size=batch_size, workers=workers)
+    writer = _ShardWriter(root, len(data), shard_size)
     try:
-        for i in todo:
-            rows = range(i * shard_size, min(len(data), (i + 1) * shard_size))
-            loader = image_loader(Subset(_Unflipped(data, mirrored), rows), batch_size=batch_size, workers=workers)
-            parts = []
-            for images in loader:
-                with torch.no_grad():
-                    parts.append(encode(images).cpu().numpy())
-                if bar is not None:
-                    bar.advance(bar.tasks[0].id, len(images))
-            tmp = root / f".shard-{i:05d}.{os.getpid()}.tmp.npy"
-            np.save(tmp, np.concatenate(parts))
-            os.replace(tmp, _shard_path(root, i))
+        done = 0
+        for images in loader:
+            with torch.no_grad():
+                writer.write(rows[done], encode(images).cpu().numpy())
+            done += len(images)
+            if bar is not None:
+                bar.advance(bar.tasks[0].id, len(images))
+        writer.close()
     finally:
+        writer.abandon()
         if bar is not None:
             bar.stop()
     log.info("token cache %s: %d images in %d shards (%d built now)", root, len(data), n_shards, len(todo))
     return ShardedTokenCache(root)
+
+
+class _ShardWriter:
+    """Writes batches of encoded rows into memory-mapped shard files, renamed into place when full."""
+
+    def __init__(self, root: Path, n: int, shard_size: int) -> None:
+        self.root, self.n, self.shard_size = root, n, shard_size
+        self.index: int | None = None
+        self.tmp: Path | None = None
+        self.array: np.memmap | None = None
+
+    def write(self, first_row: int, values: np.ndarray) -> None:
+        shard = first_row // self.shard_size
+        if shard != self.index:
+            self.close()
+            rows = min(self.n, (shard + 1) * self.shard_size) - shard * self.shard_size
+            self.index, self.tmp = shard, self.root / f".shard-{shard:05d}.{os.getpid()}.tmp.npy"
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=values.dtype,
+                                                   shape=(rows, *values.shape[1:]))
+        assert self.array is not None
+        start = first_row - shard * self.shard_size
+        self.array[start:start + len(values)] = values
+        if start + len(values) == len(self.array):
+            self.close()
+
+    def close(self) -> None:
+        """Flush the open shard and rename it into place (only a full shard is ever open here)."""
+        if self.array is not None and self.tmp is not None and self.index is not None:
+            self.array.flush()
+            del self.array
+            os.replace(self.tmp, _shard_path(self.root, self.index))
+        self.array, self.tmp, self.index = None, None, None
+
+    def abandon(self) -> None:
+        """After an error: drop a partly written shard, so a rebuild only ever sees whole shards."""
+        if self.tmp is not None:
+            self.array = None
+            self.tmp.unlink(missing_ok=True)
+            self.tmp, self.index = None, None
 
 
 class ShardedTokenCache:
