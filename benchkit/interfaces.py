@@ -168,6 +168,11 @@ class Generator(Protocol):
 
     def loss(self, batch: Batch) -> LossOutput: ...
 
+    def bind_tokenizer(self, tokenizer: Any) -> None:
+        """Called once before training from scratch: copy what the generator reads from its tokenizer (the RQ
+        codebook of the official RQ-Transformer embedding); most generators read nothing."""
+        ...
+
     def generate(
         self,
         labels: torch.Tensor,

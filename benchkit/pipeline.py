@@ -322,6 +322,7 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
             return TrainedRun(cfg, gen.eval(), tok, combo, rdir, None)
         if is_main():
             write_run_files(cfg, rdir, device)
+        gen.bind_tokenizer(tok.module)  # before fit: a resumed run's checkpoint holds the same values
 
         def get_batch(idx: torch.Tensor) -> Batch:
             cached = cache[idx] if mirror is None else _random_mirror(cache[idx], mirror[idx])

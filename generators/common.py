@@ -103,6 +103,9 @@ class ClassConditionalGenerator(nn.Module):
         """Create and initialise the generator's layers (everything but the head)."""
         raise NotImplementedError
 
+    def bind_tokenizer(self, tokenizer: nn.Module) -> None:
+        """Before training from scratch: take what the generator reads from its tokenizer (here: nothing)."""
+
     def class_embedding(self) -> nn.Embedding:
         """Class table of ``num_classes + 1`` rows of width ``cfg.width``; row ``num_classes`` is the null class."""
         return nn.Embedding(self.num_classes + 1, self.cfg.width)

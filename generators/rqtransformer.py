@@ -116,6 +116,20 @@ class RQTransformerGenerator(ClassConditionalGenerator):
         if cfg.soft_target_temperature > 0 and (self.head_name != "ce" or spec.kind != "discrete"):
             raise IncompatibleComponentsError("soft_target_temperature needs discrete tokens and the ce head")
 
+    @torch.no_grad()
+    def bind_tokenizer(self, tokenizer: nn.Module) -> None:
+        """With ``code_embedding = "codebook"``: copy the RQ-VAE's codebook into the frozen table both embeddings
+        read (the import fills it from the official checkpoint instead)."""
+        if not self.official:
+            return
+        codebook = getattr(getattr(tokenizer, "codebook", None), "weight", None)
+        if codebook is None or tuple(codebook.shape) != tuple(self.codebook.shape):
+            found = "no codebook" if codebook is None else f"a {tuple(codebook.shape)} codebook"
+            raise IncompatibleComponentsError(
+                f"code_embedding = 'codebook' reads a {tuple(self.codebook.shape)} codebook (vocabulary x "
+                f"codebook_dim); the tokenizer has {found}: set generator.options.codebook_dim to its code_dim")
+        self.codebook.copy_(codebook)
+
     @classmethod
     def check_spec(cls, spec: TokenSpec) -> str | None:
         """Needs stacked tokens: depth > 1."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchkit.config import preset_names, resolve
+from benchkit.errors import IncompatibleComponentsError
 from benchkit.metrics.cost import count_params
 from benchkit.pipeline import build_generator, build_tokenizer, check
 
@@ -36,14 +37,31 @@ def test_ar_baseline_matches_mar_l_in_size() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RQT))
-def test_rqtransformer_presets_match_official_up_to_the_code_embeddings(name: str) -> None:
-    """benchkit learns a K x W code table for each transformer where the official model reads the frozen RQ-VAE
-    codebook (256-d) through a Linear 256 -> W: swapping one for the other gives the official count."""
+def test_rqtransformer_presets_have_the_official_parameter_counts(name: str) -> None:
+    """Both transformers read the frozen RQ-VAE codebook (256-d, a buffer) through a Linear 256 -> W, as the
+    official model does, so the parameters are the official ones."""
     gen, combo = _generator(name)
-    K, W = combo.spec.vocab_size, resolve(name).generator.options["width"]
-    assert (combo.spec.grid, combo.spec.depth, K) == ((8, 8), 4, 16384)
-    learned_tables, official_linears = 2 * K * W, 2 * (256 * W + W)
-    assert (count_params(gen) - learned_tables + official_linears) / 1e6 == pytest.approx(RQT[name], abs=0.05)
+    assert (combo.spec.grid, combo.spec.depth, combo.spec.vocab_size) == ((8, 8), 4, 16384)
+    assert tuple(gen.codebook.shape) == (16384, 256)
+    assert count_params(gen) / 1e6 == pytest.approx(RQT[name], abs=0.05)
+
+
+def test_training_copies_the_tokenizer_codebook_into_the_official_embedding(tmp_path) -> None:
+    from benchkit.pipeline import train_generator
+
+    cfg = resolve("tiny", None, [f"out_dir={tmp_path}", "tokenizer.name=rq", "generator.name=rqtransformer",
+                                 "tokenizer_train.steps=2", "train.steps=2", "train.batch_size=8",
+                                 "data.options={num_train = 64, num_test = 16}",
+                                 "generator.options={code_embedding = \"codebook\", codebook_dim = 16}"])
+    run = train_generator(cfg, progress=False)
+    torch.testing.assert_close(run.generator.codebook, run.tokenizer.module.codebook.weight, rtol=0, atol=0)
+    assert run.generator.codebook.abs().sum() > 0
+    wrong = resolve("tiny", None, [f"out_dir={tmp_path / 'w'}", "tokenizer.name=rq", "generator.name=rqtransformer",
+                                   "tokenizer_train.steps=2", "train.steps=2",
+                                   "data.options={num_train = 64, num_test = 16}",
+                                   "generator.options={code_embedding = \"codebook\", codebook_dim = 8}"])
+    with pytest.raises(IncompatibleComponentsError, match="codebook_dim"):
+        train_generator(wrong, progress=False)
 
 
 def test_paper_presets_are_shipped_and_their_tokenizers_build() -> None:
