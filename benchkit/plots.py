@@ -218,7 +218,8 @@ def fid_vs_train_flops_plot(series: Series, path: Path) -> Series:
     for (label, pts), m in zip(series.items(), itertools.cycle(MARKERS)):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, label=label, linewidth=1.2)
     if min(flops) > 0:
-        ax.set_xscale("log")
+        _log_axis(ax.xaxis, ax.set_xscale, flops)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
     log_fid = min(fids) > 0 and max(fids) / min(fids) >= 10
     if log_fid:
         _log_axis(ax.yaxis, ax.set_yscale, fids)
@@ -229,6 +230,14 @@ def fid_vs_train_flops_plot(series: Series, path: Path) -> Series:
     ax.grid(True, which="major", alpha=0.3)
     _save(fig, path)
     return series
+
+
+def _si(v: float) -> str:
+    """``2e12`` as ``2T``, ``5e11`` as ``500G``."""
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:g}{unit}"
+    return f"{v:g}"
 
 
 def training_curves_plot(csv_paths: dict[str, Path], path: Path) -> Series:
