@@ -249,7 +249,7 @@ def _round(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _human(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(v) >= scale:
             return f"{v / scale:.3g}{unit}"
     return f"{v:g}"
