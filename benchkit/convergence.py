@@ -88,8 +88,9 @@ def convergence_hook(cfg: RunConfig, tokenizer: nn.Module, kind: str, num_classe
         feats = extractor.features(fake)
         fid = frechet_distance(*feature_stats(feats), ref.mu, ref.sigma)
         kid = cleanfid_kid(feats.numpy(), ref.feats.numpy(), min(1000, n, len(real)), cfg.seed)
+        spread = bootstrap_fid_std(feats, ref.mu, ref.sigma, seed=cfg.seed)
         point = {"step": step, "images_seen": step * cfg.train.batch_size, "train_flops": step * step_flops,
-                 "fid": fid, "kid": kid, "fid_bootstrap_std": bootstrap_fid_std(feats, ref.mu, ref.sigma, seed=cfg.seed),
+                 "fid": fid, "kid": kid, "fid_bootstrap_std": spread,
                  "n_samples": n, "features": extractor.tag, "seconds": round(time.perf_counter() - t0, 3)}
         store_point(run_dir, point)
         log.info("%s: step %d, FID %.2f  KID %.4f (%d samples, %.1f s)", Path(run_dir).name, step, fid, kid, n,
