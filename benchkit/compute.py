@@ -7,21 +7,28 @@ optimizer update are not counted). MAR's per-batch mask ratio changes its encode
 the step count is the mean over ``draws`` seeded draws. The count runs at a batch of at most ``COUNT_BATCH``
 samples and is scaled to the training batch (every counted op is per sample, so FLOPs are linear in the batch;
 the counting mode makes each op slow). The global RNG is left as it was.
+
+A training budget (``train.budget_flops`` or ``train.budget_images``, :func:`apply_budget`) turns these counts
+into each generator's step count, so a sweep can compare generators at equal compute instead of equal steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
+from benchkit.config import RunConfig, fingerprint
 from benchkit.errors import ConfigError
 from benchkit.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import flops_per_call
 
+log = logging.getLogger(__name__)
 COUNT_BATCH = 8
-_RUN_CACHE: dict[str, int] = {}
+_STEP_CACHE: dict[str, int] = {}
 
 
 def random_batch(spec: TokenSpec, batch_size: int, num_classes: int, *, device: torch.device,
@@ -61,12 +68,47 @@ def train_step_flops(generator: nn.Module, spec: TokenSpec, batch_size: int, num
     return round(total / draws * batch_size / counted)
 
 
+def config_step_flops(cfg: RunConfig, generator: nn.Module, spec: TokenSpec) -> int:
+    """:func:`train_step_flops` of ``generator`` at ``cfg.train.batch_size``, counted once per process for each
+    (data, tokenizer, generator, head, batch size, seed)."""
+    key = fingerprint("step-flops", cfg.data, cfg.tokenizer, cfg.generator, cfg.head, cfg.train.batch_size, cfg.seed)
+    if key not in _STEP_CACHE:
+        _STEP_CACHE[key] = train_step_flops(generator, spec, cfg.train.batch_size,
+                                            int(getattr(generator, "num_classes", 1)), seed=cfg.seed)
+    return _STEP_CACHE[key]
+
+
 def run_train_flops(run: Any) -> int:
-    """Training FLOPs of a :class:`benchkit.pipeline.TrainedRun` (steps x one step), counted once per run."""
-    key = str(run.dir)
-    if key not in _RUN_CACHE:
-        cfg = run.cfg
-        per_step = train_step_flops(run.generator, run.combo.spec, cfg.train.batch_size,
-                                    int(getattr(run.generator, "num_classes", 1)), seed=cfg.seed)
-        _RUN_CACHE[key] = cfg.train.steps * per_step
-    return _RUN_CACHE[key]
+    """Training FLOPs of a :class:`benchkit.pipeline.TrainedRun` (steps x one step)."""
+    return run.cfg.train.steps * config_step_flops(run.cfg, run.generator, run.combo.spec)
+
+
+def budget_steps(train: Any, step_flops: int) -> int:
+    """The steps that ``train.budget_flops`` (whole steps of ``step_flops`` FLOPs, rounded down) or
+    ``train.budget_images`` (whole batches) allow; ``train`` is a :class:`benchkit.config.TrainConfig`."""
+    if train.budget_flops:
+        steps, what = int(train.budget_flops // step_flops), f"train.budget_flops = {train.budget_flops:.4g}"
+        unit = f"one step ({step_flops:.4g} FLOPs at batch {train.batch_size})"
+    else:
+        steps, what = train.budget_images // train.batch_size, f"train.budget_images = {train.budget_images}"
+        unit = f"one batch (train.batch_size = {train.batch_size})"
+    if steps < 1:
+        raise ConfigError(f"{what} is less than {unit}; raise the budget or lower train.batch_size")
+    return steps
+
+
+def apply_budget(cfg: RunConfig, generator: nn.Module, spec: TokenSpec) -> RunConfig:
+    """``cfg`` with ``train.steps`` derived from the training budget when one is set (else ``cfg`` itself).
+
+    With a budget every generator of a sweep gets the steps its own counted cost per step allows, so all of them
+    train for the same FLOPs (within one step) or the same images; ``train.steps`` is then not used."""
+    train = cfg.train
+    if not (train.budget_flops or train.budget_images):
+        return cfg
+    per_step = config_step_flops(cfg, generator, spec)
+    steps = budget_steps(train, per_step)
+    log.info("%s+%s+%s: %s FLOPs per step, budget %s -> %d steps (%.4g FLOPs; train.steps = %d not used)",
+             cfg.tokenizer.name, cfg.generator.name, cfg.head.name, f"{per_step:.4g}",
+             f"{train.budget_flops:.4g} FLOPs" if train.budget_flops else f"{train.budget_images} images", steps,
+             steps * per_step, train.steps)
+    return dataclasses.replace(cfg, train=dataclasses.replace(train, steps=steps))

@@ -75,6 +75,14 @@ class TrainConfig:
     # tokenizer stage only: weight of LPIPS(images, reconstruction) in the loss (benchkit.metrics.perceptual), 0 = off;
     # a non-zero weight needs the lpips package and torchvision's AlexNet weights on disk (see eval.lpips_weights)
     lpips_weight: float = field(default=0.0, metadata=UNLESS_DEFAULT)
+    # generator training only. Equal compute (benchkit.compute.apply_budget): a total of training FLOPs or of images
+    # seen that sets ``steps`` per generator (0: off, ``steps`` drives); the derived ``steps`` is in the identity.
+    budget_flops: float = field(default=0.0, metadata={"identity": False})
+    budget_images: int = field(default=0, metadata={"identity": False})
+    # convergence (benchkit.convergence): FID/KID of ``convergence_samples`` samples at this many points, each at
+    # twice the previous one's steps and the last at ``steps``; watching only, the weights are the same without
+    convergence_points: int = field(default=0, metadata={"identity": False})
+    convergence_samples: int = field(default=200, metadata={"identity": False})
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -89,6 +97,13 @@ class TrainConfig:
             raise ValueError("checkpoint_every and log_every must be >= 1")
         if not self.lpips_weight >= 0:
             raise ValueError(f"lpips_weight must be >= 0 (0 = off), got {self.lpips_weight}")
+        if self.budget_flops < 0 or self.budget_images < 0:
+            raise ValueError("budget_flops and budget_images must be >= 0 (0: off)")
+        if self.budget_flops and self.budget_images:
+            raise ValueError("set one training budget, budget_flops or budget_images, not both")
+        if self.convergence_points < 0 or self.convergence_samples < 5:
+            raise ValueError(f"convergence_points must be >= 0 and convergence_samples >= 5, got "
+                             f"{self.convergence_points} and {self.convergence_samples}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained weights, for fingerprints: the fields marked ``identity: False`` (the

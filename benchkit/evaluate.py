@@ -21,6 +21,7 @@ from filelock import FileLock
 from benchkit import distributed as bdist
 from benchkit.config import RunConfig, fingerprint
 from benchkit.compute import run_train_flops
+from benchkit.convergence import row_fields
 from benchkit.data.base import ImageData, to_float, to_uint8
 from benchkit.deviations import head_deviations
 from benchkit.images import reconstruction_grid, save_grid
@@ -171,7 +172,7 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         **speed,
         "train_images_per_s": _train_meta(run).get("train_images_per_s"),
         "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
-        "train_flops": run_train_flops(run),
+        "train_flops": run_train_flops(run), **row_fields(run.dir),
         "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
     }
     append_row(results_dir, row)

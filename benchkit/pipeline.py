@@ -37,7 +37,9 @@ from benchkit.checkpoint import (
     save_checkpoint,
 )
 from benchkit.compat import Combination, check_combination
+from benchkit.compute import apply_budget, config_step_flops
 from benchkit.config import RunConfig, fingerprint, from_dict
+from benchkit.convergence import convergence_hook, convergence_steps
 from benchkit.data.loading import load_dataset
 from benchkit.data.base import ImageData, to_float
 from benchkit.distributed import is_main, pick_device
@@ -105,6 +107,10 @@ def check(cfg: RunConfig, *, include_eval: bool = True) -> Combination:
         tokenizer_options=cfg.tokenizer.options, image_size=cfg.data.image_size,
     )
     HEADS.make_config(cfg.head.name, cfg.head.options)
+    t = cfg.tokenizer_train
+    if t.budget_flops or t.budget_images or t.convergence_points:
+        raise ConfigError("training budgets and convergence points apply to generators: set train.budget_flops, "
+                          "train.budget_images or train.convergence_points, not the tokenizer_train ones")
     if include_eval:
         check_eval(cfg)
     return combo
@@ -310,10 +316,11 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
     cache = token_cache(cache_tok, combo.kind, train)
     mirror = token_cache(cache_tok, combo.kind, train, mirrored=True) if cfg.train.hflip else None
     labels = train.labels
-    rdir, fp = run_dir(cfg), run_fingerprint(cfg)
-    rdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     gen = build_generator(cfg, combo, train.num_classes, device)
+    cfg = apply_budget(cfg, gen, combo.spec)  # train.budget_*: this generator's steps (the RNG is left alone)
+    rdir, fp = run_dir(cfg), run_fingerprint(cfg)
+    rdir.mkdir(parents=True, exist_ok=True)
     with bdist.stage_lock(rdir / ".lock"):
         if bdist.broadcast_object(checkpoint_exists(rdir / MODEL)):
             meta = load_module_weights(gen, rdir / MODEL)
@@ -331,10 +338,14 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
             tokens = tok.module.tokens_from_cache(cached.to(device), combo.kind)
             return Batch(tokens, labels[idx].to(device))
 
+        at = convergence_steps(cfg.train.steps, cfg.train.convergence_points)
+        hook = convergence_hook(cfg, tok.module, combo.kind, train.num_classes, train, splits[1] if splits else
+                                load_splits(cfg)[1], rdir, config_step_flops(cfg, gen, combo.spec)) if at else None
         result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,
                      fingerprint=fp, desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume,
                      show_progress=progress, preview=sample_preview(tok.module, combo.kind, train.num_classes, cfg.sample,
-                                                                    seed=cfg.seed) if cfg.train.tensorboard else None)
+                                                                    seed=cfg.seed) if cfg.train.tensorboard else None,
+                     evaluate_at=at, evaluate=hook)
         if is_main():
             meta = {"fingerprint": fp, "train_images_per_s": result.images_per_s, "train_time_s": result.time_s,
                     "steps": result.steps, "final_loss": result.final_loss, "num_classes": train.num_classes}

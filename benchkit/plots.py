@@ -1,4 +1,5 @@
-"""Speed/quality plots from a results directory: the Pareto plot, FID against steps, training curves.
+"""Speed/quality plots from a results directory: the Pareto plot, FID against steps, FID against training FLOPs
+(convergence), training curves.
 
 Every function draws with matplotlib's Agg backend (no display needed), saves a PNG and returns the data it
 plotted, so tests and callers can check the numbers rather than the pixels.
@@ -203,6 +204,40 @@ def fid_vs_steps_plot(df: pd.DataFrame, path: Path) -> Series:
     ax.grid(True, alpha=0.3)
     _save(fig, path)
     return series
+
+
+def fid_vs_train_flops_plot(series: Series, path: Path) -> Series:
+    """Convergence FID against training FLOPs (log x; log y when FID spans a decade), one line per model
+    ``{tokenizer+generator+head: [(train_flops, fid), ...]}`` (``benchkit.convergence.convergence_series``)."""
+    series = {k: sorted(v) for k, v in series.items() if v}
+    if not series:
+        raise ConfigError("no convergence points to plot; train with train.convergence_points > 0")
+    flops = [p[0] for pts in series.values() for p in pts]
+    fids = [p[1] for pts in series.values() for p in pts]
+    fig, ax = _axes()
+    for (label, pts), m in zip(series.items(), itertools.cycle(MARKERS)):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, label=label, linewidth=1.2)
+    if min(flops) > 0:
+        _log_axis(ax.xaxis, ax.set_xscale, flops)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
+    log_fid = min(fids) > 0 and max(fids) / min(fids) >= 10
+    if log_fid:
+        _log_axis(ax.yaxis, ax.set_yscale, fids)
+    ax.set_xlabel("training FLOPs (counted, log scale)")
+    ax.set_ylabel("FID at the convergence points" + (" (log scale)" if log_fid else ""))
+    ax.set_title("convergence: FID vs training compute (lower is better)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(True, which="major", alpha=0.3)
+    _save(fig, path)
+    return series
+
+
+def _si(v: float) -> str:
+    """``2e12`` as ``2T``, ``5e11`` as ``500G``."""
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:g}{unit}"
+    return f"{v:g}"
 
 
 def training_curves_plot(csv_paths: dict[str, Path], path: Path) -> Series:

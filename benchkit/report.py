@@ -45,6 +45,7 @@ from benchkit.results import (
 REPORT_FILE = "report.html"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 PLOTS = (("pareto.png", "Quality vs sampling speed (Pareto)"), ("fid_vs_steps.png", "FID vs generation steps"),
+         ("fid_vs_train_flops.png", "Convergence: FID vs training FLOPs"),
          ("training_curves.png", "Training curves"))
 SAMPLE_GRID, RECON_GRID = "samples.png", "reconstructions.png"
 ENV_KEYS = ("benchkit", "python", "torch", "torch_fidelity", "clean_fid", "cuda")

@@ -43,7 +43,8 @@ TABLE_FILES_CSV = ("table.csv", "tokenizers.csv")
 IDENTITY = ("run", "dataset", "tokenizer", "grid", "generator", "head", "features", "steps", "cfg", "cfg_schedule",
             "temperature", "diffusion_steps", "head_deviations", "n_samples", "seed")
 QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", "fid_gap_significant", "is_mean",
-           "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc")
+           "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc", "convergence_fid", "still_improving")
+DETAIL = ("convergence_fid_prev", "convergence_fid_noise")  # in the CSV only
 TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
 COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
         "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_steps", "train_flops",
@@ -54,7 +55,8 @@ INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops
 # Decimals shown per column; other float columns get 4.
 DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_diff": 3, "fid_inf": 2,
             "seed_spread_fid": 2, "is_mean": 2, "is_std": 2, "kid_mean": 4, "kid_std": 4, "precision": 3,
-            "recall": 3, "class_acc": 3, "rfid": 2, "psnr": 2, "ssim": 3, "lpips": 3, "codebook_usage": 3, "perplexity": 1,
+            "recall": 3, "class_acc": 3, "convergence_fid": 2, "rfid": 2, "psnr": 2, "ssim": 3, "lpips": 3,
+            "codebook_usage": 3, "perplexity": 1,
             "bits_per_image": 1, "images_per_s": 1, "latency_s": 4, "encode_images_per_s": 1,
             "decode_images_per_s": 1, "train_images_per_s": 1, "train_time_s": 1, "peak_mem_mb": 1}
 # shown as 1.23M / 4.56G in markdown, LaTeX and the terminal
@@ -248,7 +250,7 @@ def _round(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _human(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(v) >= scale:
             return f"{v / scale:.3g}{unit}"
     return f"{v:g}"
@@ -269,7 +271,7 @@ def _cell(v: Any, col: str) -> str:
 
 def _display(df: pd.DataFrame, kind: str) -> tuple[list[str], list[list[str]], list[bool]]:
     """(header, rows of text, right-align flags) for the human-readable tables (no provenance columns)."""
-    cols = table_columns(df, kind=kind, provenance=False)
+    cols = [c for c in table_columns(df, kind=kind, provenance=False) if c not in DETAIL]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
     rows = [[_cell(v, c) for v, c in zip(rec, cols)] for rec in df[cols].itertuples(index=False, name=None)]
     return cols, rows, numeric
@@ -286,6 +288,10 @@ def _notes(df: pd.DataFrame) -> list[str]:
     if "fid_gap_significant" in df.columns:
         notes.append("fid_gap_significant: whether a row's FID beats the next-best row's by more than the larger "
                      "seed spread of the two (yes / no = within noise / - = not measurable).")
+    if "still_improving" in df.columns:
+        notes.append("still_improving: whether the model's FID at its last convergence point beats the one before "
+                     "by more than the noise (yes / no / - = no points); convergence_fid is that last FID, at a "
+                     "small sample count.")
     if "head_deviations" in df.columns:
         notes.append("head_deviations: head settings that differ from the paper's method (MAR: learned variance, "
                      "no x_0 clipping, 100 DDPM steps; full-softmax cross-entropy).")
@@ -321,10 +327,11 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     Returns {file name: path}.
     """
     out_dir = Path(out_dir)
+    from benchkit.convergence import with_improving
     from benchkit.significance import with_significance
 
     gen, tok = split_kinds(df)
-    gen = with_significance(gen)
+    gen = with_improving(with_significance(gen))
     written: dict[str, Path] = {}
     for stem, kind, part in (("table", "generator", gen), ("tokenizers", "tokenizer", tok)):
         if kind == "tokenizer" and part.empty:
@@ -342,11 +349,12 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
 def rich_table(df: pd.DataFrame, title: str) -> Table:
     """A rich Table for the terminal (tokenizer columns when every row is a tokenizer row)."""
+    from benchkit.convergence import with_improving
     from benchkit.significance import with_significance
 
     kind = "tokenizer" if "kind" in df.columns and len(df) and (df["kind"] == "tokenizer").all() else "generator"
     if kind == "generator":
-        df = with_significance(df)
+        df = with_improving(with_significance(df))
     cols, rows, numeric = _display(_int_columns(df), kind)
     table = Table(title=title, caption=" ".join(_notes(df)) or None)
     for i, (col, num) in enumerate(zip(cols, numeric)):

@@ -64,8 +64,9 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
 
 
 def write_outputs(results_dir: Path, out_root: Path) -> list[Path]:
-    """Tables (CSV, Markdown, LaTeX), the Pareto and steps plots, training curves, from ``rows.jsonl``."""
-    from benchkit.plots import plots_from_results, training_curves_plot
+    """Tables (CSV, Markdown, LaTeX), the Pareto, steps and convergence plots, training curves, from ``rows.jsonl``."""
+    from benchkit.convergence import convergence_series
+    from benchkit.plots import fid_vs_train_flops_plot, plots_from_results, training_curves_plot
     from benchkit.results import read_rows, write_tables
 
     df = read_rows(results_dir)
@@ -79,6 +80,10 @@ def write_outputs(results_dir: Path, out_root: Path) -> list[Path]:
         p = out_root / sub / str(row.get("run")) / "log.csv"
         if p.is_file():
             logs[str(row.get("run"))] = p
+    series = convergence_series(df, out_root)
+    if series:  # train.convergence_points
+        paths.append(results_dir / "fid_vs_train_flops.png")
+        fid_vs_train_flops_plot(series, paths[-1])
     if logs:
         path = results_dir / "training_curves.png"
         training_curves_plot(logs, path)

@@ -9,11 +9,12 @@ uninterrupted one would have seen, and the torch RNG state is checkpointed for t
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,13 +175,17 @@ def fit(
     resume: bool = True,
     show_progress: bool = True,
     preview: Callable[[nn.Module], torch.Tensor] | None = None,
+    evaluate_at: Collection[int] = (),
+    evaluate: Callable[[nn.Module, int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps; ``get_batch(indices)`` returns the batch for those item indices.
 
     The run directory gets ``checkpoint.safetensors/.json`` (model, EMA, optimizer, RNG) and ``log.csv``.
     With ``resume`` an existing checkpoint of the same ``fingerprint`` is continued; a different one is refused.
     With ``cfg.tensorboard`` the logged values, and ``preview(model)`` (uint8 images) at each checkpoint, also go to
-    TensorBoard (``benchkit.tblog``).
+    TensorBoard (``benchkit.tblog``). After each step count in ``evaluate_at``, rank 0 calls
+    ``evaluate(model, step)`` on a copy of the model holding the eval (EMA) weights, under a forked RNG and outside
+    the timing, so the trained weights, the RNG stream and images/s are those of a run without it.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,12 +218,28 @@ def fit(
                 _write_log(log_path, rows)
                 _save(loop, done, fingerprint, desc)
                 tb.preview(model, preview, done)
-            bdist.barrier() if done % cfg.checkpoint_every == 0 else None
+            if evaluate is not None and done in evaluate_at:
+                t0 += _evaluate_copy(loop, evaluate, done)  # the evaluation's time is not training time
+            bdist.barrier() if done % cfg.checkpoint_every == 0 or done in evaluate_at else None
     finally:
         tb.close()
         if progress is not None:
             progress.stop()
     return _finish(loop, rows, log_path, last_loss, images_done, time.perf_counter() - t0)
+
+
+def _evaluate_copy(loop: _Loop, evaluate: Callable[[nn.Module, int], None], done: int) -> float:
+    """``evaluate(copy with eval weights, done)`` on rank 0 with every RNG restored afterwards; returns its seconds."""
+    t = time.perf_counter()
+    if bdist.is_main():
+        model = copy.deepcopy(loop.model)
+        if loop.ema is not None:
+            model.load_state_dict(loop.ema.shadow)
+        model.eval()
+        with torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []), torch.no_grad():
+            evaluate(model, done)
+        del model
+    return time.perf_counter() - t
 
 
 def _setup(model: nn.Module, loss_fn: Callable[[nn.Module, Any], LossOutput], cfg: TrainConfig, run_dir: Path,
