@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from benchkit import distributed as bdist
 from benchkit.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from benchkit.config import TrainConfig
+from benchkit.ema import EMA
 from benchkit.errors import CheckpointError, TrainingDivergedError
 from benchkit.interfaces import LossOutput
 from benchkit.tblog import TensorBoardLog
@@ -64,29 +64,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return 1.0
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class EMA:
-    """Exponential moving average of the parameters (``torch.optim.swa_utils.AveragedModel`` with its EMA average);
-    buffers are copied. ``shadow`` is the averaged copy's state dict: what checkpoints store as ``ema.*`` and what
-    resuming copies back into."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
-        # AveragedModel's first update copies instead of averaging: spend it here, so that the average starts at the
-        # initial weights and the first training step is already averaged in
-        self.averaged.update_parameters(model)
-
-    @property
-    def shadow(self) -> dict[str, torch.Tensor]:
-        """The averaged weights and buffers by state-dict name (tensors sharing storage with the averaged copy)."""
-        return self.averaged.module.state_dict()
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """After an optimizer step: shadow = decay * shadow + (1 - decay) * weights; buffers copied."""
-        self.averaged.update_parameters(model)
 
 
 class _LossModule(nn.Module):

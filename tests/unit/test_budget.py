@@ -68,7 +68,7 @@ def test_shipped_budget_sweep_is_tiny_at_equal_flops_and_long_has_convergence_po
     assert len(budget) == 7 and all(j.cfg is not None for j in budget)
     assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in budget} == {(4.5e12, 4)}
     triples = [(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in budget + tiny]
-    assert sorted(triples[:7]) == sorted(triples[7:])
+    assert set(triples[7:]) < set(triples[:7])  # the default sweep's models, plus the rows it cuts for time
     long = expand(load_sweep("long"))
     assert {(j.cfg.train.convergence_points, j.cfg.train.convergence_samples) for j in long} == {(4, 200)}
     # convergence points leave the run's identity alone: adding them to a sweep reuses its trained runs

@@ -106,7 +106,7 @@ def test_checkpoint_truncated_or_tampered(tmp_path: Path) -> None:
 
 
 def test_ema_is_an_averaged_model_that_follows_the_formula_and_copies_buffers() -> None:
-    from benchkit.trainer import EMA
+    from benchkit.ema import EMA
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
