@@ -152,3 +152,13 @@ def test_reconstruction_grid_alternates_rows(tmp_path: Path) -> None:
     assert int(tile(2, 2).float().mean()) == 255  # blank fill for the short last row
     with pytest.raises(ValueError, match="differ in shape"):
         reconstruction_grid(originals, recons[:2], tmp_path / "bad.png")
+
+
+def test_pareto_key_names_the_cfg_of_a_single_guided_row() -> None:
+    import pandas as pd
+
+    from benchkit.plots import _point_names
+
+    rows = pd.DataFrame({"tokenizer": ["vq", "kl"], "generator": ["ar", "ar"], "head": ["ce", "diffloss"],
+                         "cfg": [3.0, 1.0], "cfg_schedule": ["linear", "constant"], "_fid": [169.1, 1093.0]})
+    assert _point_names(rows) == ["vq+ar+ce cfg=3.0 cfg_schedule=linear, FID 169", "kl+ar+diffloss, FID 1.09e+03"]
