@@ -102,6 +102,7 @@ class _ShardWriter:
     def __init__(self, root: Path, n: int, shard_size: int) -> None:
         self.root, self.n, self.shard_size = root, n, shard_size
         self.index: int | None = None
+        self.filled = 0
         self.tmp: Path | None = None
         self.array: np.memmap | None = None
 
@@ -116,23 +117,27 @@ class _ShardWriter:
         assert self.array is not None
         start = first_row - shard * self.shard_size
         self.array[start:start + len(values)] = values
-        if start + len(values) == len(self.array):
+        self.filled += len(values)
+        if self.filled == len(self.array):
             self.close()
 
     def close(self) -> None:
-        """Flush the open shard and rename it into place (only a full shard is ever open here)."""
+        """Flush a full shard and rename it into place; a shard not filled to the end is dropped instead."""
         if self.array is not None and self.tmp is not None and self.index is not None:
+            if self.filled < len(self.array):
+                self.abandon()
+                return
             self.array.flush()
             del self.array
             os.replace(self.tmp, _shard_path(self.root, self.index))
-        self.array, self.tmp, self.index = None, None, None
+        self.array, self.tmp, self.index, self.filled = None, None, None, 0
 
     def abandon(self) -> None:
         """After an error: drop a partly written shard, so a rebuild only ever sees whole shards."""
         if self.tmp is not None:
             self.array = None
             self.tmp.unlink(missing_ok=True)
-            self.tmp, self.index = None, None
+        self.array, self.tmp, self.index, self.filled = None, None, None, 0
 
 
 class ShardedTokenCache:

@@ -106,3 +106,19 @@ def test_lazy_imagefolder_in_the_pipeline(tmp_path: Path) -> None:
     assert train.subset(4).images.shape == (4, 3, 16, 16) and isinstance(train.subset(4).images, torch.Tensor)
     with pytest.raises(ConfigError, match='lazy = true needs eval.features = "inception"'):
         check_eval(resolve("tiny", overrides=sets))
+
+
+def test_shard_writer_renames_only_full_shards(tmp_path: Path) -> None:
+    import numpy as np
+
+    from benchkit.tokencache import _ShardWriter
+
+    writer = _ShardWriter(tmp_path, n=10, shard_size=4)  # shards of 4, 4 and 2 rows
+    for first in (0, 2, 4):
+        writer.write(first, np.full((2, 3), first, dtype=np.float32))
+    assert sorted(p.name for p in tmp_path.glob("shard-*.npy")) == ["shard-00000.npy"]  # shard 1 half written
+    writer.abandon()  # as after an error: the half-written shard leaves no file behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "shard-00000.npy")[:, 0], [0, 0, 2, 2])
+    writer.write(8, np.ones((2, 3), dtype=np.float32))  # the last, shorter shard closes when full
+    assert (tmp_path / "shard-00002.npy").is_file() and np.load(tmp_path / "shard-00002.npy").shape == (2, 3)
