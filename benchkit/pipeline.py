@@ -309,7 +309,7 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
             require_tensorboard(f"{where}.tensorboard")
     device = pick_device(cfg.device)
     bdist.init_distributed(device)
-    train, _ = splits or load_splits(cfg)
+    train, test = splits or load_splits(cfg)
     _check_sizes(cfg, train)
     tok = train_tokenizer(cfg, train, resume=resume, progress=progress)
     cache_tok = latent_cache_tokenizer(tok) if soft else tok  # soft targets: latents cached, quantized per batch
@@ -339,8 +339,8 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
             return Batch(tokens, labels[idx].to(device))
 
         at = convergence_steps(cfg.train.steps, cfg.train.convergence_points)
-        hook = convergence_hook(cfg, tok.module, combo.kind, train.num_classes, train, splits[1] if splits else
-                                load_splits(cfg)[1], rdir, config_step_flops(cfg, gen, combo.spec)) if at else None
+        hook = convergence_hook(cfg, tok.module, combo.kind, train.num_classes, train, test, rdir,
+                                config_step_flops(cfg, gen, combo.spec)) if at else None
         result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,
                      fingerprint=fp, desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume,
                      show_progress=progress, preview=sample_preview(tok.module, combo.kind, train.num_classes, cfg.sample,

@@ -121,11 +121,7 @@ class Codebook(nn.Module):
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code (squared Euclidean) for each row: [N, C] -> long [N]."""
-        e = self.weight.float()
-        z = z.detach().float()
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is constant per row and dropped
-        dist_ = e.pow(2).sum(-1)[None, :] - 2.0 * z @ e.t()  # [N, K]
-        return dist_.argmin(dim=-1)
+        return code_distances(z.detach().float(), self.weight.float()).argmin(dim=-1)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest codes for rows z [N, C] (in code space): (ids long [N], codes [N, C]); updates in train mode."""
@@ -201,6 +197,13 @@ def _draw_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.
 
 
 @torch.no_grad()
+def code_distances(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances of rows z [N, C] to codes [K, C] up to a per-row constant: [N, K].
+
+    ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code of a row and dropped."""
+    return codes.pow(2).sum(-1)[None, :] - 2.0 * z @ codes.t()
+
+
 def soft_residual_codes(
     z: torch.Tensor,
     codes: torch.Tensor,
@@ -221,13 +224,12 @@ def soft_residual_codes(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     e = codes.float()
-    e_sq = e.pow(2).sum(-1)[None, :]  # [1, K]
     residual = z.reshape(-1, z.shape[-1]).float()  # r_0, [N, C]
     ids, probs = [], []
     for _ in range(depth):
-        # ||r - e_k||^2 without the per-row constant ||r||^2, which neither the argmin nor the softmax sees;
-        # the same expression as Codebook.nearest, so the argmin ids agree exactly
-        dist_ = e_sq - 2.0 * residual @ e.t()  # [N, K]
+        # the per-row constant ||r||^2 changes neither the argmin nor the softmax; the distances of
+        # Codebook.nearest, so the argmin ids agree exactly
+        dist_ = code_distances(residual, e)  # [N, K]
         q = (-dist_ / temperature).softmax(dim=-1)
         k = _draw_rows(q, generator) if stochastic else dist_.argmin(dim=-1)
         residual = residual - e[k]
