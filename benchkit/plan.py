@@ -141,7 +141,20 @@ def make_plan(cfg: RunConfig, *, gpus: int, utilisation: float = 0.4, num_classe
     soft = soft_codes_of(cfg, combo.kind) is not None
     flops, act = measure_step(gen, combo.spec, dtype, checkpointed=False, soft_targets=soft)
     _, act_ckpt = measure_step(gen, combo.spec, dtype, checkpointed=True, soft_targets=soft)
-    total = flops * cfg.train.steps * cfg.train.batch_size
+    steps = planned_steps(cfg, flops)
+    total = flops * steps * cfg.train.batch_size
     hours = {name: total / (peak * utilisation) / 3600 for name, peak in GPU_PEAKS.items()}
-    return Plan(cfg.name, n_params, count_params(tok), flops, act, act_ckpt, cfg.train.steps,
+    return Plan(cfg.name, n_params, count_params(tok), flops, act, act_ckpt, steps,
                 cfg.train.batch_size, gpus, utilisation, hours)
+
+
+def planned_steps(cfg: RunConfig, flops_per_image: float) -> int:
+    """``train.steps``, or the steps a training budget (``train.budget_flops`` / ``budget_images``) allows at
+    ``flops_per_image`` per image, by the rule training uses (:func:`benchkit.compute.budget_steps`). Training
+    recounts its step on its own device, where the flash attention kernel's backward recomputes the scores (seven
+    attention matmuls against the math kernel's six counted here), so its steps can differ by a few percent."""
+    from benchkit.compute import budget_steps
+
+    if not (cfg.train.budget_flops or cfg.train.budget_images):
+        return cfg.train.steps
+    return budget_steps(cfg.train, max(1, round(flops_per_image * cfg.train.batch_size)))

@@ -48,3 +48,16 @@ def test_plan_command_and_bad_inputs() -> None:
         make_plan(resolve("tiny"), gpus=3)
     with pytest.raises(ConfigError, match="utilisation must be in"):
         make_plan(resolve("tiny"), gpus=1, utilisation=1.5)
+
+
+@pytest.mark.parametrize("budget", ["budget_flops", "budget_images"])
+def test_plan_takes_its_steps_from_a_training_budget(budget: str) -> None:
+    base = make_plan(resolve("tiny"), gpus=1, num_classes=10)
+    step_flops = base.flops_per_image * base.batch_size
+    value = f"{7.5 * step_flops:.6e}" if budget == "budget_flops" else str(7 * base.batch_size + 5)
+    p = make_plan(resolve("tiny", overrides=[f"train.{budget}={value}"]), gpus=1, num_classes=10)
+    assert p.steps == 7 != base.steps  # whole steps, rounded down; train.steps is not used
+    assert p.gpu_hours["A100"] == pytest.approx(base.gpu_hours["A100"] * 7 / base.steps)
+    out = CliRunner().invoke(app, ["plan", "--gpus", "1", "--num-classes", "10", "--set", f"train.{budget}={value}"])
+    assert out.exit_code == 0, out.output
+    assert f"from train.{budget}" in out.output and "7 x 64" in out.output
