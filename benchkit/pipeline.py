@@ -339,8 +339,9 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
             return Batch(tokens, labels[idx].to(device))
 
         at = convergence_steps(cfg.train.steps, cfg.train.convergence_points)
+        # only rank 0 scores the points (the others wait at the barrier), so only it loads the feature network
         hook = convergence_hook(cfg, tok.module, combo.kind, train.num_classes, train, test, rdir,
-                                config_step_flops(cfg, gen, combo.spec)) if at else None
+                                config_step_flops(cfg, gen, combo.spec)) if at and is_main() else None
         result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,
                      fingerprint=fp, desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume,
                      show_progress=progress, preview=sample_preview(tok.module, combo.kind, train.num_classes, cfg.sample,

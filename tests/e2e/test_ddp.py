@@ -27,10 +27,13 @@ import torch
 from conftest import QUALITY_KEYS, TINY, bk, cli_env, last_line, seed_cache
 from safetensors.torch import load_file
 
+from benchkit.convergence import read_points
+
 pytestmark = pytest.mark.slow
 
 TOL = 1e-4
-DETERMINISTIC = [*TINY, "--set", "generator.options.label_drop=0.0", "--set", "train.log_every=1"]
+DETERMINISTIC = [*TINY, "--set", "generator.options.label_drop=0.0", "--set", "train.log_every=1",
+                 "--set", "train.convergence_points=2", "--set", "train.convergence_samples=20"]
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -76,6 +79,8 @@ def test_torchrun_trains_tokenizer_and_generator(ddp_and_single: tuple[Path, Pat
     assert json.loads((ddp_run / "checkpoint.json").read_text())["step"] == 48
     env = json.loads((ddp_run / "env.json").read_text())
     assert env  # written once, by rank 0
+    points = read_points(ddp_run)  # scored by rank 0 only, while rank 1 waits at the barrier
+    assert [p["step"] for p in points] == [24, 48] and all(p["n_samples"] == 20 for p in points)
 
 
 def test_ddp_training_matches_single_process_on_the_same_global_batch(ddp_and_single: tuple[Path, Path]) -> None:
