@@ -2,7 +2,9 @@
 
 MAR's Table 1 reports every entry at its best temperature / CFG. ``eval.tune`` lists grid points, each a partial
 sampling setting applied over the run's base setting (``{ temperature = 0.9 }``, ``{ cfg = 2.0,
-cfg_schedule = "linear" }``, ...); the base itself is always a candidate. Each candidate draws
+cfg_schedule = "linear" }``, ...); the base itself is always a candidate. The base row is tuned, and so is each
+``eval.sweep`` row that only changes untuned fields (MAR's step count, diffusion steps, precision), each on its own;
+a sweep row that sets a CFG or temperature itself is a deliberate comparison and is kept. Each candidate draws
 ``eval.tune_samples`` samples, scored by FID against a validation split that is neither the training data nor the
 test reference; the best replaces the base setting, and the rows then measure it on the test reference as usual
 (the chosen values are the row's ``cfg`` / ``cfg_schedule`` / ``temperature``). Scores and the search time go to
@@ -102,9 +104,30 @@ def tune(
     return best, scored
 
 
+def rows_to_tune(settings: Sequence[SampleSettings]) -> list[bool]:
+    """Which rows ``eval.tune`` searches: the base (first) row and every sweep row that leaves the tuned fields
+    (``TUNABLE``) as the base has them, e.g. MAR at another step count; a row that sets a CFG or temperature of
+    its own is a deliberate comparison and is kept as it is."""
+    base = settings[0]
+    return [i == 0 or all(getattr(s, k) == getattr(base, k) for k in TUNABLE) for i, s in enumerate(settings)]
+
+
+def tune_settings(settings: Sequence[SampleSettings], grid: Sequence[dict[str, Any]],
+                  tune_one: Callable[[list[SampleSettings], str], SampleSettings]) -> list[SampleSettings]:
+    """``settings`` with each row of :func:`rows_to_tune` replaced by ``tune_one(candidates, row label)``'s pick
+    (repeats dropped, order kept)."""
+    out: list[SampleSettings] = []
+    for s, search in zip(settings, rows_to_tune(settings)):
+        best = tune_one(candidates(s, grid), "" if s is settings[0] else f" [{s.label()}]") if search else s
+        if best not in out:
+            out.append(best)
+    return out
+
+
 def tune_run(run: Any, settings: list[SampleSettings], extractor: Any, test: torch.Tensor,
              num_classes: int) -> list[SampleSettings]:
-    """``settings`` with the first (base) one replaced by the best of ``eval.tune`` on the validation split.
+    """``settings`` with the base row and the sweep rows of :func:`rows_to_tune` replaced by their best of
+    ``eval.tune`` on the validation split.
 
     ``run`` is a :class:`benchkit.pipeline.TrainedRun`; samples use seed ``cfg.seed + 1`` (the test rows use
     ``cfg.seed``), so the choice is not made on the very samples it is then measured with.
@@ -123,5 +146,7 @@ def tune_run(run: Any, settings: list[SampleSettings], extractor: Any, test: tor
         return generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s, seed=cfg.seed + 1,
                                batch_size=cfg.sample.batch_size)
 
-    best, _ = tune(candidates(settings[0], cfg.eval.tune), sample, extractor.features, val, what=run.dir.name)
-    return [best] + [s for s in settings[1:] if s != best]
+    def tune_one(options: list[SampleSettings], row: str) -> SampleSettings:
+        return tune(options, sample, extractor.features, val, what=run.dir.name + row)[0]
+
+    return tune_settings(settings, cfg.eval.tune, tune_one)

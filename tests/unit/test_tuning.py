@@ -7,7 +7,7 @@ import torch
 
 from benchkit.errors import ConfigError
 from benchkit.sampling import SampleSettings
-from benchkit.tuning import candidates, pick_best, tune, validation_images
+from benchkit.tuning import candidates, pick_best, rows_to_tune, tune, tune_settings, validation_images
 
 
 def test_candidates_start_at_the_base_and_drop_repeats() -> None:
@@ -58,3 +58,24 @@ def test_validation_split_is_neither_train_nor_test_reference() -> None:
     assert torch.equal(validation_images("cifar10", {}, spare, 6, 4, image_size=2), spare[6:])
     with pytest.raises(ConfigError, match="needs 5 validation images after the 6 test reference images"):
         validation_images("cifar10", {}, spare, 6, 5, image_size=2)
+
+
+def test_every_row_that_only_changes_untuned_fields_is_tuned_on_its_own() -> None:
+    """MAR's base (8 steps) and its 16-step sweep row each get their own best CFG; an explicit CFG row is kept."""
+    base = SampleSettings(steps=8)
+    rows = [base, SampleSettings(steps=16), SampleSettings(steps=8, cfg=2.0, cfg_schedule="linear")]
+    assert rows_to_tune(rows) == [True, True, False]
+    best_cfg = {8: 3.0, 16: 2.0}  # the known best scale of each step count
+    searched: list[tuple[int, str]] = []
+
+    def tune_one(options: list[SampleSettings], row: str) -> SampleSettings:
+        searched.append((len(options), row))
+        return min(options, key=lambda s: abs(s.cfg - best_cfg[s.steps]))
+
+    grid = [{"cfg": c, "cfg_schedule": "linear"} for c in (2.0, 3.0)]
+    out = tune_settings(rows, grid, tune_one)
+    assert out == [SampleSettings(steps=8, cfg=3.0, cfg_schedule="linear"),
+                   SampleSettings(steps=16, cfg=2.0, cfg_schedule="linear"), rows[2]]
+    assert searched == [(3, ""), (3, " [" + rows[1].label() + "]")]
+    # a tuned row that lands on an explicit row's setting is not measured twice
+    assert tune_settings(rows, grid, lambda o, r: o[1] if r == "" else o[0]) == [rows[2], rows[1]]
