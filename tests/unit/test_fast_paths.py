@@ -1,5 +1,5 @@
 """The sampling fast paths compute the same values as the plain ones: MAR's row-selected decoder, the Diffusion
-Loss denoiser's stacked adaLN, the per-chunk adaLN outputs of a sampling chain, a chain's Python-float scalars."""
+Loss denoiser's stacked and per-part adaLN, the per-chunk adaLN outputs of a sampling chain, a chain's Python-float scalars."""
 
 from __future__ import annotations
 
@@ -68,6 +68,18 @@ def test_denoiser_stacked_adaln_matches_one_linear_per_block(learn_sigma: bool) 
         got = net(x, y)
     assert got.shape == (5, 8 if learn_sigma else 4) and want.abs().max() > 0.1
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_denoiser_per_part_adaln_equals_the_stacked_one_with_gradients() -> None:
+    net = perturbed_head(learn_sigma=True).net.train()
+    x, y = torch.randn(6, 4), torch.randn(6, 16, requires_grad=True)
+    stacked = net.forward_modulated(x, net.modulations(y))  # the sampling path
+    (g_stacked,) = torch.autograd.grad(stacked.square().sum(), y)
+    parts = net(x, y)  # training: one Linear per adaLN part
+    (g_parts,) = torch.autograd.grad(parts.square().sum(), y)
+    assert [len(p) for p in net.modulation_parts(y)] == [3, 3, 2] and stacked.abs().max() > 0.1
+    torch.testing.assert_close(parts, stacked, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_parts, g_stacked, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
