@@ -102,3 +102,12 @@ def test_chain_scalars_are_the_table_entries() -> None:
         assert chain._at(chain.log_betas, i, x) == float(chain.betas[i].log())
     rows = chain._at(chain.sqrt_alphas_cumprod, torch.tensor([1, 8]), x)
     assert isinstance(rows, torch.Tensor) and rows.shape == (2, 1)
+
+
+def test_denoiser_addcmul_has_the_builtin_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    a, b, c = (torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    got = diffloss.addcmul(a, b, c)
+    assert got.grad_fn is not None and type(got.grad_fn).__name__ != "AddcmulBackward0"  # the custom backward
+    assert torch.equal(got, torch.addcmul(a, b, c))
+    assert torch.autograd.gradcheck(diffloss.addcmul, (a, b, c))
