@@ -1,5 +1,6 @@
 """The sampling fast paths compute the same values as the plain ones: MAR's row-selected decoder, the Diffusion
-Loss denoiser's stacked and per-part adaLN, the per-chunk adaLN outputs of a sampling chain, a chain's Python-float scalars."""
+Loss denoiser's stacked and per-part adaLN and its addcmul, the per-chunk adaLN outputs of a sampling chain, a
+chain's Python-float scalars."""
 
 from __future__ import annotations
 
