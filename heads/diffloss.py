@@ -55,6 +55,32 @@ SAMPLERS: tuple[str, ...] = get_args(Sampler)
 MOD_CHUNK_ELEMENTS = 1 << 23  # at sampling, adaLN outputs of this many floats (32 MB) are computed per matmul
 
 
+class _AddCMul(torch.autograd.Function):
+    """torch.addcmul(a, b, c) of same-shape tensors whose backward forms two products, grad * c and grad * b:
+    the built-in one forms four (each factor is first multiplied by addcmul's scalar ``value``), which at
+    training's row counts is memory traffic the step can do without. Forward values and gradients are the same."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor,  # type: ignore[override]
+                c: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(b, c)
+        return torch.addcmul(a, b, c)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        b, c = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad  # type: ignore[attr-defined]
+        return grad if need[0] else None, grad * c if need[1] else None, grad * b if need[2] else None
+
+
+def addcmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a + b * c as torch.addcmul; under autograd with equal shapes through :class:`_AddCMul` (same values)."""
+    if torch.is_grad_enabled() and a.shape == b.shape == c.shape and any(t.requires_grad for t in (a, b, c)):
+        return _AddCMul.apply(a, b, c)
+    return torch.addcmul(a, b, c)
+
+
 class ResBlock(nn.Module):
     """x + gate * MLP(modulate(LN(x), shift, scale)), with (shift, scale, gate) = Linear(SiLU(y))."""
 
@@ -64,11 +90,13 @@ class ResBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """x [N, W], mod [N, 3W] = (shift, 1 + scale, gate), this block's part of
-        :meth:`DenoiserMLP.modulations` -> [N, W]."""
-        shift, scale1, gate = mod.chunk(3, dim=-1)
-        return torch.addcmul(x, gate, self.mlp(torch.addcmul(shift, self.in_ln(x), scale1)))
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale1: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """x [N, W] and this block's adaLN outputs (shift, 1 + scale, gate), each [N, W] -> [N, W]."""
+        # functional calls on the submodules' parameters (the same operations): sampling calls this 25-100 times
+        # per token step on a few rows, where nn.Module call overhead is a visible share
+        ln, fc1, fc2 = self.in_ln, self.mlp[0], self.mlp[2]
+        h = addcmul(shift, F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps), scale1)
+        return addcmul(x, gate, F.linear(F.silu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias))
 
 
 class FinalLayer(nn.Module):
@@ -80,10 +108,11 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, out_dim)
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """x [N, W], mod [N, 2W] = (shift, 1 + scale), this layer's part of the modulations -> [N, out_dim]."""
-        shift, scale1 = mod.chunk(2, dim=-1)
-        return self.linear(torch.addcmul(shift, self.norm_final(x), scale1))
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale1: torch.Tensor) -> torch.Tensor:
+        """x [N, W] and this layer's adaLN outputs (shift, 1 + scale), each [N, W] -> [N, out_dim]."""
+        norm = self.norm_final  # functional calls, as in ResBlock.forward
+        h = addcmul(shift, F.layer_norm(x, norm.normalized_shape, None, None, norm.eps), scale1)
+        return F.linear(h, self.linear.weight, self.linear.bias)
 
 
 class DenoiserMLP(nn.Module):
@@ -113,6 +142,10 @@ class DenoiserMLP(nn.Module):
         """The adaLN condition y = TimestepEmbedding(t) + Linear(z): t long [N] (original indices), z [N, cond_dim]."""
         return self.time_embed(t) + self.cond_embed(z)
 
+    def adaln_layers(self) -> list[nn.Linear]:
+        """The adaLN Linear of every residual block, then the final layer's."""
+        return [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
+
     def modulations(self, y: torch.Tensor) -> torch.Tensor:
         """adaLN outputs of every block and the final layer, y [..., W] -> [..., (3 depth + 2) W], each block's
         part (shift, 1 + scale, gate) and the final layer's (shift, 1 + scale).
@@ -121,26 +154,44 @@ class DenoiserMLP(nn.Module):
         their stacked weights, the 1 of ``modulate``'s (1 + scale) folded into the bias (the same values up to
         rounding). They depend on (t, z) only, not on x_t: sampling computes them for many steps at once.
         """
-        layers = [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
+        layers = self.adaln_layers()
         weight = torch.cat([m.weight for m in layers])
         width = weight.shape[1]
         one = torch.ones(width, dtype=weight.dtype, device=weight.device)
         plus_one = torch.cat([F.pad(one, (width, m.out_features - 2 * width)) for m in layers])  # on every scale
         return F.linear(F.silu(y), weight, torch.cat([m.bias for m in layers]) + plus_one)
 
+    def modulation_parts(self, y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """The values of :meth:`modulations` as one (shift, 1 + scale[, gate]) tuple per layer, each part from its
+        own Linear on the shared SiLU(y): separate tensors, so the backward pass needs no concatenation of their
+        gradients (training, where rows are many and every large temporary costs memory traffic)."""
+        act = F.silu(y)
+        width = act.shape[-1]
+        parts = []
+        for m in self.adaln_layers():
+            weights, biases = m.weight.split(width), m.bias.split(width)
+            parts.append(tuple(F.linear(act, w, b + 1 if j == 1 else b)
+                               for j, (w, b) in enumerate(zip(weights, biases, strict=True))))
+        return parts
+
     def forward_modulated(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
         """x [N, C] with precomputed ``modulations`` [N, (3 depth + 2) W] -> [N, out_dim]."""
+        width = self.input_proj.out_features
+        layers = mods.split([3 * width] * len(self.res_blocks) + [2 * width], dim=-1)
+        return self.forward_parts(x, [layer.split(width, dim=-1) for layer in layers])
+
+    def forward_parts(self, x: torch.Tensor, parts: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """x [N, C] with the adaLN outputs of every layer (:meth:`modulation_parts`) -> [N, out_dim]."""
         h = self.input_proj(x)
-        parts = mods.split([3 * h.shape[-1]] * len(self.res_blocks) + [2 * h.shape[-1]], dim=-1)
         recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block, mod in zip(self.res_blocks, parts[:-1], strict=True):
-            h = torch.utils.checkpoint.checkpoint(block, h, mod, use_reentrant=False) if recompute else block(h, mod)
-        return self.final_layer(h, parts[-1])
+            h = torch.utils.checkpoint.checkpoint(block, h, *mod, use_reentrant=False) if recompute else block(h, *mod)
+        return self.final_layer(h, *parts[-1])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x [N, C], condition y [N, width] (see :meth:`embed`; MAR's forward(x, t, c) is forward(x, embed(t, c)))
         -> [N, out_dim]. The condition is an argument so callers can reuse its parts across rows and steps."""
-        return self.forward_modulated(x, self.modulations(y))
+        return self.forward_parts(x, self.modulation_parts(y))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The sampling fast paths compute the same values as the plain ones: MAR's row-selected decoder, the Diffusion
-Loss denoiser's stacked adaLN, the per-chunk adaLN outputs of a sampling chain, a chain's Python-float scalars."""
+Loss denoiser's stacked and per-part adaLN and its addcmul, the per-chunk adaLN outputs of a sampling chain, a
+chain's Python-float scalars."""
 
 from __future__ import annotations
 
@@ -70,6 +71,18 @@ def test_denoiser_stacked_adaln_matches_one_linear_per_block(learn_sigma: bool) 
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
+def test_denoiser_per_part_adaln_equals_the_stacked_one_with_gradients() -> None:
+    net = perturbed_head(learn_sigma=True).net.train()
+    x, y = torch.randn(6, 4), torch.randn(6, 16, requires_grad=True)
+    stacked = net.forward_modulated(x, net.modulations(y))  # the sampling path
+    (g_stacked,) = torch.autograd.grad(stacked.square().sum(), y)
+    parts = net(x, y)  # training: one Linear per adaLN part
+    (g_parts,) = torch.autograd.grad(parts.square().sum(), y)
+    assert [len(p) for p in net.modulation_parts(y)] == [3, 3, 2] and stacked.abs().max() > 0.1
+    torch.testing.assert_close(parts, stacked, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_parts, g_stacked, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 def test_sampling_in_chunks_of_steps_gives_the_same_tokens(cfg: float, monkeypatch: pytest.MonkeyPatch) -> None:
     head = perturbed_head(learn_sigma=True)
@@ -90,3 +103,12 @@ def test_chain_scalars_are_the_table_entries() -> None:
         assert chain._at(chain.log_betas, i, x) == float(chain.betas[i].log())
     rows = chain._at(chain.sqrt_alphas_cumprod, torch.tensor([1, 8]), x)
     assert isinstance(rows, torch.Tensor) and rows.shape == (2, 1)
+
+
+def test_denoiser_addcmul_has_the_builtin_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    a, b, c = (torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    got = diffloss.addcmul(a, b, c)
+    assert got.grad_fn is not None and type(got.grad_fn).__name__ != "AddcmulBackward0"  # the custom backward
+    assert torch.equal(got, torch.addcmul(a, b, c))
+    assert torch.autograd.gradcheck(diffloss.addcmul, (a, b, c))
