@@ -64,6 +64,9 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
     # equal training compute, convergence points and the same tuning grid for every model
     assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(4.5e12, 3)}
     assert len({str(j.cfg.eval.tune) for j in jobs if j.cfg}) == 1 and all(j.cfg.eval.tune for j in jobs if j.cfg)
+    grid = jobs[0].cfg.eval.tune  # MAR's Table 1 tunes temperature and CFG: the grid has both
+    assert any(p.get("temperature", 1.0) != 1.0 for p in grid) and any(p.get("cfg", 1.0) != 1.0 for p in grid)
+    assert len({j.cfg.train.batch_size for j in jobs if j.cfg}) == 1  # equal FLOPs at one batch size
     order = [j.cfg.tokenizer.name for j in jobs if j.cfg]
     assert order == sorted(order), "jobs are grouped by tokenizer so each is trained once"
     (tmp_path / "s.toml").write_text('name = "x"\n[grid]\n"generator.name" = ["ar"]\n')
