@@ -129,8 +129,8 @@ def test_table1_sweep_is_mars_table_1_parameter_matched() -> None:
     assert {(c.tokenizer.name, c.head.name) for c in jobs} == {("vq", "ce"), ("kl", "diffloss")}
     tiny = next(j.cfg for j in expand(load_sweep("tiny")) if j.cfg is not None)
     for c in jobs:  # on the default comparison's terms: same budget, convergence points and tuning grid
-        assert (c.eval.tune, c.eval.tune_samples, c.train.convergence_points) == (
-            tiny.eval.tune, tiny.eval.tune_samples, tiny.train.convergence_points)
+        assert (c.eval.tune, c.eval.tune_samples, c.train.convergence_points, c.train.batch_size) == (
+            tiny.eval.tune, tiny.eval.tune_samples, tiny.train.convergence_points, tiny.train.batch_size)
     counts = {}
     for c in jobs:
         spec = TokenSpec("discrete", (8, 8), 1, vocab_size=256)
