@@ -78,14 +78,15 @@ def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], to
     # one loader (one set of worker processes) over the rows of every missing shard, in order; shard_size is a
     # multiple of batch_size, so each batch falls inside one shard, and its rows are written straight into that
     # shard's .npy file: nothing of a shard is held in memory beyond the batch being encoded
-    rows = [r for i in todo for r in range(i * shard_size, min(len(data), (i + 1) * shard_size))]
+    # (row numbers in a numpy array, not a list of ints: the workers read it without copying its pages)
+    rows = np.array([r for i in todo for r in range(i * shard_size, min(len(data), (i + 1) * shard_size))], np.int64)
     loader = image_loader(Subset(_Unflipped(data, mirrored), rows), batch_size=batch_size, workers=workers)
     writer = _ShardWriter(root, len(data), shard_size)
     try:
         done = 0
         for images in loader:
             with torch.no_grad():
-                writer.write(rows[done], encode(images).cpu().numpy())
+                writer.write(int(rows[done]), encode(images).cpu().numpy())
             done += len(images)
             if bar is not None:
                 bar.advance(bar.tasks[0].id, len(images))
