@@ -67,6 +67,8 @@ class TreeMemory:
 
         self.peak = {f: 0.0 for f in self.FIELDS}
         self.peak_anon = 0.0
+        self.anon: list[tuple[float, float]] = []  # (seconds, anonymous PSS) of every sample
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -104,13 +106,18 @@ class TreeMemory:
             if now["Pss"] > self.peak["Pss"]:
                 self.peak = now
             self.peak_anon = max(self.peak_anon, now["Pss_Anon"] + now["Pss_Shmem"])
+            self.anon.append((time.perf_counter() - self._t0, now["Pss_Anon"] + now["Pss_Shmem"]))
 
     def stop(self) -> dict[str, float]:
         """Stop sampling; the peak PSS, its anonymous and file-backed parts then, and the peak anonymous PSS (MiB)."""
         self._stop.set()
         self._thread.join()
+        end = self.anon[-1][0] if self.anon else 1.0
+        tenths = [max((a for t, a in self.anon if k * end / 10 <= t <= (k + 1) * end / 10), default=0.0)
+                  for k in range(10)]
         return {"peak_pss_mb": self.peak["Pss"], "anon_at_peak_mb": self.peak["Pss_Anon"] + self.peak["Pss_Shmem"],
-                "file_at_peak_mb": self.peak["Pss_File"], "peak_anon_mb": self.peak_anon}
+                "file_at_peak_mb": self.peak["Pss_File"], "peak_anon_mb": self.peak_anon,
+                "peak_anon_by_tenth_mb": tenths}
 
 
 NODATA_BATCHES = 20  # encoding batches of the cache-nodata phase (the peak is reached within a few)
@@ -220,6 +227,9 @@ def main() -> None:
         print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['anon_at_peak_mb']:.0f} + "
               f"{r['file_at_peak_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
               f"{r['peak_anon_mb'] - res['baseline']['peak_anon_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
+    for name in ("cache", "train"):  # a leak or anything kept per batch would make the later tenths rise
+        print(f"peak anon PSS of {name} in each tenth of its run (MiB): "
+              + " ".join(f"{x:.0f}" for x in res[name].get("peak_anon_by_tenth_mb", [])))
     cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
     share = {k: (res[k]["peak_pss_mb"] - res[f"{k}-nodata"]["peak_pss_mb"],
                  res[k]["peak_anon_mb"] - res[f"{k}-nodata"]["peak_anon_mb"]) for k in ("cache", "train")}
