@@ -80,7 +80,8 @@ def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], to
     # shard's .npy file: nothing of a shard is held in memory beyond the batch being encoded
     # (row numbers in a numpy array, not a list of ints: the workers read it without copying its pages)
     rows = np.array([r for i in todo for r in range(i * shard_size, min(len(data), (i + 1) * shard_size))], np.int64)
-    loader = image_loader(Subset(_Unflipped(data, mirrored), rows), batch_size=batch_size, workers=workers)
+    subset = Subset(_Unflipped(data, mirrored), rows)  # type: ignore[arg-type]  # an int64 array indexes like a list
+    loader = image_loader(subset, batch_size=batch_size, workers=workers)
     writer = _ShardWriter(root, len(data), shard_size)
     try:
         done = 0

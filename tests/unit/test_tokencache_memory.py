@@ -52,7 +52,8 @@ def test_writing_a_64_mib_shard_keeps_no_rows_resident(tmp_path: Path) -> None:
 def test_writer_refuses_rows_that_do_not_fit_the_shard(tmp_path: Path) -> None:
     writer = _ShardWriter(tmp_path, n=6, shard_size=4)
     writer.write(0, np.zeros((2, 3), np.int64))
-    with pytest.raises(CheckpointError, match=r"rows 2\.\.3 of shape \(4,\) do not fit shard 0 \(4 rows of shape \(3,\)\)"):
+    misfit = r"rows 2\.\.3 of shape \(4,\) do not fit shard 0 \(4 rows of shape \(3,\)\)"
+    with pytest.raises(CheckpointError, match=misfit):
         writer.write(2, np.zeros((2, 4), np.int64))
     writer.abandon()
     assert list(tmp_path.iterdir()) == []
