@@ -7,8 +7,10 @@ Layout of a cache directory::
     shard-00001.npy       ...
 
 Building walks the dataset in order through a ``DataLoader`` (worker processes decode the images), encodes each
-batch and writes a shard as soon as it is full, under a temporary name renamed into place, so a killed build leaves
-only whole shards: building again skips them and continues with the first missing one. A rich progress bar counts
+batch and writes its rows at once into their shard's file with plain file writes (no memory mapping, so the process
+holds one batch, whatever the size of the data); a shard is written under a temporary name renamed into place when
+full, so a killed build leaves only whole shards: building again skips them and continues with the first missing
+one. A rich progress bar counts
 images. ``mirrored`` caches the horizontal mirror of every image (MAR caches the posterior of each image and of
 its mirror, and training picks one of the two per sample). Reading maps every shard with ``np.load(mmap_mode="r")``,
 so only the rows a batch touches are paged in.
@@ -21,7 +23,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -74,16 +76,18 @@ def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], to
     todo = [i for i in range(n_shards) if not _shard_path(root, i).is_file()]
     bar = _progress(progress, len(data), (n_shards - len(todo)) * shard_size, mirrored)
     # one loader (one set of worker processes) over the rows of every missing shard, in order; shard_size is a
-    # multiple of batch_size, so each batch falls inside one shard, and its rows go straight into that shard's
-    # memory-mapped .npy file: nothing of a shard is held in memory beyond the batch being encoded
-    rows = [r for i in todo for r in range(i * shard_size, min(len(data), (i + 1) * shard_size))]
-    loader = image_loader(Subset(_Unflipped(data, mirrored), rows), batch_size=batch_size, workers=workers)
+    # multiple of batch_size, so each batch falls inside one shard, and its rows are written straight into that
+    # shard's .npy file: nothing of a shard is held in memory beyond the batch being encoded
+    # (row numbers in a numpy array, not a list of ints: the workers read it without copying its pages)
+    rows = np.array([r for i in todo for r in range(i * shard_size, min(len(data), (i + 1) * shard_size))], np.int64)
+    subset = Subset(_Unflipped(data, mirrored), rows)  # type: ignore[arg-type]  # an int64 array indexes like a list
+    loader = image_loader(subset, batch_size=batch_size, workers=workers)
     writer = _ShardWriter(root, len(data), shard_size)
     try:
         done = 0
         for images in loader:
             with torch.no_grad():
-                writer.write(rows[done], encode(images).cpu().numpy())
+                writer.write(int(rows[done]), encode(images).cpu().numpy())
             done += len(images)
             if bar is not None:
                 bar.advance(bar.tasks[0].id, len(images))
@@ -97,47 +101,70 @@ def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], to
 
 
 class _ShardWriter:
-    """Writes batches of encoded rows into memory-mapped shard files, renamed into place when full."""
+    """Writes batches of encoded rows into a shard's pre-sized ``.npy`` file, renamed into place when full.
+
+    Each batch goes to the file with a plain positioned write, never through a memory mapping: a mapped output
+    would keep every row written so far resident in the process (dirty file pages, counted in its RSS) until the
+    shard is closed. Written rows live only in the kernel's page cache, which it writes back and reclaims.
+    """
 
     def __init__(self, root: Path, n: int, shard_size: int) -> None:
         self.root, self.n, self.shard_size = root, n, shard_size
         self.index: int | None = None
-        self.filled = 0
+        self.filled = self.rows = self.offset = 0
         self.tmp: Path | None = None
-        self.array: np.memmap | None = None
+        self.file: BinaryIO | None = None
+        self.dtype: np.dtype = np.dtype(np.float32)
+        self.row_shape: tuple[int, ...] = ()
+
+    def _open(self, shard: int, values: np.ndarray) -> None:
+        """Create the shard's temporary ``.npy``: the header numpy writes, then room for all its rows."""
+        self.rows = min(self.n, (shard + 1) * self.shard_size) - shard * self.shard_size
+        self.index, self.tmp = shard, self.root / f".shard-{shard:05d}.{os.getpid()}.tmp.npy"
+        self.dtype, self.row_shape = values.dtype, tuple(values.shape[1:])
+        self.file = open(self.tmp, "w+b")  # noqa: SIM115 (closed by close() or abandon())
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, *self.row_shape)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+        self.offset = self.file.tell()
+        self.file.truncate(self.offset + self.rows * self.dtype.itemsize * int(np.prod(self.row_shape)))
 
     def write(self, first_row: int, values: np.ndarray) -> None:
         shard = first_row // self.shard_size
         if shard != self.index:
             self.close()
-            rows = min(self.n, (shard + 1) * self.shard_size) - shard * self.shard_size
-            self.index, self.tmp = shard, self.root / f".shard-{shard:05d}.{os.getpid()}.tmp.npy"
-            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=values.dtype,
-                                                   shape=(rows, *values.shape[1:]))
-        assert self.array is not None
+            self._open(shard, values)
+        assert self.file is not None
         start = first_row - shard * self.shard_size
-        self.array[start:start + len(values)] = values
+        if tuple(values.shape[1:]) != self.row_shape or start + len(values) > self.rows:
+            raise CheckpointError(f"rows {first_row}..{first_row + len(values) - 1} of shape {tuple(values.shape[1:])} "
+                                  f"do not fit shard {shard} ({self.rows} rows of shape {self.row_shape})")
+        row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape))
+        self.file.seek(self.offset + start * row_bytes)
+        self.file.write(np.ascontiguousarray(values, dtype=self.dtype).data)
         self.filled += len(values)
-        if self.filled == len(self.array):
+        if self.filled == self.rows:
             self.close()
 
     def close(self) -> None:
-        """Flush a full shard and rename it into place; a shard not filled to the end is dropped instead."""
-        if self.array is not None and self.tmp is not None and self.index is not None:
-            if self.filled < len(self.array):
+        """Sync a full shard to disk and rename it into place; a shard not filled to the end is dropped instead."""
+        if self.file is not None and self.tmp is not None and self.index is not None:
+            if self.filled < self.rows:
                 self.abandon()
                 return
-            self.array.flush()
-            del self.array
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
             os.replace(self.tmp, _shard_path(self.root, self.index))
-        self.array, self.tmp, self.index, self.filled = None, None, None, 0
+        self.file, self.tmp, self.index, self.filled = None, None, None, 0
 
     def abandon(self) -> None:
         """After an error: drop a partly written shard, so a rebuild only ever sees whole shards."""
+        if self.file is not None:
+            self.file.close()
         if self.tmp is not None:
-            self.array = None
             self.tmp.unlink(missing_ok=True)
-        self.array, self.tmp, self.index, self.filled = None, None, None, 0
+        self.file, self.tmp, self.index, self.filled = None, None, None, 0
 
 
 class ShardedTokenCache:

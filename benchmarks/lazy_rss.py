@@ -1,8 +1,8 @@
 """Peak memory of the out-of-memory data path: lazy image folder -> sharded token cache -> training from it.
 
 Generates an ImageNet-layout folder of ``--classes x --per-class`` PNG images at ``--size`` px (once), then runs
-each phase in a fresh process so its peak resident set size (``ru_maxrss``, the process plus its DataLoader
-workers) is its own (PSS of the process tree sampled every 50 ms, and the main process's ``ru_maxrss``):
+each phase in a fresh process so that its peak is its own: the proportional set size (PSS) of the process and its
+DataLoader workers, sampled every 50 ms from ``/proc/PID/smaps_rollup``, and the main process's ``ru_maxrss``:
 
 - ``baseline``: imports, a tiny KL tokenizer and a tiny MAR + Diffusion Loss, nothing else;
 - ``cache``: every image and its mirror through ``DataLoader`` workers and the tokenizer into sharded caches;
@@ -10,9 +10,11 @@ workers) is its own (PSS of the process tree sampled every 50 ms, and the main p
 - ``cache-nodata`` and ``train-nodata``: the same encoding and training work on random tensors (no files, workers
   or caches), so that ``cache - cache-nodata`` and ``train - train-nodata`` are the data path's own share.
 
-It prints the decoded size of the data (N x 3 x size^2 bytes, what the in-memory path holds) beside each peak, and
-each phase's peak above the baseline's: the part that depends on the data path (decoding workers, batches, the
-pages of the memory-mapped caches), as against the fixed cost of the interpreter, torch and the models.
+PSS is split into its anonymous part (the processes' own memory: heap, tensors, batches) and its file-backed part
+(mapped libraries and the pages of memory-mapped caches, which the kernel can drop and read again). The file part
+is noisy: a library page's PSS is divided among all processes on the machine that map it, so it moves with what
+else runs. The anonymous peak is therefore the figure to compare between runs. It prints the decoded size of the
+data (N x 3 x size^2 bytes, what the in-memory path holds) and a last ``RESULT`` line with every figure as JSON.
 Usage: ``python benchmarks/lazy_rss.py --dir /tmp/rss [--classes 20 --per-class 1000 --size 64 --steps 50]
 [--cache-batch 256] [--tokenizer-ch 16] [--no-mirror]``
 """
@@ -53,12 +55,20 @@ def make_folder(root: Path, classes: int, per_class: int, size: int) -> None:
 
 class TreeMemory:
     """Samples, every 50 ms, the proportional set size (PSS) of this process plus all its descendants (DataLoader
-    workers), so shared library pages are not counted once per worker; keeps the peak (MiB)."""
+    workers), so shared pages are not counted once per worker, split into its anonymous part (the processes' own
+    memory: heap, tensors, batches) and its file-backed part (mapped libraries and memory-mapped caches, pages the
+    kernel can drop and reread; its PSS also depends on how many other processes on the machine map the same
+    libraries). Keeps the peak of the total with its split at that moment, and the peak of the anonymous part (MiB)."""
+
+    FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")
 
     def __init__(self) -> None:
         import threading
 
-        self.peak = 0.0
+        self.peak = {f: 0.0 for f in self.FIELDS}
+        self.peak_anon = 0.0
+        self.anon: list[tuple[float, float]] = []  # (seconds, anonymous PSS) of every sample
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -76,24 +86,38 @@ class TreeMemory:
         return out
 
     @staticmethod
-    def _pss_kb(pid: int) -> int:
+    def _rollup_kb(pid: int) -> dict[str, int]:
+        out: dict[str, int] = {}
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+                name, value = line.split(":", 1)
+                if name in TreeMemory.FIELDS:
+                    out[name] = int(value.split()[0])
         except OSError:
             pass
-        return 0
+        return out
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, sum(self._pss_kb(p) for p in self._pids(os.getpid())) / 1024)
+            now = {f: 0.0 for f in self.FIELDS}
+            for pid in self._pids(os.getpid()):
+                for f, kb in self._rollup_kb(pid).items():
+                    now[f] += kb / 1024
+            if now["Pss"] > self.peak["Pss"]:
+                self.peak = now
+            self.peak_anon = max(self.peak_anon, now["Pss_Anon"] + now["Pss_Shmem"])
+            self.anon.append((time.perf_counter() - self._t0, now["Pss_Anon"] + now["Pss_Shmem"]))
 
-    def stop(self) -> float:
-        """Stop sampling; the peak in MiB."""
+    def stop(self) -> dict[str, float]:
+        """Stop sampling; the peak PSS, its anonymous and file-backed parts then, and the peak anonymous PSS (MiB)."""
         self._stop.set()
         self._thread.join()
-        return self.peak
+        end = self.anon[-1][0] if self.anon else 1.0
+        tenths = [max((a for t, a in self.anon if k * end / 10 <= t <= (k + 1) * end / 10), default=0.0)
+                  for k in range(10)]
+        return {"peak_pss_mb": self.peak["Pss"], "anon_at_peak_mb": self.peak["Pss_Anon"] + self.peak["Pss_Shmem"],
+                "file_at_peak_mb": self.peak["Pss_File"], "peak_anon_mb": self.peak_anon,
+                "peak_anon_by_tenth_mb": tenths}
 
 
 NODATA_BATCHES = 20  # encoding batches of the cache-nodata phase (the peak is reached within a few)
@@ -158,7 +182,7 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bo
         _train(gen, lambda idx: Batch(torch.randn(len(idx), *spec.token_shape), data.labels[idx]), len(data), steps,
                root / "run-nodata")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.update(seconds=time.perf_counter() - t0, peak_pss_mb=memory.stop(), own_peak_rss_mb=own)
+    out.update(seconds=time.perf_counter() - t0, own_peak_rss_mb=own, **memory.stop())
     return out
 
 
@@ -183,31 +207,37 @@ def main() -> None:
     make_folder(a.dir, a.classes, a.per_class, a.size)
     n = a.classes * a.per_class
     disk = sum(f.stat().st_size for f in (a.dir / "train").rglob("*.png")) / 2**20
-    print(f"folder: {n} images at {a.size} px, {disk:.0f} MiB of PNG, decoded {n * 3 * a.size**2 / 2**20:.0f} MiB "
-          f"(made in {time.perf_counter() - t0:.0f} s); load average {os.getloadavg()[0]:.2f}\n")
+    decoded = n * 3 * a.size**2 / 2**20
+    print(f"folder: {n} images at {a.size} px, {disk:.0f} MiB of PNG, decoded {decoded:.0f} MiB "
+          f"(made in {time.perf_counter() - t0:.0f} s); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     import shutil
 
     for old in ("cache", "cache-hflip", "run", "run-nodata"):  # every phase measured from scratch
         shutil.rmtree(a.dir / old, ignore_errors=True)
     print(f"cache batch {a.cache_batch}, {a.workers} workers, mirrors {'no' if a.no_mirror else 'yes'}\n")
-    print("| phase | seconds | peak PSS, process + workers (MiB) | above baseline | peak RSS, main process (MiB) | "
-          "above baseline |\n|---|---:|---:|---:|---:|---:|")
-    base: dict[str, float] = {}
-    peaks: dict[str, float] = {}
+    print("| phase | seconds | peak PSS (MiB) | anon + file at the peak | peak anon PSS | anon above baseline | "
+          "peak RSS, main process |\n|---|---:|---:|---:|---:|---:|---:|")
+    res: dict[str, dict[str, float]] = {}
     for name in PHASES:
         args = [sys.executable, __file__, "--dir", str(a.dir), "--size", str(a.size), "--steps", str(a.steps),
                 "--workers", str(a.workers), "--phase", name, "--cache-batch", str(a.cache_batch),
                 "--tokenizer-ch", str(a.tokenizer_ch)] + (["--no-mirror"] if a.no_mirror else [])
         r = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        base = base or r
-        peaks[name] = r["peak_pss_mb"]
-        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['peak_pss_mb'] - base['peak_pss_mb']:.0f} | "
-              f"{r['own_peak_rss_mb']:.0f} | {r['own_peak_rss_mb'] - base['own_peak_rss_mb']:.0f} |")
+        res[name] = r
+        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['anon_at_peak_mb']:.0f} + "
+              f"{r['file_at_peak_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
+              f"{r['peak_anon_mb'] - res['baseline']['peak_anon_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
+    for name in ("cache", "train"):  # a leak or anything kept per batch would make the later tenths rise
+        print(f"peak anon PSS of {name} in each tenth of its run (MiB): "
+              + " ".join(f"{x:.0f}" for x in res[name].get("peak_anon_by_tenth_mb", [])))
     cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
-    print(f"\nthe data path's share of the peak PSS (phase minus its no-data twin): caching "
-          f"{peaks['cache'] - peaks['cache-nodata']:.0f} MiB, training {peaks['train'] - peaks['train-nodata']:.0f} MiB")
-    print(f"token caches on disk: {cache_mb:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
-
+    share = {k: (res[k]["peak_pss_mb"] - res[f"{k}-nodata"]["peak_pss_mb"],
+                 res[k]["peak_anon_mb"] - res[f"{k}-nodata"]["peak_anon_mb"]) for k in ("cache", "train")}
+    print(f"\ndecoded data {decoded:.0f} MiB; the data path's share (phase minus its no-data twin), PSS / anon PSS: "
+          f"caching {share['cache'][0]:.0f} / {share['cache'][1]:.0f} MiB, "
+          f"training {share['train'][0]:.0f} / {share['train'][1]:.0f} MiB")
+    print(f"token caches on disk: {cache_mb:.0f} MiB; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("RESULT " + json.dumps({"images": n, "size": a.size, "decoded_mb": decoded, "cache_mb": cache_mb, **res}))
 
 if __name__ == "__main__":
     main()

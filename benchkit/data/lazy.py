@@ -10,6 +10,7 @@ only the batches in flight. The in-memory loader stays the default for small dat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,10 @@ class LazyImageFolder(Dataset):
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist or is not a folder")
         cfg = ImageFolderConfig(path=str(root), test_fraction=test_fraction, seed=seed, background=background)
-        self.files, labels, self.class_names = _list_split(root, cfg, split)
+        files, labels, self.class_names = _list_split(root, cfg, split)
+        # one numpy buffer of encoded paths, not a list of Path objects: forked DataLoader workers share it, whereas
+        # reading a Python object writes its reference count and so copies its memory page into every worker
+        self.files = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.image_size, self.flip, self.background = image_size, flip, background
 
@@ -57,11 +61,11 @@ class LazyImageFolder(Dataset):
     def load(self, i: int, *, mirrored: bool = False) -> torch.Tensor:
         """Image ``i`` as uint8 [3, H, W], cropped (and mirrored with ``mirrored``), without random flipping."""
         try:
-            with Image.open(self.files[i]) as img:
+            with Image.open(os.fsdecode(self.files[i])) as img:
                 img.load()
                 img = adm_center_crop(to_rgb(ImageOps.exif_transpose(img), self.background), self.image_size)
         except Exception as e:  # Pillow raises many types by format
-            raise DataError(f"cannot read image {self.files[i]}: {type(e).__name__}: {e}") from None
+            raise DataError(f"cannot read image {os.fsdecode(self.files[i])}: {type(e).__name__}: {e}") from None
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         return x.flip(-1) if mirrored else x
 
