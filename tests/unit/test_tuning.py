@@ -28,7 +28,8 @@ def test_pick_best_takes_the_lowest_score_first_on_ties() -> None:
     assert [v for _, v in scored] == [0.75, 0.25, 0.25, 0.75]
 
 
-def test_tuning_finds_the_known_best_temperature() -> None:
+@pytest.mark.parametrize("metric", ["kid", "fid"])
+def test_tuning_finds_the_known_best_temperature(metric: str) -> None:
     """Samples are noise of std = temperature; the validation images have std 1: temperature 1 is the best."""
 
     def sample(s: SampleSettings) -> torch.Tensor:
@@ -40,7 +41,7 @@ def test_tuning_finds_the_known_best_temperature() -> None:
 
     val = (128 + 40 * torch.randn(400, 3, 4, 4, generator=torch.Generator().manual_seed(9))).clamp(0, 255)
     grid = candidates(SampleSettings(temperature=0.5), [{"temperature": t} for t in (0.25, 1.0, 2.0, 3.0)])
-    best, scored = tune(grid, sample, features, val.to(torch.uint8))
+    best, scored = tune(grid, sample, features, val.to(torch.uint8), metric=metric)
     assert best.temperature == 1.0
     assert len(scored) == 5 and min(v for _, v in scored) == dict((s.temperature, v) for s, v in scored)[1.0]
 
@@ -79,3 +80,28 @@ def test_every_row_that_only_changes_untuned_fields_is_tuned_on_its_own() -> Non
     assert searched == [(3, ""), (3, " [" + rows[1].label() + "]")]
     # a tuned row that lands on an explicit row's setting is not measured twice
     assert tune_settings(rows, grid, lambda o, r: o[1] if r == "" else o[0]) == [rows[2], rows[1]]
+
+
+def test_kid_ranks_a_narrow_setting_as_many_samples_would_where_small_sample_fid_does_not() -> None:
+    """Two settings: A has the reference's mean and spread; B is shrunk to 0.8x the spread (a lower temperature)
+    and shifted by 0.1. With many samples A is the better one by both metrics. With about as many samples as
+    feature dimensions (100 of 64, as tuning's 200 samples of wide features), FID's bias, which grows with the
+    samples' own spread, favours the narrow B (10 of 10 seeds tried); KID, unbiased, picks A (10 of 10)."""
+    d, n_small, n_big = 64, 100, 4000
+    g = torch.Generator().manual_seed(3)
+
+    def draw(n: int, scale: float, shift: float) -> torch.Tensor:
+        return shift + scale * torch.randn(n, d, generator=g)
+
+    opts = [SampleSettings(temperature=1.0), SampleSettings(temperature=0.8)]
+    params = {1.0: (1.0, 0.0), 0.8: (0.8, 0.1)}
+    ref_big, ref_small = draw(n_big, 1.0, 0.0), draw(n_small, 1.0, 0.0)
+    big = {t: draw(n_big, *params[t]) for t in params}
+    small = {t: draw(n_small, *params[t]) for t in params}
+    for metric in ("fid", "kid"):  # the truth, at 4000 samples
+        best, _ = tune(opts, lambda s: big[s.temperature], lambda x: x, ref_big, metric=metric)
+        assert best.temperature == 1.0
+    assert tune(opts, lambda s: small[s.temperature], lambda x: x, ref_small, metric="fid")[0].temperature == 0.8
+    assert tune(opts, lambda s: small[s.temperature], lambda x: x, ref_small, metric="kid")[0].temperature == 1.0
+    with pytest.raises(ConfigError, match="unknown eval.tune_metric 'mmd'; valid: kid, fid"):
+        tune(opts, lambda s: small[s.temperature], lambda x: x, ref_small, metric="mmd")
