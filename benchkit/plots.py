@@ -146,7 +146,7 @@ def _column(data: pd.DataFrame, name: str) -> list[str]:
 
 def _point_names(data: pd.DataFrame) -> list[str]:
     """``tokenizer+generator+head setting, FID x`` for each row (setting: the sampling values that differ between
-    rows of the same model, and the CFG of a guided row)."""
+    rows of the same model, the CFG of a guided row and a temperature other than 1)."""
     model = ["+".join(parts) for parts in zip(_column(data, "tokenizer"), _column(data, "generator"),
                                                _column(data, "head"))]
     knobs = [k for k in ("steps", "cfg", "cfg_schedule", "temperature", "diffusion_steps") if k in data]
@@ -157,6 +157,9 @@ def _point_names(data: pd.DataFrame) -> list[str]:
         cfg = pd.to_numeric(row.get("cfg"), errors="coerce")
         if "cfg" not in varying and pd.notna(cfg) and cfg != 1.0:
             varying += [k for k in ("cfg", "cfg_schedule") if k in data]  # a tuned or guided single row says so
+        temperature = pd.to_numeric(row.get("temperature"), errors="coerce")
+        if "temperature" not in varying and pd.notna(temperature) and temperature != 1.0:
+            varying.append("temperature")  # so does a tuned temperature
         setting = " ".join(f"{k}={_text(row[k])}" for k in varying)
         names.append(f"{model[i]} {setting}".strip() + f", FID {row['_fid']:.3g}")
     return names

@@ -154,11 +154,14 @@ def test_reconstruction_grid_alternates_rows(tmp_path: Path) -> None:
         reconstruction_grid(originals, recons[:2], tmp_path / "bad.png")
 
 
-def test_pareto_key_names_the_cfg_of_a_single_guided_row() -> None:
+def test_pareto_key_names_the_cfg_and_temperature_of_a_single_tuned_row() -> None:
     import pandas as pd
 
     from benchkit.plots import _point_names
 
-    rows = pd.DataFrame({"tokenizer": ["vq", "kl"], "generator": ["ar", "ar"], "head": ["ce", "diffloss"],
-                         "cfg": [3.0, 1.0], "cfg_schedule": ["linear", "constant"], "_fid": [169.1, 1093.0]})
-    assert _point_names(rows) == ["vq+ar+ce cfg=3.0 cfg_schedule=linear, FID 169", "kl+ar+diffloss, FID 1.09e+03"]
+    rows = pd.DataFrame({"tokenizer": ["vq", "kl", "rq"], "generator": ["ar", "ar", "ar"],
+                         "head": ["ce", "diffloss", "ce"], "cfg": [3.0, 1.0, 1.0],
+                         "cfg_schedule": ["linear", "constant", "constant"], "temperature": [1.0, 1.0, 0.8],
+                         "_fid": [169.1, 1093.0, 99.0]})
+    assert _point_names(rows) == ["vq+ar+ce cfg=3.0 cfg_schedule=linear, FID 169", "kl+ar+diffloss, FID 1.09e+03",
+                                  "rq+ar+ce temperature=0.8, FID 99"]
