@@ -119,6 +119,8 @@ class TrainConfig:
 
 CfgSchedule = Literal["constant", "linear"]
 CFG_SCHEDULES: tuple[str, ...] = get_args(CfgSchedule)
+TuneMetric = Literal["kid", "fid"]
+TUNE_METRICS: tuple[str, ...] = get_args(TuneMetric)  # what eval.tune scores candidates by (benchkit.tuning)
 """The classifier-free guidance schedules (their formulas: ``benchkit.schedules.cfg_at``)."""
 
 
@@ -208,7 +210,7 @@ class EvalConfig:
     # per-row tuning (benchkit.tuning): settings tried over the base on a validation split; the best becomes the base
     tune: list[dict[str, Any]] = field(default_factory=list)
     tune_samples: int = 250
-    tune_metric: str = "kid"  # "kid" (unbiased at small sample counts) or "fid"
+    tune_metric: TuneMetric = "kid"  # KID is unbiased at small sample counts
     # an .npz with ``mu`` and ``sigma`` of the reference images' features (ADM reference batches, clean-fid custom
     # statistics, or ``benchkit.metrics.refstats``): FID is computed against it instead of held-out images
     reference_stats: str | None = None
@@ -218,8 +220,8 @@ class EvalConfig:
             raise ValueError("num_samples and num_reference must be >= 2")
         if self.tune_samples < 2:
             raise ValueError(f"tune_samples must be >= 2, got {self.tune_samples}")
-        if self.tune_metric not in ("kid", "fid"):
-            raise ValueError(f"unknown tune_metric {self.tune_metric!r}; valid: kid, fid")
+        if self.tune_metric not in TUNE_METRICS:
+            raise ValueError(f"unknown tune_metric {self.tune_metric!r}; valid: {', '.join(TUNE_METRICS)}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from benchkit.config import TUNE_METRICS
 from benchkit.errors import ConfigError
 from benchkit.metrics.quality import cleanfid_kid, fid_from_features
 from benchkit.sampling import SampleSettings
@@ -38,7 +39,6 @@ from benchkit.sampling import SampleSettings
 log = logging.getLogger(__name__)
 
 TUNABLE = ("temperature", "cfg", "cfg_schedule")
-TUNE_METRICS = ("kid", "fid")
 VALIDATION_SEED_OFFSET = 1_000_003  # shapes: validation draws use this seed offset (train 2s, test 2s + 1)
 
 
