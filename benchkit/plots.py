@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFo
 
 from benchkit.errors import ConfigError
 from benchkit.files import atomic_write_bytes
-from benchkit.results import TABLE_FILES_CSV, read_rows, split_kinds
+from benchkit.results import TABLE_FILES_CSV, human_number, read_rows, split_kinds
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def fid_vs_train_flops_plot(series: Series, path: Path) -> Series:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, label=label, linewidth=1.2)
     if min(flops) > 0:
         _log_axis(ax.xaxis, ax.set_xscale, flops)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_number(v, "g")))
     log_fid = min(fids) > 0 and max(fids) / min(fids) >= 10
     if log_fid:
         _log_axis(ax.yaxis, ax.set_yscale, fids)
@@ -236,14 +236,6 @@ def fid_vs_train_flops_plot(series: Series, path: Path) -> Series:
     ax.grid(True, which="major", alpha=0.3)
     _save(fig, path)
     return series
-
-
-def _si(v: float) -> str:
-    """``2e12`` as ``2T``, ``5e11`` as ``500G``."""
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:g}{unit}"
-    return f"{v:g}"
 
 
 def training_curves_plot(csv_paths: dict[str, Path], path: Path) -> Series:

@@ -38,6 +38,7 @@ from benchkit.results import (
     PROVENANCE,
     ROWS_FILE,
     TABLE_FILES_CSV,
+    human_number,
     read_rows,
     write_tables,
 )
@@ -77,13 +78,6 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or (isinstance(v, str) and v == "")
 
 
-def _human(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return f"{v:g}"
-
-
 def cell(value: Any, col: str) -> dict[str, Any]:
     """One table cell: {"text": display text, "sort": sort key (a number's repr, or the text; "" when missing),
     "num": numeric, "long": text long enough to wrap}."""
@@ -95,7 +89,7 @@ def cell(value: Any, col: str) -> dict[str, Any]:
     elif num:
         v = float(value)
         if col in HUMAN_COLUMNS:
-            text = _human(v)
+            text = human_number(v)
         elif v.is_integer() and not (col in DECIMALS and isinstance(value, float)):
             text = str(int(v))
         else:

@@ -249,10 +249,11 @@ def _round(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _human(v: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+def human_number(v: float, spec: str = ".3g") -> str:
+    """``v`` with an SI suffix, the mantissa in format ``spec``: 4.5e12 -> ``4.5T``, 447552 -> ``448K``."""
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(v) >= scale:
-            return f"{v / scale:.3g}{unit}"
+            return f"{v / scale:{spec}}{unit}"
     return f"{v:g}"
 
 
@@ -263,7 +264,7 @@ def _cell(v: Any, col: str) -> str:
     if isinstance(v, bool):
         return str(v).lower()
     if col in HUMAN_COLUMNS and isinstance(v, numbers.Real):  # numpy scalars included
-        return _human(float(v))
+        return human_number(float(v))
     if isinstance(v, (float, np.floating)):
         return f"{v:.{DECIMALS.get(col, 4)}f}"
     return str(v)
