@@ -83,17 +83,24 @@ def run_train_flops(run: Any) -> int:
     return run.cfg.train.steps * config_step_flops(run.cfg, run.generator, run.combo.spec)
 
 
+def budget_text(train: Any) -> str:
+    """``train.budget_flops = 4.5e+12`` or ``train.budget_images = N``, whichever is set ("" for none)."""
+    if train.budget_flops:
+        return f"train.budget_flops = {train.budget_flops:.4g}"
+    return f"train.budget_images = {train.budget_images}" if train.budget_images else ""
+
+
 def budget_steps(train: Any, step_flops: int) -> int:
     """The steps that ``train.budget_flops`` (whole steps of ``step_flops`` FLOPs, rounded down) or
     ``train.budget_images`` (whole batches) allow; ``train`` is a :class:`benchkit.config.TrainConfig`."""
     if train.budget_flops:
-        steps, what = int(train.budget_flops // step_flops), f"train.budget_flops = {train.budget_flops:.4g}"
+        steps = int(train.budget_flops // step_flops)
         unit = f"one step ({step_flops:.4g} FLOPs at batch {train.batch_size})"
     else:
-        steps, what = train.budget_images // train.batch_size, f"train.budget_images = {train.budget_images}"
+        steps = train.budget_images // train.batch_size
         unit = f"one batch (train.batch_size = {train.batch_size})"
     if steps < 1:
-        raise ConfigError(f"{what} is less than {unit}; raise the budget or lower train.batch_size")
+        raise ConfigError(f"{budget_text(train)} is less than {unit}; raise the budget or lower train.batch_size")
     return steps
 
 

@@ -26,6 +26,7 @@ def plan(
 
     Example: benchkit plan mar-l --gpus 32
     """
+    from benchkit.compute import budget_text
     from benchkit.plan import GPU_PEAKS, make_plan
 
     cfg = run_config(preset, config, sets, None, None)
@@ -38,10 +39,9 @@ def plan(
     t.add_row("generator parameters", f"{p.generator_params / 1e6:.1f} M")
     t.add_row("tokenizer parameters", f"{p.tokenizer_params / 1e6:.1f} M")
     t.add_row("training FLOPs per image", f"{p.flops_per_image / 1e9:.0f} GFLOP (forward + backward)")
-    tr = cfg.train
-    budget = (f" (from train.budget_flops = {tr.budget_flops:.3g})" if tr.budget_flops else
-              f" (from train.budget_images = {tr.budget_images:,})" if tr.budget_images else "")
-    t.add_row("steps x global batch" + budget, f"{p.steps:,} x {p.batch_size:,} = {p.steps * p.batch_size / 1e6:.1f} M images")
+    budget = budget_text(cfg.train)
+    t.add_row("steps x global batch" + (f" (from {budget})" if budget else ""),
+              f"{p.steps:,} x {p.batch_size:,} = {p.steps * p.batch_size / 1e6:.1f} M images")
     t.add_row("total training FLOPs", f"{p.flops_per_image * p.steps * p.batch_size:.2e}")
     t.add_row(f"memory per GPU ({p.gpus} GPUs, {p.per_gpu_batch}/GPU)", f"{mem:.0f} GB")
     t.add_row("  with train.grad_checkpoint = true", f"{mem_ckpt:.0f} GB")
