@@ -111,7 +111,7 @@ class _ShardWriter:
     def __init__(self, root: Path, n: int, shard_size: int) -> None:
         self.root, self.n, self.shard_size = root, n, shard_size
         self.index: int | None = None
-        self.filled = self.rows = self.offset = 0
+        self.filled = self.rows = self.offset = self.row_bytes = 0
         self.tmp: Path | None = None
         self.file: BinaryIO | None = None
         self.dtype: np.dtype = np.dtype(np.float32)
@@ -127,7 +127,8 @@ class _ShardWriter:
                   "shape": (self.rows, *self.row_shape)}
         np.lib.format.write_array_header_1_0(self.file, header)
         self.offset = self.file.tell()
-        self.file.truncate(self.offset + self.rows * self.dtype.itemsize * int(np.prod(self.row_shape)))
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape))
+        self.file.truncate(self.offset + self.rows * self.row_bytes)
 
     def write(self, first_row: int, values: np.ndarray) -> None:
         shard = first_row // self.shard_size
@@ -139,8 +140,7 @@ class _ShardWriter:
         if tuple(values.shape[1:]) != self.row_shape or start + len(values) > self.rows:
             raise CheckpointError(f"rows {first_row}..{first_row + len(values) - 1} of shape {tuple(values.shape[1:])} "
                                   f"do not fit shard {shard} ({self.rows} rows of shape {self.row_shape})")
-        row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape))
-        self.file.seek(self.offset + start * row_bytes)
+        self.file.seek(self.offset + start * self.row_bytes)
         self.file.write(np.ascontiguousarray(values, dtype=self.dtype).data)
         self.filled += len(values)
         if self.filled == self.rows:
