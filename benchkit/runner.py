@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +27,16 @@ class SweepReport:
 
 
 def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume: bool = True,
-            shards: int = 1) -> SweepReport:
+            shards: int = 1, claims: Path | None = None) -> SweepReport:
     """Run the valid jobs in order; tokenizer rows once per tokenizer; tables and plots at the end.
 
     Before each job torch's thread count is set from the job's ``threads`` (default: the cores divided among the
-    ``shards`` processes; see benchkit.threads), so a job computes what it would compute run on its own."""
+    ``shards`` processes; see benchkit.threads), so a job computes what it would compute run on its own. With
+    ``claims`` (a job process of ``--jobs N``, :mod:`benchkit.parallel`) only the jobs this process claims first
+    run, and the tables are left to the parent."""
     from benchkit.evaluate import evaluate_run, evaluate_tokenizer
     from benchkit.pipeline import load_splits, train_generator
-    from benchkit.report import write_report
+    from benchkit.parallel import claim
     from benchkit.threads import apply_threads
 
     t0 = time.perf_counter()
@@ -43,6 +46,8 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
         if job.cfg is None:
             report.skipped.append((" ".join(job.overrides), job.skipped or ""))
             continue
+        if claims is not None and not claim(claims, job):
+            continue
         cfg: RunConfig = job.cfg
         apply_threads(cfg.threads, shards=shards)
         key = repr((cfg.data,))
@@ -50,17 +55,29 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
             splits[key] = load_splits(cfg)
         train, test = splits[key]
         label = f"{cfg.tokenizer.name}+{cfg.generator.name}+{cfg.head.name}"
-        log.info("[%d/%d] %s", len(report.done) + 1, sum(j.cfg is not None for j in jobs), label)
+        if claims is None:
+            log.info("[%d/%d] %s", len(report.done) + 1, sum(j.cfg is not None for j in jobs), label)
+        else:  # the jobs are shared among processes: no count of this one's
+            log.info("[job process %d] %s", os.getpid(), label)
         run = train_generator(cfg, resume=resume, progress=progress, splits=(train, test))
         evaluate_tokenizer(run.tokenizer, cfg, train, test, results_dir)
         evaluate_run(run, train, test, results_dir)
         report.done.append(label)
-    out_root = Path(jobs[0].cfg.out_dir) if jobs and jobs[0].cfg else results_dir.parent
-    report.outputs = write_outputs(results_dir, out_root)
-    if report.outputs:  # the HTML page of everything above (benchkit.report)
-        report.outputs.append(write_report(results_dir, out_root))
+    if claims is None:
+        report.outputs = write_all(results_dir, jobs)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def write_all(results_dir: Path, jobs: list[Job]) -> list[Path]:
+    """:func:`write_outputs` and, when there were rows, the HTML report of them (benchkit.report)."""
+    from benchkit.report import write_report
+
+    out_root = Path(jobs[0].cfg.out_dir) if jobs and jobs[0].cfg else results_dir.parent
+    outputs = write_outputs(results_dir, out_root)
+    if outputs:
+        outputs.append(write_report(results_dir, out_root))
+    return outputs
 
 
 def write_outputs(results_dir: Path, out_root: Path) -> list[Path]:

@@ -14,8 +14,16 @@ from benchkit.errors import ConfigError
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
 
-def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_dir: Path | None,
-               preset: str | None, progress: bool, resume: bool, as_json: bool, threads: int | None = None) -> None:
+JobsOpt = Annotated[Optional[int], typer.Option(
+    "--jobs", "-j", envvar="BENCHKIT_JOBS", show_envvar=False,
+    help="Job processes on this host (default: 2 on a CPU with 2+ cores, 1 with an accelerator or --shard; "
+         "$BENCHKIT_JOBS). Each job gets the cores divided by this many threads.")]
+ClaimOpt = Annotated[Optional[Path], typer.Option("--claim-dir", hidden=True)]  # set by --jobs for its processes
+
+
+def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: list[str] | None,
+               out_dir: Path | None, preset: str | None, progress: bool, resume: bool, as_json: bool,
+               threads: int | None = None, processes: int | None = None, claim_dir: Path | None = None) -> None:
     from benchkit.runner import execute
 
     show_progress(progress)
@@ -36,12 +44,23 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
     assert cfg0 is not None
     results_dir = Path(cfg0.out_dir) / cfg0.name
     check_writable(results_dir)
-    mine = shard(jobs, i, n)
+    if claim_dir is not None:  # one job process of --jobs N: the parent prints and writes the tables
+        from benchkit.parallel import claim_order
+
+        execute(claim_order(jobs), results_dir, progress=False, resume=resume, shards=n, claims=claim_dir)
+        return
+    from benchkit.parallel import resolve_jobs
+
+    procs = resolve_jobs(processes, valid_jobs=len(valid), device=cfg0.device, sharded=shard_text is not None)
     skipped = [j for j in jobs if j.cfg is None]
     for j in skipped:
         err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
-    err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
-    report = execute(mine, results_dir, progress=progress, resume=resume, shards=n)
+    if procs > 1:
+        report = _run_in_processes(command, sets, out_dir, preset, resume, threads, procs, valid, results_dir)
+    else:
+        mine = shard(jobs, i, n)
+        err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
+        report = execute(mine, results_dir, progress=progress, resume=resume, shards=n)
     from benchkit.results import read_rows
 
     if as_json:
@@ -53,6 +72,36 @@ def _run_sweep(source: str, shard_text: str | None, sets: list[str] | None, out_
     err_console.print(f"wall time {report.wall_s:.0f} s; wrote:")
     for p in report.outputs:
         typer.echo(str(p))
+
+
+def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path | None, preset: str | None,
+                      resume: bool, threads: int | None, procs: int, valid: list[Any], results_dir: Path) -> Any:
+    """The sweep's jobs in ``procs`` processes of this command (benchkit.parallel), then its tables once."""
+    import shutil
+    import tempfile
+    import time
+
+    from benchkit.parallel import run_job_processes
+    from benchkit.runner import SweepReport, write_all
+    from benchkit.threads import resolve_threads
+
+    t0 = time.perf_counter()
+    per_job, _ = resolve_threads(threads, shards=procs)
+    args = [*command, *(a for s in sets or [] for a in ("--set", s)), "--threads", str(per_job)]
+    args += (["--out-dir", str(out_dir)] if out_dir else []) + (["--preset", preset] if preset else [])
+    args += [] if resume else ["--no-resume"]
+    err_console.print(f"{len(valid)} valid jobs in {procs} processes of {per_job} thread(s) each; results in "
+                      f"{results_dir}")
+    claims = Path(tempfile.mkdtemp(prefix=".claims-", dir=results_dir))
+    try:
+        run_job_processes(args, procs, claims)
+    finally:
+        shutil.rmtree(claims, ignore_errors=True)
+    report = SweepReport(results_dir, done=[f"{j.cfg.tokenizer.name}+{j.cfg.generator.name}+{j.cfg.head.name}"
+                                            for j in valid])
+    report.outputs = write_all(results_dir, valid)
+    report.wall_s = time.perf_counter() - t0
+    return report
 
 
 SUMMARY = {
@@ -81,12 +130,14 @@ def run(
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the sweep's).")] = None,
     shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
     progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
+    jobs: JobsOpt = None, claim_dir: ClaimOpt = None,
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
-    Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 14.5 min on 2 CPU cores)
+    Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 15 min on 2 CPU cores)
     """
-    _run_sweep(sweep, shard_text, sets, out_dir, preset, progress, resume, as_json, threads)
+    _run_sweep(["run", "--sweep", sweep], sweep, shard_text, sets, out_dir, preset, progress, resume, as_json,
+               threads, jobs, claim_dir)
 
 
 def sweep(
@@ -97,6 +148,7 @@ def sweep(
     progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
     slurm: Annotated[Optional[int], typer.Option("--slurm", help="Print an sbatch array script of N shards instead.")] = None,
     slurm_opts: Annotated[Optional[list[str]], typer.Option("--slurm-opt", help="Extra #SBATCH KEY=VALUE, e.g. partition=gpu, gpus-per-task=0.")] = None,
+    jobs: JobsOpt = None, claim_dir: ClaimOpt = None,
 ) -> None:
     """Run a grid over components and options; finished runs are skipped, so re-running resumes.
 
@@ -110,7 +162,8 @@ def sweep(
         typer.echo(render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),
                    nl=False)
         return
-    _run_sweep(str(file), shard_text, sets, out_dir, preset, progress, resume, as_json, threads)
+    _run_sweep(["sweep", str(file)], str(file), shard_text, sets, out_dir, preset, progress, resume, as_json,
+               threads, jobs, claim_dir)
 
 
 def table(

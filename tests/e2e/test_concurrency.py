@@ -58,3 +58,27 @@ def test_two_shards_on_one_results_directory(tmp_path: Path, feature_cache: Path
     assert steps == list(range(2, 49, 2))
     calibrations = sum(err.count("continuous-token scale factor") for _, err in outputs)
     assert calibrations == 1, f"the tokenizer was trained {calibrations} times"
+
+
+def test_jobs_runs_the_sweep_in_two_processes_each_job_once(tmp_path: Path, feature_cache: Path) -> None:
+    """``--jobs 2``: two job processes share the sweep's jobs by claiming them; the parent writes the tables once."""
+    out = tmp_path / "out"
+    seed_cache(feature_cache, out)
+    sweep = _sweep_file(tmp_path / "conc.toml")
+    proc = subprocess.run(bk_cmd("sweep", str(sweep), "--jobs", "2", "--out-dir", str(out), "--no-progress"),
+                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    err = " ".join(proc.stderr.split())
+    assert "4 valid jobs in 2 processes of 1 thread(s) each" in err
+    pids = {line.split("[job process ")[1].split("]")[0] for line in proc.stderr.splitlines() if "[job process " in line}
+    assert len(pids) == 2, pids  # both processes ran jobs
+
+    rows = [json.loads(line) for line in (out / "conc" / "rows.jsonl").read_text().splitlines() if line.strip()]
+    gen = [r for r in rows if r["kind"] == "generator"]
+    assert len(gen) == 4 and len({r["config_fingerprint"] for r in gen}) == 4
+    assert sum(r["kind"] == "tokenizer" for r in rows) == 1
+    table = (out / "conc" / "table.csv").read_text().splitlines()
+    assert len(table) == 1 + 4  # header + one line per generator row, written by the parent from every row
+    assert (out / "conc" / "report.html").is_file()
+    assert not list((out / "conc").glob(".claims-*")), "the claims directory is left behind"
+    assert {json.loads((r / "config.json").read_text())["threads"] for r in (out / "runs").iterdir()} == {1}

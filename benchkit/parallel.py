@@ -1,0 +1,106 @@
+"""Job processes: ``benchkit run`` / ``sweep`` with ``--jobs N`` runs a sweep's jobs in N processes on one host.
+
+The parent starts N copies of the same command (``python -m benchkit ... --jobs 1 --claim-dir DIR``) and waits;
+each copy goes through every job of the sweep in the same order and runs the ones it *claims* first (an exclusive
+file per job in DIR), so a process that finishes early takes the next job instead of idling. The stage locks of
+:mod:`benchkit.pipeline` make a tokenizer shared by two jobs train once (the other job waits and reuses it); the
+order interleaves tokenizers so that processes started together train different ones first. The parent then writes
+the tables, plots and report once, from every row.
+
+Why on a CPU: the ``tiny`` models' matrix products are small, and two threads in one process use two cores worse
+than two one-thread processes do. Measured on an idle 2-core machine (training ``tiny`` width-64 models, 120 steps
+at batch 32): alone with 2 threads, VQ + AR + CE 584 images/s and KL + AR + Diffusion Loss 366; the two run at
+the same time with 1 thread each, 530 and 302, so together about 1.7x the work per second.
+
+Each job runs with the cores divided by N threads (``benchkit.threads``) and OpenMP's passive wait policy, as a
+``--shard`` of N does; a job's numbers depend on its thread count, not on which process ran it or when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchkit.errors import BenchkitError, ConfigError
+from benchkit.sweep import Job
+from benchkit.threads import WAIT_POLICY_ENV, usable_cores
+
+JOBS_ENV = "BENCHKIT_JOBS"
+"""Environment variable giving ``--jobs`` its default (e.g. ``BENCHKIT_JOBS=1`` keeps every sweep in one process)."""
+
+
+def resolve_jobs(requested: int | None, *, valid_jobs: int, device: str, sharded: bool) -> int:
+    """How many job processes: ``requested`` (``--jobs`` or ``$BENCHKIT_JOBS``) when given; 1 for a ``--shard`` (the
+    shards are the processes) or an accelerator (one device); else, on a CPU with 2 or more usable cores, 2. Never
+    more than the valid jobs."""
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise ConfigError(f"--jobs must be an integer >= 1, got {requested!r}")
+        if sharded and requested > 1:
+            raise ConfigError("--jobs N > 1 and --shard do not combine: run the shards as the N processes instead")
+        n = requested
+    elif sharded or _accelerator(device) or usable_cores() < 2:
+        n = 1
+    else:
+        n = 2
+    return max(1, min(n, valid_jobs))
+
+
+def _accelerator(device: str) -> bool:
+    if device in ("cuda", "mps"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
+def claim_order(jobs: Sequence[Job]) -> list[Job]:
+    """The valid jobs with their tokenizers interleaved (first job of each tokenizer, then the second of each, ...),
+    so that processes started together begin with different tokenizers instead of waiting on one lock."""
+    from benchkit.pipeline import tokenizer_fingerprint
+
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.cfg is not None:
+            groups.setdefault(tokenizer_fingerprint(job.cfg), []).append(job)
+    out: list[Job] = []
+    for k in range(max((len(g) for g in groups.values()), default=0)):
+        out += [g[k] for g in groups.values() if k < len(g)]
+    return out
+
+
+def claim(claims: Path, job: Job) -> bool:
+    """True for the first process that claims ``job`` in the directory ``claims`` (an exclusive file create), False
+    for every later one."""
+    name = hashlib.sha256(repr(job.cfg).encode()).hexdigest()[:20]
+    try:
+        os.close(os.open(claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_job_processes(args: Sequence[str], n: int, claims: Path) -> None:
+    """Start ``n`` processes of ``python -m benchkit *args --jobs 1 --claim-dir claims`` and wait for all; their logs
+    go to this stderr, their stdout nowhere. One that fails is reported (with its exit status) after all have ended."""
+    claims.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault(WAIT_POLICY_ENV, "PASSIVE")  # processes share the cores (see benchkit.threads)
+    cmd = [sys.executable, "-m", "benchkit", *args, "--jobs", "1", "--claim-dir", str(claims), "--no-progress"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:  # Ctrl-C or an error here: do not leave the job processes running
+        for p in procs:
+            p.terminate()
+        raise
+    failed = [f"process {i} exited with {c}" for i, c in enumerate(codes) if c != 0]
+    if failed:
+        raise BenchkitError(f"{len(failed)} of {n} job processes failed ({'; '.join(failed)}); their errors are in "
+                            "the log above, and finished jobs are kept: the same command resumes")

@@ -1,0 +1,59 @@
+"""Job processes (benchkit.parallel): how many, which job each claims, and in what order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchkit.errors import ConfigError
+from benchkit.parallel import claim, claim_order, resolve_jobs
+from benchkit.sweep import expand
+
+
+def _jobs(combos: list[tuple[str, str]]) -> list:
+    heads = {"kl": "diffloss", "rq": "ce", "vq": "ce"}
+    jobs = expand({"preset": "tiny", "combos": [{"tokenizer.name": t, "generator.name": g, "head.name": heads[t]}
+                                                for t, g in combos]})
+    assert all(j.cfg is not None for j in jobs)
+    return jobs
+
+
+def test_resolve_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("benchkit.parallel.usable_cores", lambda: 2)
+    assert resolve_jobs(None, valid_jobs=6, device="cpu", sharded=False) == 2  # a 2-core CPU: two processes
+    assert resolve_jobs(None, valid_jobs=1, device="cpu", sharded=False) == 1  # never more than the jobs
+    assert resolve_jobs(None, valid_jobs=6, device="cpu", sharded=True) == 1  # shards are the processes
+    assert resolve_jobs(None, valid_jobs=6, device="cuda", sharded=False) == 1  # one accelerator
+    assert resolve_jobs(3, valid_jobs=6, device="cpu", sharded=False) == 3
+    monkeypatch.setattr("benchkit.parallel.usable_cores", lambda: 1)
+    assert resolve_jobs(None, valid_jobs=6, device="cpu", sharded=False) == 1
+    with pytest.raises(ConfigError, match=r"--jobs must be an integer >= 1, got 0"):
+        resolve_jobs(0, valid_jobs=6, device="cpu", sharded=False)
+    with pytest.raises(ConfigError, match="do not combine"):
+        resolve_jobs(2, valid_jobs=6, device="cpu", sharded=True)
+
+
+def test_a_job_is_claimed_once(tmp_path: Path) -> None:
+    a, b = _jobs([("vq", "ar"), ("vq", "mar")])
+    assert claim(tmp_path, a) and claim(tmp_path, b)
+    assert not claim(tmp_path, a) and not claim(tmp_path, b)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_claim_order_interleaves_tokenizers() -> None:
+    jobs = _jobs([("kl", "ar"), ("kl", "mar"), ("rq", "ar"), ("vq", "ar"), ("vq", "mar")])
+    order = [(j.cfg.tokenizer.name, j.cfg.generator.name) for j in claim_order(jobs)]
+    assert sorted(order) == sorted((j.cfg.tokenizer.name, j.cfg.generator.name) for j in jobs)
+    assert [t for t, _ in order[:3]] == ["kl", "rq", "vq"]  # the first three jobs start three different tokenizers
+    assert order[3:] == [("kl", "mar"), ("vq", "mar")]
+
+
+def test_bad_jobs_value_is_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from benchkit.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--jobs", "0"])
+    assert res.exit_code != 0
+    assert "--jobs must be an integer >= 1, got 0" in str(res.exception)  # main() prints it as one line
