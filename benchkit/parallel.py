@@ -10,10 +10,15 @@ the tables, plots and report once, from every row.
 Why on a CPU: the ``tiny`` models' matrix products are small, and two threads in one process use two cores worse
 than two one-thread processes do. Measured on an idle 2-core machine (training ``tiny`` width-64 models, 120 steps
 at batch 32): alone with 2 threads, VQ + AR + CE 584 images/s and KL + AR + Diffusion Loss 366; the two run at
-the same time with 1 thread each, 530 and 302, so together about 1.7x the work per second.
+the same time with 1 thread each, 530 and 302. The default comparison (``benchkit run``) took 13 min 15 s with
+``--jobs 2`` against 14 min 45 s in one process (2026-11-30, idle machine; the last job ran alone on one core).
 
 Each job runs with the cores divided by N threads (``benchkit.threads``) and OpenMP's passive wait policy, as a
-``--shard`` of N does; a job's numbers depend on its thread count, not on which process ran it or when.
+``--shard`` of N does; a job's numbers depend on its thread count, not on which process ran it or when. Two
+costs, which is why one process stays the default: a different thread count is a different training run (the
+default comparison's rows differ from the one-process run's by more than their seed spread), and the cost
+columns (images/s, latency) are measured while the other processes run (VQ + AR + CE sampled 164 images/s at
+batch 64 against 255 alone with 2 threads): take cost figures from ``--jobs 1``.
 """
 
 from __future__ import annotations
@@ -27,37 +32,23 @@ from pathlib import Path
 
 from benchkit.errors import BenchkitError, ConfigError
 from benchkit.sweep import Job
-from benchkit.threads import WAIT_POLICY_ENV, usable_cores
+from benchkit.threads import WAIT_POLICY_ENV
 
 JOBS_ENV = "BENCHKIT_JOBS"
 """Environment variable giving ``--jobs`` its default (e.g. ``BENCHKIT_JOBS=1`` keeps every sweep in one process)."""
 
 
-def resolve_jobs(requested: int | None, *, valid_jobs: int, device: str, sharded: bool) -> int:
-    """How many job processes: ``requested`` (``--jobs`` or ``$BENCHKIT_JOBS``) when given; 1 for a ``--shard`` (the
-    shards are the processes) or an accelerator (one device); else, on a CPU with 2 or more usable cores, 2. Never
-    more than the valid jobs."""
-    if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-            raise ConfigError(f"--jobs must be an integer >= 1, got {requested!r}")
-        if sharded and requested > 1:
-            raise ConfigError("--jobs N > 1 and --shard do not combine: run the shards as the N processes instead")
-        n = requested
-    elif sharded or _accelerator(device) or usable_cores() < 2:
-        n = 1
-    else:
-        n = 2
-    return max(1, min(n, valid_jobs))
-
-
-def _accelerator(device: str) -> bool:
-    if device in ("cuda", "mps"):
-        return True
-    if device != "auto":
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available() or torch.backends.mps.is_available())
+def resolve_jobs(requested: int | None, *, valid_jobs: int, sharded: bool) -> int:
+    """How many job processes: ``requested`` (``--jobs`` or ``$BENCHKIT_JOBS``), default 1, never more than the
+    valid jobs. Not the default because a job's cost columns (images/s, latency) are then measured next to the other
+    job processes, and its numbers with the cores divided by N threads (see the module docstring)."""
+    if requested is None:
+        return 1
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {requested!r}")
+    if sharded and requested > 1:
+        raise ConfigError("--jobs N > 1 and --shard do not combine: run the shards as the N processes instead")
+    return min(requested, max(1, valid_jobs))
 
 
 def claim_order(jobs: Sequence[Job]) -> list[Job]:

@@ -18,8 +18,6 @@ from pathlib import Path
 # the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see benchkit.threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Sweeps in one process unless a test asks for job processes (--jobs; benchkit.parallel).
-os.environ.setdefault("BENCHKIT_JOBS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

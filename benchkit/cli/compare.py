@@ -16,8 +16,9 @@ ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows
 
 JobsOpt = Annotated[Optional[int], typer.Option(
     "--jobs", "-j", envvar="BENCHKIT_JOBS", show_envvar=False,
-    help="Job processes on this host (default: 2 on a CPU with 2+ cores, 1 with an accelerator or --shard; "
-         "$BENCHKIT_JOBS). Each job gets the cores divided by this many threads.")]
+    help="Job processes on this host that share the sweep's jobs (default 1, or $BENCHKIT_JOBS); each job gets "
+         "the cores divided by this many threads. On a CPU, 2 finish the tiny sweep sooner; cost columns are then "
+         "measured next to the other process.")]
 ClaimOpt = Annotated[Optional[Path], typer.Option("--claim-dir", hidden=True)]  # set by --jobs for its processes
 
 
@@ -51,7 +52,7 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
         return
     from benchkit.parallel import resolve_jobs
 
-    procs = resolve_jobs(processes, valid_jobs=len(valid), device=cfg0.device, sharded=shard_text is not None)
+    procs = resolve_jobs(processes, valid_jobs=len(valid), sharded=shard_text is not None)
     skipped = [j for j in jobs if j.cfg is None]
     for j in skipped:
         err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
