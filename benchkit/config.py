@@ -119,9 +119,9 @@ class TrainConfig:
 
 CfgSchedule = Literal["constant", "linear"]
 CFG_SCHEDULES: tuple[str, ...] = get_args(CfgSchedule)
+"""The classifier-free guidance schedules (their formulas: ``benchkit.schedules.cfg_at``)."""
 TuneMetric = Literal["kid", "fid"]
 TUNE_METRICS: tuple[str, ...] = get_args(TuneMetric)  # what eval.tune scores candidates by (benchkit.tuning)
-"""The classifier-free guidance schedules (their formulas: ``benchkit.schedules.cfg_at``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

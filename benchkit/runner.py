@@ -54,7 +54,7 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
         if key not in splits:
             splits[key] = load_splits(cfg)
         train, test = splits[key]
-        label = f"{cfg.tokenizer.name}+{cfg.generator.name}+{cfg.head.name}"
+        label = job_label(cfg)
         if claims is None:
             log.info("[%d/%d] %s", len(report.done) + 1, sum(j.cfg is not None for j in jobs), label)
         else:  # the jobs are shared among processes: no count of this one's
@@ -67,6 +67,11 @@ def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume
         report.outputs = write_all(results_dir, jobs)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def job_label(cfg: RunConfig) -> str:
+    """``tokenizer+generator+head`` of a job, as the log and ``SweepReport.done`` name it."""
+    return f"{cfg.tokenizer.name}+{cfg.generator.name}+{cfg.head.name}"
 
 
 def write_all(results_dir: Path, jobs: list[Job]) -> list[Path]:

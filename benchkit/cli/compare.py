@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from benchkit.cli.common import (JsonOpt, OutOpt, ProgressOpt, ResumeOpt, SetOpt, ThreadsOpt, check_writable, emit_json,
                                  err_console, out_console, show_progress)
 from benchkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from benchkit.runner import SweepReport
+    from benchkit.sweep import Job
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
@@ -76,14 +80,15 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
 
 
 def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path | None, preset: str | None,
-                      resume: bool, threads: int | None, procs: int, valid: list[Any], results_dir: Path) -> Any:
+                      resume: bool, threads: int | None, procs: int, valid: list[Job],
+                      results_dir: Path) -> SweepReport:
     """The sweep's jobs in ``procs`` processes of this command (benchkit.parallel), then its tables once."""
     import shutil
     import tempfile
     import time
 
     from benchkit.parallel import run_job_processes
-    from benchkit.runner import SweepReport, write_all
+    from benchkit.runner import SweepReport, job_label, write_all
     from benchkit.threads import resolve_threads
 
     t0 = time.perf_counter()
@@ -98,8 +103,7 @@ def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path 
         run_job_processes(args, procs, claims)
     finally:
         shutil.rmtree(claims, ignore_errors=True)
-    report = SweepReport(results_dir, done=[f"{j.cfg.tokenizer.name}+{j.cfg.generator.name}+{j.cfg.head.name}"
-                                            for j in valid])
+    report = SweepReport(results_dir, done=[job_label(j.cfg) for j in valid if j.cfg is not None])
     report.outputs = write_all(results_dir, valid)
     report.wall_s = time.perf_counter() - t0
     return report
