@@ -13,7 +13,7 @@ at batch 32): alone with 2 threads, VQ + AR + CE 584 images/s and KL + AR + Diff
 the same time with 1 thread each, 530 and 302. The default comparison (``benchkit run``) took 13 min 15 s with
 ``--jobs 2`` against 14 min 45 s in one process (2026-11-30, idle machine; the last job ran alone on one core).
 
-Each job runs with the cores divided by N threads (``benchkit.threads``) and OpenMP's passive wait policy, as a
+Each job runs with the cores divided by N threads and OpenMP's passive wait policy (``benchkit.threads``), as a
 ``--shard`` of N does; a job's numbers depend on its thread count, not on which process ran it or when. Two
 costs, which is why one process stays the default: a different thread count is a different training run (the
 default comparison's rows differ from the one-process run's by more than their seed spread), and the cost
@@ -23,16 +23,18 @@ batch 64 against 255 alone with 2 threads): take cost figures from ``--jobs 1``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchkit.errors import BenchkitError, ConfigError
 from benchkit.sweep import Job
-from benchkit.threads import WAIT_POLICY_ENV
 
 JOBS_ENV = "BENCHKIT_JOBS"
 """Environment variable giving ``--jobs`` its default (e.g. ``BENCHKIT_JOBS=1`` keeps every sweep in one process)."""
@@ -78,16 +80,15 @@ def claim(claims: Path, job: Job) -> bool:
 
 
 def run_job_processes(args: Sequence[str], n: int, claims: Path) -> None:
-    """Start ``n`` processes of ``python -m benchkit *args --jobs 1 --claim-dir claims`` and wait for all; their logs
-    go to this stderr, their stdout nowhere. One that fails is reported (with its exit status) after all have ended."""
-    claims.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault(WAIT_POLICY_ENV, "PASSIVE")  # processes share the cores (see benchkit.threads)
+    """Start ``n`` processes of ``python -m benchkit *args --jobs 1 --claim-dir claims`` (an existing directory) and
+    wait for all; their logs go to this stderr, their stdout nowhere. One that fails is reported (with its exit
+    status) after all have ended. Ctrl-C, SIGTERM or an error here ends them all."""
     cmd = [sys.executable, "-m", "benchkit", *args, "--jobs", "1", "--claim-dir", str(claims), "--no-progress"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for _ in range(n)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(n)]
     try:
-        codes = [p.wait() for p in procs]
-    except BaseException:  # Ctrl-C or an error here: do not leave the job processes running
+        with _sigterm_raises():
+            codes = [p.wait() for p in procs]
+    except BaseException:  # do not leave the job processes running
         for p in procs:
             p.terminate()
         raise
@@ -95,3 +96,20 @@ def run_job_processes(args: Sequence[str], n: int, claims: Path) -> None:
     if failed:
         raise BenchkitError(f"{len(failed)} of {n} job processes failed ({'; '.join(failed)}); their errors are in "
                             "the log above, and finished jobs are kept: the same command resumes")
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143) in the main thread (as Ctrl-C raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,8 +1,8 @@
 """Thread settings of a benchkit process: how many intra-op threads torch uses and how idle OpenMP threads wait.
 
 - :func:`prepare_openmp` asks OpenMP for a passive wait policy (a worker thread that runs out of work sleeps instead
-  of spinning) when the command runs a sweep shard (``--shard i/n``, n > 1), i.e. when several processes are
-  expected to share the cores: spinning workers then burn the time slices the other process needs, and every
+  of spinning) when the command runs a sweep shard (``--shard i/n``, n > 1) or is one job process of ``--jobs N``, i.e.
+  when several processes are expected to share the cores: spinning workers then burn the time slices the other process needs, and every
   barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). A process alone keeps
   OpenMP's default: on an idle 2-core machine the passive policy made ``ar`` + ``ce`` sampling (batch 64) 2x
   slower, because every small parallel region then pays for waking its threads. It has to run before torch is
@@ -32,9 +32,12 @@ WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
 
 def prepare_openmp(argv: Sequence[str] | None = None) -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` when ``argv`` (default: ``sys.argv``) runs a shard of n > 1 and the user chose
-    no policy; only effective before torch is imported."""
-    if WAIT_POLICY_ENV not in os.environ and shard_count(sys.argv if argv is None else argv) > 1:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when ``argv`` (default: ``sys.argv``) runs a shard of n > 1 or is one job
+    process of ``--jobs N`` (it has ``--claim-dir``), and the user chose no policy; only effective before torch is
+    imported."""
+    argv = sys.argv if argv is None else argv
+    shares_cores = shard_count(argv) > 1 or any(a == "--claim-dir" or a.startswith("--claim-dir=") for a in argv)
+    if WAIT_POLICY_ENV not in os.environ and shares_cores:
         os.environ[WAIT_POLICY_ENV] = "PASSIVE"
 
 

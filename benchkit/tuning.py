@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchkit.config import TUNE_METRICS
+from benchkit.config import TUNE_METRICS, EvalConfig
 from benchkit.errors import ConfigError
 from benchkit.metrics.quality import cleanfid_kid, fid_from_features
 from benchkit.sampling import SampleSettings
@@ -92,7 +92,7 @@ def tune(
     validation: torch.Tensor,
     *,
     what: str = "",
-    metric: str = "fid",
+    metric: str = EvalConfig.tune_metric,
 ) -> tuple[SampleSettings, list[tuple[SampleSettings, float]]]:
     """Score each option by ``metric`` (``fid`` or ``kid``) of sample(option) against ``validation`` on
     ``features``; return the best and all scores."""

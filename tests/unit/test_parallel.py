@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,37 @@ def test_bad_jobs_value_is_one_line() -> None:
     res = CliRunner().invoke(app, ["run", "--jobs", "0"])
     assert res.exit_code != 0
     assert "--jobs must be an integer >= 1, got 0" in str(res.exception)  # main() prints it as one line
+
+
+class _FakeProcess:
+    """Stands in for a job process: the first wait() sends this process SIGTERM, as `kill <parent pid>` would."""
+
+    made: list[_FakeProcess] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.terminated = False
+        _FakeProcess.made.append(self)
+
+    def wait(self) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        return 0
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+
+def test_sigterm_to_the_parent_ends_its_job_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import benchkit.parallel as bp
+
+    monkeypatch.setattr(bp.subprocess, "Popen", _FakeProcess)
+    _FakeProcess.made.clear()
+    before = signal.getsignal(signal.SIGTERM)
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        bp.run_job_processes(["run"], 2, tmp_path)
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert time.perf_counter() - t0 < 4  # the wait was interrupted
+    assert len(_FakeProcess.made) == 2 and all(p.terminated for p in _FakeProcess.made)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored

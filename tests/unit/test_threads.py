@@ -58,7 +58,7 @@ def test_apply_sets_torch_threads_and_does_not_carry_over(four_cores: None) -> N
         torch.set_num_threads(before)
 
 
-def test_prepare_openmp_is_passive_for_shards_only_and_keeps_a_users_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_openmp_is_passive_for_shards_and_job_processes_and_keeps_a_users_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
     bt.prepare_openmp(["benchkit", "run"])
     assert bt.WAIT_POLICY_ENV not in os.environ  # a process alone keeps OpenMP's default
@@ -68,6 +68,13 @@ def test_prepare_openmp_is_passive_for_shards_only_and_keeps_a_users_policy(monk
         monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
         bt.prepare_openmp(argv)
         assert os.environ[bt.WAIT_POLICY_ENV] == "PASSIVE"
+    for argv in (["benchkit", "run", "--jobs", "1", "--claim-dir", "/tmp/c"], ["benchkit", "run", "--claim-dir=/c"]):
+        monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
+        bt.prepare_openmp(argv)  # one job process of --jobs N
+        assert os.environ[bt.WAIT_POLICY_ENV] == "PASSIVE"
+    monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
+    bt.prepare_openmp(["benchkit", "run", "--jobs", "2"])  # the parent only waits
+    assert bt.WAIT_POLICY_ENV not in os.environ
     monkeypatch.setenv(bt.WAIT_POLICY_ENV, "ACTIVE")
     bt.prepare_openmp(["benchkit", "run", "--shard", "0/2"])
     assert os.environ[bt.WAIT_POLICY_ENV] == "ACTIVE"
