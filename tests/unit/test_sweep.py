@@ -60,7 +60,7 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
     triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg}
     assert all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
     assert {("vq", "ar", "ce"), ("kl", "ar", "diffloss"), ("vq", "mar", "ce"), ("kl", "mar", "diffloss"),
-            ("rq", "rqtransformer", "ce"), ("rq", "ar", "ce")} <= triples
+            ("rq", "rqtransformer", "ce")} <= triples
     # equal training compute, convergence points and the same tuning grid for every model
     assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(4.5e12, 3)}
     assert len({str(j.cfg.eval.tune) for j in jobs if j.cfg}) == 1 and all(j.cfg.eval.tune for j in jobs if j.cfg)
@@ -93,7 +93,7 @@ def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() 
     triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg is not None}
     assert triples == valid and len(jobs) == len(valid) == 13
     tiny = {run_fingerprint(j.cfg) for j in expand(load_sweep("tiny")) if j.cfg is not None}
-    assert len(tiny) == 6 and tiny <= {run_fingerprint(j.cfg) for j in jobs if j.cfg is not None}
+    assert len(tiny) == 5 and tiny <= {run_fingerprint(j.cfg) for j in jobs if j.cfg is not None}
 
 
 @pytest.mark.parametrize("name", ["tiny", "all", "long", "table1"])
