@@ -10,8 +10,9 @@ the tables, plots and report once, from every row.
 Why on a CPU: the ``tiny`` models' matrix products are small, and two threads in one process use two cores worse
 than two one-thread processes do. Measured on an idle 2-core machine (training ``tiny`` width-64 models, 120 steps
 at batch 32): alone with 2 threads, VQ + AR + CE 584 images/s and KL + AR + Diffusion Loss 366; the two run at
-the same time with 1 thread each, 530 and 302. The default comparison (``benchkit run``) took 13 min 15 s with
-``--jobs 2`` against 14 min 45 s in one process (2026-11-30, idle machine; the last job ran alone on one core).
+the same time with 1 thread each, 530 and 302. A six-model version of the default comparison (``benchkit run``)
+took 13 min 15 s with ``--jobs 2`` against 14 min 45 s in one process (2026-11-30, idle machine; the last job ran
+alone on one core).
 
 Each job runs with the cores divided by N threads and OpenMP's passive wait policy (``benchkit.threads``), as a
 ``--shard`` of N does; a job's numbers depend on its thread count, not on which process ran it or when. Two
