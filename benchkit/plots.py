@@ -179,7 +179,8 @@ def fid_vs_steps_plot(df: pd.DataFrame, path: Path) -> Series:
     """FID against generation steps, one line per (generator, head, tokenizer).
 
     Dataset and feature tags join the series key when they vary. Where a series has several rows at one
-    step count (a CFG or temperature sweep), the best FID is plotted. Returns {label: [(steps, fid), ...]}.
+    step count (a CFG or temperature sweep), the best FID is plotted. Returns {label: [(steps, fid), ...]};
+    ConfigError when no series has two step counts (a plot of single points says nothing).
     """
     data = _usable(df, ("fid", "steps"))
     if data.empty:
@@ -193,6 +194,8 @@ def fid_vs_steps_plot(df: pd.DataFrame, path: Path) -> Series:
         best = part.assign(_s=part["steps"].astype("float64"), _f=part["fid"].astype("float64"))
         best = best.groupby("_s")["_f"].min().sort_index()
         series[label] = [(int(s) if float(s).is_integer() else float(s), float(f)) for s, f in best.items()]
+    if all(len(pts) < 2 for pts in series.values()):
+        raise ConfigError("every model has rows at one step count only: FID against steps needs two per model")
 
     fig, ax = _axes()
     for (label, pts), m in zip(series.items(), itertools.cycle(MARKERS)):
