@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,8 @@ class _FakeProcess:
 def test_sigterm_to_the_parent_ends_its_job_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import benchkit.parallel as bp
 
+    # the handler is only installed in the main thread; elsewhere the fake's SIGTERM would end pytest itself
+    assert threading.current_thread() is threading.main_thread()
     monkeypatch.setattr(bp.subprocess, "Popen", _FakeProcess)
     _FakeProcess.made.clear()
     before = signal.getsignal(signal.SIGTERM)
