@@ -33,9 +33,12 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchkit.errors import BenchkitError, ConfigError
-from benchkit.sweep import Job
+
+if TYPE_CHECKING:  # the CLI reads JOBS_ENV when it starts: this module stays free of heavy imports
+    from benchkit.sweep import Job
 
 JOBS_ENV = "BENCHKIT_JOBS"
 """Environment variable giving ``--jobs`` its default (e.g. ``BENCHKIT_JOBS=1`` keeps every sweep in one process)."""

@@ -10,6 +10,7 @@ import typer
 from benchkit.cli.common import (JsonOpt, OutOpt, ProgressOpt, ResumeOpt, SetOpt, ThreadsOpt, check_writable, emit_json,
                                  err_console, out_console, show_progress)
 from benchkit.errors import ConfigError
+from benchkit.parallel import JOBS_ENV
 
 if TYPE_CHECKING:
     from benchkit.runner import SweepReport
@@ -19,7 +20,7 @@ ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows
 
 
 JobsOpt = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", envvar="BENCHKIT_JOBS", show_envvar=False,
+    "--jobs", "-j", envvar=JOBS_ENV, show_envvar=False,
     help="Job processes on this host that share the sweep's jobs (default 1, or $BENCHKIT_JOBS); each job gets "
          "the cores divided by this many threads. On a CPU, 2 finish the tiny sweep sooner; cost columns are then "
          "measured next to the other process.")]
