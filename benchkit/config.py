@@ -210,6 +210,8 @@ class EvalConfig:
     # per-row tuning (benchkit.tuning): settings tried over the base on a validation split; the best becomes the base
     tune: list[dict[str, Any]] = field(default_factory=list)
     tune_samples: int = 250
+    # validation images the tuning's samples are scored against; None: as many as tune_samples
+    tune_reference: int | None = None
     tune_metric: TuneMetric = "kid"  # KID is unbiased at small sample counts
     # an .npz with ``mu`` and ``sigma`` of the reference images' features (ADM reference batches, clean-fid custom
     # statistics, or ``benchkit.metrics.refstats``): FID is computed against it instead of held-out images
@@ -220,6 +222,8 @@ class EvalConfig:
             raise ValueError("num_samples and num_reference must be >= 2")
         if self.tune_samples < 2:
             raise ValueError(f"tune_samples must be >= 2, got {self.tune_samples}")
+        if self.tune_reference is not None and self.tune_reference < 2:
+            raise ValueError(f"tune_reference must be >= 2 (or unset: as many as tune_samples), got {self.tune_reference}")
         if self.tune_metric not in TUNE_METRICS:
             raise ValueError(f"unknown tune_metric {self.tune_metric!r}; valid: {', '.join(TUNE_METRICS)}")
 

@@ -105,3 +105,35 @@ def test_kid_ranks_a_narrow_setting_as_many_samples_would_where_small_sample_fid
     assert tune(opts, lambda s: small[s.temperature], lambda x: x, ref_small, metric="kid")[0].temperature == 1.0
     with pytest.raises(ConfigError, match="unknown eval.tune_metric 'mmd'; valid: kid, fid"):
         tune(opts, lambda s: small[s.temperature], lambda x: x, ref_small, metric="mmd")
+
+
+def test_tune_run_scores_tune_samples_against_tune_reference_validation_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eval.tune_samples`` samples per candidate, scored against ``eval.tune_reference`` validation images (as many
+    as the samples when unset); a reference below 2 is refused with the option's name."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import benchkit.sampling
+    from benchkit.config import resolve
+    from benchkit.tuning import tune_run
+
+    def fake_images(generator, tokenizer, kind, labels, s, *, seed, batch_size):  # noqa: ANN001, ANN202
+        g = torch.Generator().manual_seed(int(10 * s.cfg))
+        return torch.randint(0, 256, (len(labels), 3, 16, 16), generator=g, dtype=torch.uint8)
+
+    monkeypatch.setattr(benchkit.sampling, "generate_images", fake_images)
+    featurised: list[int] = []
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        featurised.append(len(x))
+        return x.float().flatten(1)[:, :6]
+
+    for extra, expected in ((["eval.tune_reference=30"], [30, 8, 8]), ([], [8, 8, 8])):
+        cfg = resolve("tiny", None, ["data.image_size=16", "eval.tune=[{ cfg = 2.0 }]", "eval.tune_samples=8", *extra])
+        run = SimpleNamespace(cfg=cfg, dir=Path("run"), generator=None, tokenizer=SimpleNamespace(module=None),
+                              combo=SimpleNamespace(kind="tokens"))
+        featurised.clear()
+        out = tune_run(run, [cfg.sample.settings()], SimpleNamespace(features=features), torch.empty(0), 10)
+        assert featurised == expected and len(out) == 1 and out[0].cfg in (1.0, 2.0)
+    with pytest.raises(ConfigError, match="tune_reference must be >= 2"):
+        resolve("tiny", None, ["eval.tune_reference=1"])
