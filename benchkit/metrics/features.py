@@ -74,6 +74,9 @@ def dataset_features(cfg: DatasetCNNConfig, *, train_data: ImageData | None = No
                      info=meta, weights_hash=digest)
 
 
+_FALLBACK_NOTED: set[str] = set()
+
+
 @FEATURES.register("auto", config=AutoConfig)
 def auto_features(cfg: AutoConfig, *, train_data: ImageData | None = None, cache_dir: Path | None = None,
                   device: torch.device | None = None) -> Extractor:
@@ -83,7 +86,9 @@ def auto_features(cfg: AutoConfig, *, train_data: ImageData | None = None, cache
         return inception_features(InceptionConfig(weights_path=str(path)), device=device)
     if cfg.weights_path or os.environ.get(INCEPTION_ENV):  # a named file that is missing is a mistake
         raise _missing_inception(where)
-    log.info("features 'auto': no Inception-V3 weights at %s; using a classifier trained on the dataset", where)
+    say = log.debug if where in _FALLBACK_NOTED else log.info  # once per process: a run builds it for every model
+    _FALLBACK_NOTED.add(where)
+    say("features 'auto': no Inception-V3 weights at %s; using a classifier trained on the dataset", where)
     dataset_cfg = DatasetCNNConfig(**{f.name: getattr(cfg, f.name) for f in fields(DatasetCNNConfig)})
     return dataset_features(dataset_cfg, train_data=train_data, cache_dir=cache_dir, device=device)
 

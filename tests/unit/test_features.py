@@ -120,6 +120,7 @@ def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Pa
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     with caplog.at_level(logging.INFO, logger="benchkit.metrics.features"):
         ext = load_extractor("auto", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
+        load_extractor("auto", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)  # said once
     assert ext.tag.startswith("dataset-fused@")
     notices = [r.getMessage() for r in caplog.records if "no Inception-V3 weights" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
