@@ -3,7 +3,8 @@
 The "AR" rows of MAR's Table 1 (Li et al., arXiv 2406.11838, Sec. 4.2): one decoder-only transformer with a
 causal mask, teacher forcing in training and a KV cache at inference, with a per-token head on top (cross-
 entropy or Diffusion Loss). Class conditioning and CFG follow LlamaGen (Sun et al., arXiv 2406.06525): the
-class (or null class) embedding is a prefix token, labels are dropped to the null class with probability
+class (or null class) embedding is a prefix token (``class_tokens > 1`` repeats it in that many slots, as MAR's
+class-embedding buffer in front of its sequences), labels are dropped to the null class with probability
 ``label_drop`` in training, and at sampling the batch is doubled [conditional; unconditional] and the head
 mixes the two (LlamaGen mixes logits; the Diffusion Loss head mixes predicted noise).
 
@@ -44,9 +45,10 @@ class ARConfig:
     dropout: float = 0.0
     label_drop: float = 0.1
     use_kv_cache: bool = True
+    class_tokens: int = 1  # slots holding the class embedding in front of the tokens (LlamaGen: 1; MAR's buffer: 64)
 
     def __post_init__(self) -> None:
-        check_transformer_options(self, "depth")
+        check_transformer_options(self, "depth", "class_tokens")
 
 
 @GENERATORS.register("ar", config=ARConfig)
@@ -60,10 +62,12 @@ class ARGenerator(ClassConditionalGenerator):
         cfg, spec = self.cfg, self.spec
         self.use_kv_cache = cfg.use_kv_cache
         self.seq_len = spec.positions * spec.depth  # L: h*w*D tokens in raster-then-depth order
+        self.num_slots = self.seq_len + cfg.class_tokens - 1  # the last token is never an input
         W = cfg.width
         self.tok_emb = token_embedding(spec, W)
         self.class_emb = self.class_embedding()
-        self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len, W))  # slot 0 = class token, slot t = token t-1
+        # slots 0 .. P-1 = class tokens, slot P-1+t = token t-1 (P = class_tokens)
+        self.pos_emb = nn.Parameter(torch.zeros(1, self.num_slots, W))
         self.transformer = Transformer(W, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
         self.apply(init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
@@ -75,8 +79,12 @@ class ARGenerator(ClassConditionalGenerator):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: tokens [B, L(, C)], labels [B] -> condition vectors [B, L, W] predicting token t at t."""
-        x = torch.cat([self.class_emb(labels)[:, None], self.tok_emb(tokens[:, :-1])], dim=1)  # [B, L, W]
-        return self.transformer(x + self.pos_emb, causal=True)
+        x = torch.cat([self.class_slots(labels), self.tok_emb(tokens[:, :-1])], dim=1)  # [B, P-1+L, W]
+        return self.transformer(x + self.pos_emb, causal=True)[:, self.cfg.class_tokens - 1 :]
+
+    def class_slots(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class embedding in each of the ``class_tokens`` first slots: [B, P, W]."""
+        return self.class_emb(labels)[:, None].expand(-1, self.cfg.class_tokens, -1)
 
     def loss(self, batch: Batch) -> LossOutput:
         """Head loss averaged over every token of the sequence, with labels dropped to the null class."""
@@ -96,11 +104,12 @@ class ARGenerator(ClassConditionalGenerator):
         """
         L, B = self.seq_len, labels.shape[0]
         check_fixed_steps(steps, L, "ar generates one token per step (h*w*depth tokens)")
-        x = self.class_emb(sampler.class_labels(labels))[:, None] + self.pos_emb[:, :1]  # [B', 1, W] slot 0
-        decoder = IncrementalDecoder(self.transformer, L, x, cached=self.use_kv_cache).start(x)
+        P = self.cfg.class_tokens
+        x = self.class_slots(sampler.class_labels(labels)) + self.pos_emb[:, :P]  # [B', P, W] the class slots
+        decoder = IncrementalDecoder(self.transformer, self.num_slots, x, cached=self.use_kv_cache).start(x)
         out: list[torch.Tensor] = []
         for t in range(L):
-            # 1. condition for token t: the transformer output at slot t (slot 0 holds the class token)
+            # 1. condition for token t: the transformer output at slot P-1+t (the last class slot for t = 0)
             z = decoder.output()  # [B', W]
             # 2. guidance scale after this token (Muse/MAR linear ramp over the fraction generated)
             tok = sampler.draw(z, (t + 1) / L)
@@ -108,7 +117,7 @@ class ARGenerator(ClassConditionalGenerator):
             if progress is not None:
                 progress(t + 1, L)
             if t + 1 < L:
-                # 3. feed the sampled token to both halves (LlamaGen) at slot t+1
-                decoder.push(self.tok_emb(sampler.both(tok))[:, None] + self.pos_emb[:, t + 1 : t + 2])
+                # 3. feed the sampled token to both halves (LlamaGen) at slot P+t
+                decoder.push(self.tok_emb(sampler.both(tok))[:, None] + self.pos_emb[:, P + t : P + t + 1])
         tokens = torch.stack(out, dim=1)  # [B, L(, C)]
         return tokens.reshape(B, *self.spec.token_shape).to(self.spec.dtype)

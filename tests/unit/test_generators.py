@@ -190,6 +190,27 @@ def test_kv_cache_matches_uncached_path(name: str, head: str, layout: str, cfg: 
         assert torch.allclose(cached, full, atol=1e-4, rtol=1e-4), (cached - full).abs().max()
 
 
+@pytest.mark.parametrize(("head", "layout"), [("ce", "discrete-d1"), ("diffloss", "continuous-d1")])
+def test_ar_with_several_class_slots_matches_its_uncached_path_and_teacher_forcing(head: str, layout: str) -> None:
+    """``class_tokens = 3`` (MAR's buffer of class slots in front of an AR sequence): the KV-cached sampler equals
+    the recomputing one, the loss sees one condition per token, and token 0's condition depends on the class."""
+    model = build("ar", head, layout, class_tokens=3).eval()
+    spec = SPECS[layout]
+    assert model.pos_emb.shape[1] == spec.positions + 2
+    batch = random_batch(spec, B=3)
+    z = model.forward(model.as_sequence(batch.tokens, model.seq_len), batch.labels)
+    assert z.shape == (3, spec.positions, 32)
+    other = model.forward(model.as_sequence(batch.tokens, model.seq_len), (batch.labels + 1) % NUM_CLASSES)
+    assert not torch.allclose(z[:, 0], other[:, 0])
+    labels = torch.tensor([0, 1, 2])
+    cached = model.generate(labels, cfg=2.0, cfg_schedule="linear", generator=seeded(3))
+    model.use_kv_cache = False
+    full = model.generate(labels, cfg=2.0, cfg_schedule="linear", generator=seeded(3))
+    assert torch.equal(cached, full) if spec.kind == "discrete" else torch.allclose(cached, full, atol=1e-4)
+    with pytest.raises(ConfigError, match="generator.ar: class_tokens must be >= 1, got 0"):
+        build("ar", head, layout, class_tokens=0)
+
+
 def test_transformer_cache_matches_full_causal_pass() -> None:
     torch.manual_seed(0)
     net = Transformer(32, 2, 4).eval()
