@@ -20,11 +20,12 @@ Deviations:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from benchkit.config import UNLESS_DEFAULT
 from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
@@ -45,7 +46,9 @@ class ARConfig:
     dropout: float = 0.0
     label_drop: float = 0.1
     use_kv_cache: bool = True
-    class_tokens: int = 1  # slots holding the class embedding in front of the tokens (LlamaGen: 1; MAR's buffer: 64)
+    # slots holding the class embedding in front of the tokens (LlamaGen: 1; MAR's buffer: 64); in a run's
+    # fingerprint only when not 1, so runs trained before this option keep their names
+    class_tokens: int = field(default=1, metadata=UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         check_transformer_options(self, "depth", "class_tokens")
