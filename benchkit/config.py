@@ -223,7 +223,8 @@ class EvalConfig:
         if self.tune_samples < 2:
             raise ValueError(f"tune_samples must be >= 2, got {self.tune_samples}")
         if self.tune_reference is not None and self.tune_reference < 2:
-            raise ValueError(f"tune_reference must be >= 2 (or unset: as many as tune_samples), got {self.tune_reference}")
+            raise ValueError(f"tune_reference must be >= 2 (or unset: as many as tune_samples), "
+                             f"got {self.tune_reference}")
         if self.tune_metric not in TUNE_METRICS:
             raise ValueError(f"unknown tune_metric {self.tune_metric!r}; valid: {', '.join(TUNE_METRICS)}")
 
