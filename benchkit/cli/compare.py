@@ -45,7 +45,8 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
     jobs = expand(spec, overrides, preset)
     valid = [j for j in jobs if j.cfg is not None]
     if not valid:
-        raise ConfigError("the sweep has no valid combination: " + "; ".join(j.skipped or "" for j in jobs[:3]))
+        reasons = list(dict.fromkeys(j.skipped or "" for j in jobs))  # an override's error is every job's: once
+        raise ConfigError("the sweep has no valid combination: " + "; ".join(reasons[:3]))
     cfg0 = valid[0].cfg
     assert cfg0 is not None
     results_dir = Path(cfg0.out_dir) / cfg0.name

@@ -161,6 +161,8 @@ CASES = [
     ("dataset-size-zero", ["train", "--set", "data.options={num_train = 0}"], 2, r"num_train must be >= 1"),
     ("eval-sweep-cfg-negative", ["train", "--set", "eval.sweep=[{cfg = -2.0}]"], 2, r"eval.sweep\[0\]: cfg must be >= 0"),
     ("shard-not-i-of-n", ["run", "--shard", "abc"], 2, r"--shard 'abc' must look like i/n"),
+    ("run-tune-reference-below-2", ["run", "--set", "eval.tune_reference=1"], 2,  # said once, not once per combo
+     r"no valid combination: eval: tune_reference must be >= 2 \(or unset: as many as tune_samples\), got 1$"),
     # data
     ("imagefolder-missing", ["train", "--set", 'data.name="imagefolder:{missing}"', "--set", "data.options={}"], 1,
      r"image folder .* does not exist or is not a folder"),
