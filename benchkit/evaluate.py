@@ -171,7 +171,7 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         **quality, "params": params, "backbone_params": backbone_params(run.generator), "sample_time_s": sample_time,
         **speed,
         "train_images_per_s": _train_meta(run).get("train_images_per_s"),
-        "train_time_s": _train_meta(run).get("train_time_s"), "train_steps": cfg.train.steps,
+        "train_time_s": _train_meta(run).get("train_time_s"), "train_lr": cfg.train.lr, "train_steps": cfg.train.steps,
         "train_flops": run_train_flops(run), **row_fields(run.dir),
         "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
     }

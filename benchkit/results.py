@@ -47,8 +47,8 @@ QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", 
 DETAIL = ("convergence_fid_prev", "convergence_fid_noise")  # in the CSV only
 TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
 COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
-        "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_steps", "train_flops",
-        "train_time_s", "peak_mem_mb")
+        "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_lr", "train_steps",
+        "train_flops", "train_time_s", "peak_mem_mb")
 PROVENANCE = ("row_id", "config_fingerprint", "git_sha", "timestamp", "device")
 INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops_per_image", "sample_batch_size",
                "train_steps", "train_flops", "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")

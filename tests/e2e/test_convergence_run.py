@@ -46,7 +46,8 @@ def test_convergence_points_leave_weights_alone_and_reach_the_table(tmp_path: Pa
     rows = evaluate_run(run, *splits, results)
     assert rows[0]["convergence_fid"] == points[-1]["fid"] and rows[0]["convergence_fid_prev"] == points[1]["fid"]
     assert rows[0]["train_flops"] == points[-1]["train_flops"]  # the same per-step count
+    assert rows[0]["train_lr"] == cfg.train.lr  # a sweep may set it per combination: each row says which
     written = write_outputs(results, out)
     assert results / "fid_vs_train_flops.png" in written
     table = (results / "table.md").read_text()
-    assert "still_improving" in table and "convergence_fid" in table
+    assert "still_improving" in table and "convergence_fid" in table and "train_lr" in table
