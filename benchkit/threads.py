@@ -3,9 +3,9 @@
 - :func:`prepare_openmp` asks OpenMP for a passive wait policy (a worker thread that runs out of work sleeps instead
   of spinning) when the command runs a sweep shard (``--shard i/n``, n > 1) or is one job process of ``--jobs N``,
   i.e. when several processes are expected to share the cores: spinning workers then burn the time slices the other
-  process needs, and every barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). A process alone keeps
-  OpenMP's default: on an idle 2-core machine the passive policy made ``ar`` + ``ce`` sampling (batch 64) 2x
-  slower, because every small parallel region then pays for waking its threads. It has to run before torch is
+  process needs, and every barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). A
+  process alone keeps OpenMP's default: on an idle 2-core machine the passive policy made ``ar`` + ``ce`` sampling
+  (batch 64) 2x slower, because every small parallel region then pays for waking its threads. It has to run before torch is
   imported (libgomp reads its environment once, when it is loaded), so the CLI calls it first thing; a value the
   user exported is always kept (export ``OMP_WAIT_POLICY=PASSIVE`` next to other heavy jobs).
 - :func:`resolve_threads` picks the intra-op thread count: an explicit request (``--threads`` / config key
