@@ -33,10 +33,10 @@ from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
 from benchkit.pipeline import TrainedRun, TrainedTokenizer, run_fingerprint
 from benchkit.progress import progress_bar
 from benchkit.provenance import git_state
-from benchkit.results import append_row, has_row
+from benchkit.results import append_row, has_row, tuning_selection
 from benchkit.sampling import SampleSettings, balanced_labels, generate_images
 from benchkit.sizes import backbone_params
-from benchkit.tuning import tune_run
+from benchkit.tuning import rows_to_tune, tune_run
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +100,29 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
     cfg = run.cfg
     settings = resolve_settings(run, settings or settings_from(cfg))
     extractor = _extractor(cfg, train)
+    kept = {s for s, searched in zip(settings, rows_to_tune(settings)) if not searched}
     settings = tune_run(run, settings, extractor, test.images, train.num_classes)  # eval.tune: best base setting
+    # rows whose setting the tuning chose replace those an earlier tuning of this model and evaluation chose
+    tuned_in = fingerprint("tuned-rows", run_fingerprint(cfg), cfg.eval.features, cfg.eval.num_samples,
+                           cfg.eval.num_reference, cfg.eval.cost_batch_size) if cfg.eval.tune else None
     real = test.images[: cfg.eval.num_reference]
     labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
     params = cost.count_params(run.generator)
-    rows = []
+    rows, chosen = [], []
     with progress_bar(f"evaluating {run.dir.name}", len(settings)) as sweep_bar:
         for i, s in enumerate(settings):
             row_id = fingerprint("gen-row", run_fingerprint(cfg), s, cfg.eval.features, cfg.eval.num_samples,
                                  cfg.eval.num_reference, cfg.eval.cost_batch_size)
+            tuned = tuned_in is not None and s not in kept
+            chosen += [row_id] if tuned else []
             with bdist.stage_lock(_row_lock(results_dir, row_id)):  # one writer per row, even across processes
                 row = _measure_generator(run, s, row_id, labels, real, extractor, params, results_dir, skip_done,
-                                         first=s == settings[0])
+                                         first=s == settings[0], tuned_in=tuned_in if tuned else None)
             if row is not None:
                 rows.append(row)
             sweep_bar(i + 1, len(settings))
+    if tuned_in is not None and bdist.is_main():
+        append_row(results_dir, tuning_selection(tuned_in, chosen))
     if bdist.is_main():
         grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
         grid = generate_images(run.generator, run.tokenizer.module, run.combo.kind, grid_labels, settings[0],
@@ -130,8 +138,9 @@ def _row_lock(results_dir: Path, row_id: str) -> Path:
 
 def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: torch.Tensor, real: torch.Tensor,
                        extractor: Any, params: int, results_dir: Path, skip_done: bool, *,
-                       first: bool) -> dict[str, Any] | None:
-    """One generator row (rank 0 returns it; every rank samples its share). Called under the row's lock."""
+                       first: bool, tuned_in: str | None = None) -> dict[str, Any] | None:
+    """One generator row (rank 0 returns it; every rank samples its share). Called under the row's lock.
+    ``tuned_in``: the key of the tuned rows this one belongs to (see :func:`benchkit.results.tuning_selection`)."""
     cfg = run.cfg
     if skip_done and bdist.broadcast_object(has_row(results_dir, row_id)):  # rank 0 decides for every rank
         log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
@@ -175,6 +184,8 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
         "train_flops": run_train_flops(run), **row_fields(run.dir),
         "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
     }
+    if tuned_in is not None:
+        row["tuned_in"] = tuned_in
     append_row(results_dir, row)
     log.info("%s [%s]: FID %.2f  IS %.2f  %.1f img/s", run.dir.name, s.label(), row.get("fid", math.nan),
              row.get("is_mean", math.nan), row.get("images_per_s", math.nan))
@@ -186,7 +197,8 @@ def _seed_spread(run: TrainedRun, s: SampleSettings, cfg: RunConfig, labels: tor
     """|FID(seed) - FID(seed + 1)| for the same model and setting: differences below this are sampling noise."""
     other = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
                             seed=cfg.seed + 1, batch_size=cfg.sample.batch_size)
-    q = generation_metrics(other, real, extractor, cache_dir=cache_dir(cfg), ref_key=f"{cfg.data.name}-test-{len(real)}",
+    q = generation_metrics(other, real, extractor, cache_dir=cache_dir(cfg),
+                           ref_key=f"{cfg.data.name}-test-{len(real)}",
                            labels=None, prc=False, device=next_device(cfg), clean_fid=False)
     return abs(float(q["fid"]) - fid)
 
@@ -202,7 +214,8 @@ def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[st
     cost.reset_peak_memory(device)  # this row's peak only, not training's or an earlier row's
 
     def sample(n: int) -> torch.Tensor:
-        return generate_images(run.generator, run.tokenizer.module, run.combo.kind, balanced_labels(n, run.generator.num_classes), s,
+        return generate_images(run.generator, run.tokenizer.module, run.combo.kind,
+                               balanced_labels(n, run.generator.num_classes), s,
                                seed=cfg.seed, batch_size=n)
 
     # the counted call doubles as the throughput warm-up; per-image FLOPs at the stated batch (a few ops, such as

@@ -4,7 +4,8 @@ A results directory holds ``rows.jsonl``: one JSON object per line, one evaluate
 flat dicts (see ``IDENTITY``, ``QUALITY`` and ``COST`` below for the usual keys; unknown keys are kept).
 Writers only ever append, under a file lock, so several processes (sweep shards, DDP ranks, machines on a
 shared file system) can write into one directory. A row whose ``row_id`` already exists replaces the
-older one logically: readers keep the LAST occurrence of each ``row_id``.
+older one logically: readers keep the LAST occurrence of each ``row_id``. A model evaluated again under another
+tuning (``eval.tune``) is listed at the setting the latest tuning chose (``tuning_selection``).
 
 Deviations:
 - No database: an append-only JSON-lines file is diffable, greppable and survives partial writes
@@ -37,6 +38,7 @@ from benchkit.files import atomic_write_text
 log = logging.getLogger(__name__)
 
 ROWS_FILE = "rows.jsonl"
+SELECTION = "tuning_selection"  # kind of the records that name the current tuned rows of a model
 TABLE_FILES_CSV = ("table.csv", "tokenizers.csv")
 
 # Column groups, in table order: who (identity), how good (quality), what it cost (cost), where from.
@@ -49,7 +51,7 @@ TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "lpips", "codebook_usage", "perplex
 COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
         "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_lr", "train_steps",
         "train_flops", "train_time_s", "peak_mem_mb")
-PROVENANCE = ("row_id", "config_fingerprint", "git_sha", "timestamp", "device")
+PROVENANCE = ("row_id", "tuned_in", "config_fingerprint", "git_sha", "timestamp", "device")
 INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops_per_image", "sample_batch_size",
                "train_steps", "train_flops", "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
 # Decimals shown per column; other float columns get 4.
@@ -135,9 +137,24 @@ def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for i, r in enumerate(rows) if r.get("row_id") is None or last[r["row_id"]] == i]
 
 
+def tuning_selection(key: str, chosen: list[str]) -> dict[str, Any]:
+    """The record naming the rows that the latest tuning of one model and evaluation (``key``) chose: rows with
+    the same ``tuned_in`` key that it does not name were chosen by an earlier tuning (another grid or sample
+    count) and are left out of the tables, so a re-tuned model is not listed twice at different settings."""
+    return {"row_id": f"selection-{key}", "kind": SELECTION, "selection_key": key, "chosen": list(chosen)}
+
+
+def _current(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` without the selection records and without tuned rows that a later tuning replaced."""
+    chosen = {r.get("selection_key"): set(r.get("chosen") or ()) for r in rows if r.get("kind") == SELECTION}
+    return [r for r in rows if r.get("kind") != SELECTION
+            and not (r.get("tuned_in") in chosen and r.get("row_id") not in chosen[r.get("tuned_in")])]
+
+
 def read_rows(results_dir: Path) -> pd.DataFrame:
-    """All rows of ``results_dir/rows.jsonl`` as a DataFrame, last occurrence of each row_id winning."""
-    rows = _dedupe(_iter_rows(results_dir))
+    """All current rows of ``results_dir/rows.jsonl`` as a DataFrame: the last occurrence of each row_id wins, and
+    tuned rows that a later tuning of the same model replaced are left out (:func:`tuning_selection`)."""
+    rows = _current(_dedupe(_iter_rows(results_dir)))
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
     return _int_columns(df).reset_index(drop=True)
 

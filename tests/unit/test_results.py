@@ -25,6 +25,7 @@ from benchkit.results import (
     rich_table,
     sort_rows,
     table_columns,
+    tuning_selection,
     write_tables,
 )
 
@@ -68,6 +69,17 @@ def test_last_occurrence_wins_and_has_row(tmp_path: Path) -> None:
     assert not has_row(tmp_path / "missing", "a")
     assert compact_rows(tmp_path) == 2
     assert len((tmp_path / ROWS_FILE).read_text().splitlines()) == 2
+
+
+def test_tuned_rows_that_a_later_tuning_did_not_choose_leave_the_tables(tmp_path: Path) -> None:
+    rows = [{"row_id": "plain", "cfg": 1.0}, {"row_id": "a2", "cfg": 2.0, "tuned_in": "a"},
+            tuning_selection("a", ["a2"]), {"row_id": "a3", "cfg": 3.0, "tuned_in": "a"},
+            {"row_id": "b2", "cfg": 2.0, "tuned_in": "b"}, tuning_selection("b", ["b2"]), tuning_selection("a", ["a3"])]
+    for row in rows:
+        append_row(tmp_path, row)
+    assert list(read_rows(tmp_path)["row_id"]) == ["plain", "a3", "b2"]  # a2 superseded; the records never shown
+    append_row(tmp_path, tuning_selection("a", ["a2"]))  # tuned back to the first choice
+    assert list(read_rows(tmp_path)["row_id"]) == ["plain", "a2", "b2"]
 
 
 def test_truncated_last_line_is_ignored_and_next_append_survives(tmp_path: Path,
