@@ -102,19 +102,20 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
     extractor = _extractor(cfg, train)
     kept = {s for s, searched in zip(settings, rows_to_tune(settings)) if not searched}
     settings = tune_run(run, settings, extractor, test.images, train.num_classes)  # eval.tune: best base setting
+    model = run_fingerprint(cfg)
+    evaluation = (cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference, cfg.eval.cost_batch_size)
     # rows whose setting the tuning chose replace those an earlier tuning of this model and evaluation chose
-    tuned_in = fingerprint("tuned-rows", run_fingerprint(cfg), cfg.eval.features, cfg.eval.num_samples,
-                           cfg.eval.num_reference, cfg.eval.cost_batch_size) if cfg.eval.tune else None
+    tuned_in = fingerprint("tuned-rows", model, *evaluation) if cfg.eval.tune else None
     real = test.images[: cfg.eval.num_reference]
     labels = balanced_labels(cfg.eval.num_samples, train.num_classes)
     params = cost.count_params(run.generator)
     rows, chosen = [], []
     with progress_bar(f"evaluating {run.dir.name}", len(settings)) as sweep_bar:
         for i, s in enumerate(settings):
-            row_id = fingerprint("gen-row", run_fingerprint(cfg), s, cfg.eval.features, cfg.eval.num_samples,
-                                 cfg.eval.num_reference, cfg.eval.cost_batch_size)
+            row_id = fingerprint("gen-row", model, s, *evaluation)
             tuned = tuned_in is not None and s not in kept
-            chosen += [row_id] if tuned else []
+            if tuned:
+                chosen.append(row_id)
             with bdist.stage_lock(_row_lock(results_dir, row_id)):  # one writer per row, even across processes
                 row = _measure_generator(run, s, row_id, labels, real, extractor, params, results_dir, skip_done,
                                          first=s == settings[0], tuned_in=tuned_in if tuned else None)

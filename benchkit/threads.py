@@ -5,9 +5,9 @@
   i.e. when several processes are expected to share the cores: spinning workers then burn the time slices the other
   process needs, and every barrier waits for a descheduled thread (``benchmarks/shared_cores.py`` measures it). A
   process alone keeps OpenMP's default: on an idle 2-core machine the passive policy made ``ar`` + ``ce`` sampling
-  (batch 64) 2x slower, because every small parallel region then pays for waking its threads. It has to run before torch is
-  imported (libgomp reads its environment once, when it is loaded), so the CLI calls it first thing; a value the
-  user exported is always kept (export ``OMP_WAIT_POLICY=PASSIVE`` next to other heavy jobs).
+  (batch 64) 2x slower, because every small parallel region then pays for waking its threads. It has to run before
+  torch is imported (libgomp reads its environment once, when it is loaded), so the CLI calls it first thing; a
+  value the user exported is always kept (export ``OMP_WAIT_POLICY=PASSIVE`` next to other heavy jobs).
 - :func:`resolve_threads` picks the intra-op thread count: an explicit request (``--threads`` / config key
   ``threads``), else ``OMP_NUM_THREADS`` when exported, else the usable cores divided by the number of sweep
   shards (``--shard i/n`` on one host: n processes share the cores), else every usable core (torch's default).
