@@ -11,6 +11,9 @@
     "tokenizer.name" = "vq"
     "head.name" = "ce"
 
+A sweep may start from another: ``extends = "tiny"`` (a shipped name, or a path relative to the file) takes that
+sweep's keys, runs its ``set`` before its own, and keeps its grid and combos unless it gives its own.
+
 Invalid combinations are skipped with the reason. Jobs are ordered so that each tokenizer is trained once and
 ``--shard i/n`` takes every n-th job (shard i starting with its i-th tokenizer); any number of shards can write one
 results directory.
@@ -55,18 +58,39 @@ def shipped_sweeps() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
-def load_sweep(path_or_name: str | Path) -> dict[str, Any]:
-    """Read a sweep file, or a shipped sweep by name."""
+def _read_sweep(path_or_name: str | Path) -> tuple[dict[str, Any], Path | None]:
+    """One sweep file as written (no ``extends`` applied) and its folder (None for a shipped sweep)."""
     p = Path(path_or_name)
     if p.suffix in (".toml", ".json") or p.exists():
-        return load_file(p)
+        return load_file(p), p.resolve().parent
     names = shipped_sweeps()
     if str(path_or_name) not in names:
         raise ConfigError(f"unknown sweep {str(path_or_name)!r}; valid: {', '.join(names)} or a path to a .toml file"
                           + suggest(str(path_or_name), names))
     from benchkit.options import toml_loads
 
-    return toml_loads(resources.files("benchkit.configs").joinpath("sweeps").joinpath(f"{path_or_name}.toml").read_text())
+    text = resources.files("benchkit.configs").joinpath("sweeps").joinpath(f"{path_or_name}.toml").read_text()
+    return toml_loads(text), None
+
+
+def load_sweep(path_or_name: str | Path) -> dict[str, Any]:
+    """Read a sweep file, or a shipped sweep by name, with its ``extends`` chain applied."""
+    spec, folder = _read_sweep(path_or_name)
+    chain = [str(Path(path_or_name).resolve()) if folder is not None else str(path_or_name)]
+    while "extends" in spec:
+        parent_name = spec.pop("extends")
+        if not isinstance(parent_name, str) or not parent_name:
+            raise ConfigError(f"sweep {chain[-1]!r}: extends must be the name or path of a sweep, got {parent_name!r}")
+        local = folder / parent_name if folder is not None else None
+        target: str | Path = local if local is not None and local.exists() else parent_name
+        if str(target) in chain:
+            raise ConfigError(f"sweep {chain[0]!r}: extends loops ({' -> '.join(chain + [str(target)])})")
+        chain.append(str(target))
+        parent, folder = _read_sweep(target)
+        merged = {**parent, **spec}
+        merged["set"] = list(parent.get("set", [])) + list(spec.get("set", []))
+        spec = merged
+    return spec
 
 
 def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, preset: str | None = None) -> list[Job]:

@@ -70,7 +70,7 @@ def test_shipped_budget_sweep_is_tiny_at_equal_flops_and_long_has_convergence_po
     triples = [(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in budget + tiny]
     assert set(triples[7:]) < set(triples[:7])  # the default sweep's models, plus the rows it cuts for time
     long = expand(load_sweep("long"))
-    assert {(j.cfg.train.convergence_points, j.cfg.train.convergence_samples) for j in long} == {(4, 200)}
+    assert {(j.cfg.train.convergence_points, j.cfg.train.convergence_samples) for j in long} == {(5, 200)}
     # convergence points leave the run's identity alone: adding them to a sweep reuses its trained runs
     cfgs = [j.cfg for j in long if j.cfg]
     without = [replace(c, train=replace(c.train, convergence_points=0)) for c in cfgs]

@@ -73,6 +73,39 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
     assert load_sweep(tmp_path / "s.toml")["name"] == "x"
 
 
+def test_extends_takes_the_parent_sweep_and_runs_its_set_first(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text('name = "b"\nset = ["train.steps=7", "train.lr=1e-3"]\n'
+                                        '[[combos]]\n"generator.name" = "mar"\n')
+    (tmp_path / "mid.toml").write_text('extends = "base.toml"\nname = "m"\nset = ["train.steps=9"]\n')
+    (tmp_path / "top.toml").write_text('extends = "mid.toml"\nset = ["seed=3"]\n[[combos]]\n"generator.name" = "ar"\n')
+    mid = load_sweep(tmp_path / "mid.toml")
+    assert mid["name"] == "m" and mid["set"] == ["train.steps=7", "train.lr=1e-3", "train.steps=9"]
+    assert "extends" not in mid and mid["combos"] == [{"generator.name": "mar"}]  # the parent's combos
+    [job] = expand(mid)
+    assert (job.cfg.train.steps, job.cfg.train.lr, job.cfg.generator.name) == (9, 1e-3, "mar")  # own set wins
+    top = load_sweep(tmp_path / "top.toml")
+    [job] = expand(top)
+    assert (job.cfg.name, job.cfg.seed, job.cfg.train.steps, job.cfg.generator.name) == ("m", 3, 9, "ar")
+    # a shipped parent by name; the shipped `long` is the default comparison at four times its budget
+    long, tiny = load_sweep("long"), load_sweep("tiny")
+    assert long["combos"] == tiny["combos"] and long["set"][: len(tiny["set"])] == tiny["set"]
+    assert long["name"] == "long" and "train.budget_flops=1.8e13" in long["set"]
+    assert load_sweep("table1")["set"] == tiny["set"]
+
+
+def test_extends_errors_name_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match=r"extends loops \(.*a.toml -> .*b.toml -> .*a.toml\)"):
+        load_sweep(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "tinyy"\n')
+    with pytest.raises(ConfigError, match=r"unknown sweep 'tinyy'; valid: .*tiny.*did you mean 'tiny'"):
+        load_sweep(tmp_path / "c.toml")
+    (tmp_path / "d.toml").write_text("extends = 3\n")
+    with pytest.raises(ConfigError, match="extends must be the name or path of a sweep, got 3"):
+        load_sweep(tmp_path / "d.toml")
+
+
 def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() -> None:
     from benchkit.compat import check_combination
     from benchkit.errors import IncompatibleComponentsError
@@ -101,10 +134,8 @@ def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
     assert name in shipped_sweeps()
     jobs = expand(load_sweep(name))
     assert jobs and all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
-    if name in ("tiny", "all", "table1"):  # equal training FLOPs: the budget sets each generator's steps
-        assert {j.cfg.train.budget_flops for j in jobs if j.cfg} == {4.5e12}
-    else:
-        assert {j.cfg.train.steps for j in jobs if j.cfg} == {1500}
+    # equal training FLOPs: the budget sets each generator's steps (long: four times the default's)
+    assert {j.cfg.train.budget_flops for j in jobs if j.cfg} == {1.8e13 if name == "long" else 4.5e12}
 
 
 @pytest.mark.parametrize("name", shipped_sweeps())
