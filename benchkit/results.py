@@ -44,10 +44,10 @@ TABLE_FILES_CSV = ("table.csv", "tokenizers.csv")
 # Column groups, in table order: who (identity), how good (quality), what it cost (cost), where from.
 IDENTITY = ("run", "dataset", "tokenizer", "grid", "generator", "head", "features", "steps", "cfg", "cfg_schedule",
             "temperature", "diffusion_steps", "head_deviations", "n_samples", "seed")
-QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_inf", "seed_spread_fid", "fid_gap_significant", "is_mean",
+QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_invalid", "fid_inf", "seed_spread_fid", "fid_gap_significant", "is_mean",
            "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc", "convergence_fid", "still_improving")
 DETAIL = ("convergence_fid_prev", "convergence_fid_noise")  # in the CSV only
-TOKENIZER_QUALITY = ("rfid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
+TOKENIZER_QUALITY = ("rfid", "rfid_invalid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
 COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
         "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_lr", "train_steps",
         "train_flops", "train_time_s", "peak_mem_mb")

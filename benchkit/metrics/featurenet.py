@@ -10,7 +10,10 @@ blocks so that colour, structure and class content each count (see ``benchkit.me
 
 Each block is centred and divided by the square root of its total variance on the training images, so every block
 has total variance one, then multiplied by its weight (``colour_weight``, ``edge_weight``, ``cnn_weight``) and by
-``FEATURE_SCALE``. The network, its standardisation and its config are cached on disk (safetensors + json) under a
+``FEATURE_SCALE``. A block that barely varies on the training images (total variance below ``MIN_BLOCK_VARIANCE``,
+e.g. edges when every image has the same layout) is divided by the floor's square root instead, with a warning:
+otherwise the first sample that differs there gets features of 1e5 and an FID of 1e11, whose covariance square
+root no longer holds in float64. The network, its standardisation and its config are cached on disk (safetensors + json) under a
 fingerprint of (dataset, split, size, image content, config).
 
 The ``features`` tag (``dataset-fused@<sha8>``) is ``feature_digest`` of the cached tensors: what fixes the features
@@ -46,6 +49,7 @@ from benchkit.metrics.extractor import safe_name, sha256_file
 
 log = logging.getLogger(__name__)
 FEATURE_SCALE = 10.0  # puts FIDs of visible failures in the tens, like Inception FIDs
+MIN_BLOCK_VARIANCE = 1e-4  # raw total variance of a block below which it counts as constant on the training images
 _FIT_IMAGES = 5000  # training images that fix the standardisation
 
 
@@ -84,7 +88,11 @@ class DatasetFeatureNet(nn.Module):
         mean, var = raw.mean(0), raw.var(0)
         scale = torch.ones_like(mean)
         for name, cols in self.blocks.items():
-            scale[cols] = FEATURE_SCALE * weights[name] / var[cols].sum().clamp(min=1e-12).sqrt()
+            total = float(var[cols].sum())
+            if total < MIN_BLOCK_VARIANCE:
+                log.warning("feature block %r barely varies on the %d training images (total variance %.3g); "
+                            "scaling it as if it were %.0e", name, len(images), total, MIN_BLOCK_VARIANCE)
+            scale[cols] = FEATURE_SCALE * weights[name] / max(total, MIN_BLOCK_VARIANCE) ** 0.5
         self.shift.copy_(mean.float())
         self.scale.copy_(scale.float())
 

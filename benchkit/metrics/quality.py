@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -188,7 +189,13 @@ def fidelity_metrics(**kwargs: Any) -> dict[str, float]:
 
 
 def cleanfid_fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """clean-fid's ``frechet_distance`` (scipy sqrtm); its warnings and prints go to the log; NaN if it fails."""
+    """clean-fid's ``frechet_distance`` (scipy sqrtm); NaN if it fails (``cleanfid_fid_or_reason`` says why)."""
+    return cleanfid_fid_or_reason(mu1, sigma1, mu2, sigma2)[0]
+
+
+def cleanfid_fid_or_reason(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                           sigma2: np.ndarray) -> tuple[float, str]:
+    """(clean-fid's FID, "") or (NaN, why it failed); its warnings and prints go to the debug log."""
     from cleanfid import fid as cfid
     from scipy.linalg import LinAlgWarning
 
@@ -200,14 +207,33 @@ def cleanfid_fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: n
             warnings.simplefilter("ignore", LinAlgWarning)
             value = float(cfid.frechet_distance(mu1, sigma1, mu2, sigma2))
     except TypeError as e:  # SciPy >= 1.18 removed `disp`
-        log.warning("clean-fid FID failed (%s); needs scipy<1.18", e)
-        return float("nan")
-    except ValueError as e:  # "Imaginary component": the covariance product is too ill-conditioned
-        log.warning("clean-fid FID failed: %s", e)
-        return float("nan")
+        return float("nan"), f"clean-fid failed ({e}); it needs scipy<1.18"
+    except ValueError as e:  # "Imaginary component X": its sqrtm check has an absolute tolerance of 1e-3
+        return float("nan"), f"clean-fid's sqrtm failed ({e}): the covariance product is ill-conditioned"
     if printed.getvalue().strip():
         log.debug("clean-fid: %s", printed.getvalue().strip())
-    return value
+    return value, ""
+
+
+def compare_fids(fid: float, cleanfid: tuple[float, str]) -> dict[str, float | str]:
+    """Check torch-fidelity's FID against clean-fid's ``(value, failure reason)``.
+
+    Returns ``fid_cleanfid`` and ``fid_rel_diff``, plus ``fid_invalid`` (the reason) when the two are not the same
+    number within 1e-3 relative: clean-fid failed, either is not finite, or they disagree. Then both FIDs of the
+    row are untrustworthy (degenerate statistics, or a bug); one warning line says so.
+    """
+    value, reason = cleanfid
+    out: dict[str, float | str] = {"fid_cleanfid": value,
+                                   "fid_rel_diff": abs(fid - value) / max(abs(fid), 1e-12)}
+    if not reason and not (math.isfinite(fid) and math.isfinite(value)):
+        reason = f"non-finite FID (torch-fidelity {fid:.6g}, clean-fid {value:.6g})"
+    elif not reason and not abs(fid - value) <= 1e-3 * abs(fid) + 1e-6:
+        reason = (f"torch-fidelity FID {fid:.6g} and clean-fid FID {value:.6g} disagree "
+                  f"(relative difference {out['fid_rel_diff']:.2g})")
+    if reason:
+        out["fid_invalid"] = reason
+        log.warning("FID not valid: %s (torch-fidelity gave %.6g)", reason, fid)
+    return out
 
 
 def cleanfid_kid(feats1: np.ndarray, feats2: np.ndarray, subset_size: int, seed: int, subsets: int = 100) -> float:
@@ -288,13 +314,8 @@ def generation_metrics(fake: torch.Tensor, real: torch.Tensor, extractor: Extrac
 
         # 3. clean-fid on those features: an independent FID (scipy sqrtm) and KID
         if clean_fid:
-            out["fid_cleanfid"] = cleanfid_fid(mu, sigma, ref.mu, ref.sigma)
+            out.update(compare_fids(float(out["fid"]), cleanfid_fid_or_reason(mu, sigma, ref.mu, ref.sigma)))
             out["kid_cleanfid"] = cleanfid_kid(fake_feats.numpy(), ref.feats.numpy(), kid_size, seed, kid_subsets)
-            fid = float(out["fid"])
-            out["fid_rel_diff"] = abs(fid - float(out["fid_cleanfid"])) / max(abs(fid), 1e-12)
-            if not abs(fid - float(out["fid_cleanfid"])) <= 1e-3 * abs(fid) + 1e-6:  # NaN warns too
-                log.warning("torch-fidelity FID %.6g and clean-fid FID %.6g disagree (relative difference %.2g)",
-                            fid, out["fid_cleanfid"], out["fid_rel_diff"])
 
         # 4. class accuracy of the dataset classifier on the samples, against the requested labels
         if labels is not None and extractor.num_classes is not None:

@@ -95,18 +95,19 @@ def save_reference_stats(images: torch.Tensor, extractor: Any, path: str | Path,
     return p
 
 
-def fid_from_stats(mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> dict[str, float]:
-    """FID of two Gaussians by torch-fidelity and by clean-fid."""
+def fid_from_stats(mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> dict[str, float | str]:
+    """FID of two Gaussians by torch-fidelity and by clean-fid, checked against each other (``compare_fids``)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
-    from benchkit.metrics.quality import cleanfid_fid
+    from benchkit.metrics.quality import cleanfid_fid_or_reason, compare_fids
 
     tf = fid_statistics_to_metric({"mu": mu, "sigma": sigma}, {"mu": ref_mu, "sigma": ref_sigma}, verbose=False)
-    return {"fid": float(tf[KEY_METRIC_FID]), "fid_cleanfid": cleanfid_fid(mu, sigma, ref_mu, ref_sigma)}
+    fid = float(tf[KEY_METRIC_FID])
+    return {"fid": fid, **compare_fids(fid, cleanfid_fid_or_reason(mu, sigma, ref_mu, ref_sigma))}
 
 
 def streamed_fid(make_images: Callable[[torch.Tensor, int], torch.Tensor], labels: torch.Tensor, extractor: Any,
-                 stats_path: str | Path, *, chunk: int, seed: int) -> dict[str, float]:
+                 stats_path: str | Path, *, chunk: int, seed: int) -> dict[str, float | str]:
     """FID of the images ``make_images(labels_chunk, chunk_seed)`` (uint8) for all ``labels`` against the file.
 
     Every rank must call under torchrun; all ranks return the same numbers.

@@ -54,4 +54,7 @@ def test_lazy_sharded_bf16_mar_with_reference_stats(tmp_path: Path, monkeypatch:
                                                          seed=seed, batch_size=8),
                        balanced_labels(24, 4), ext, stats, chunk=8, seed=0)
     assert fid["n_samples"] == 24 and fid["fid"] > 0
-    assert fid["fid_cleanfid"] == pytest.approx(fid["fid"], rel=1e-3)
+    # every training image is the same ramp, so the edge block is scaled by its floor (not by 1/1e-6): the statistics
+    # stay sane, and on sane statistics the two libraries give one number on any CPU
+    assert "fid_invalid" not in fid and 0 < fid["fid"] < 1e6
+    assert fid["fid_cleanfid"] == pytest.approx(fid["fid"], rel=1e-6)
