@@ -15,8 +15,8 @@ import argparse
 import torch
 from rich.console import Console
 
-from benchkit.data.loading import load_dataset
 from benchkit.data.base import to_float
+from benchkit.data.loading import load_dataset
 from benchkit.metrics.battery import battery_table, check_requirements, run_battery
 from benchkit.metrics.classifier import DatasetCNNConfig, train_classifier
 

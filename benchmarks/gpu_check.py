@@ -27,12 +27,12 @@ import benchkit.generators
 import benchkit.heads  # noqa: F401  (registers the components)
 import torch
 
-from benchkit.config import SampleSettings, resolve
-from benchkit.interfaces import Batch, TokenSpec
+from benchkit.core.config import SampleSettings, resolve
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.precision import autocast
+from benchkit.core.registry import GENERATORS
 from benchkit.metrics.cost import count_params, peak_memory_mb, reset_peak_memory
-from benchkit.pipeline import check
-from benchkit.precision import autocast
-from benchkit.registry import GENERATORS
+from benchkit.training.checks import check
 
 PRESETS = ("mar-b", "ar-l", "rqt-480m")
 SMALL_GENERATOR = {"mar": {"width": 64, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 4},

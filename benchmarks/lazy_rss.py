@@ -128,8 +128,8 @@ def _train(gen: Any, get_batch: Any, n: int, steps: int, run_dir: Path) -> None:
     """``steps`` steps of the trainer at batch 64 from scratch in ``run_dir``."""
     import shutil
 
-    from benchkit.config import TrainConfig
-    from benchkit.trainer import fit
+    from benchkit.core.config import TrainConfig
+    from benchkit.training.trainer import fit
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-4, warmup_steps=5, checkpoint_every=steps, log_every=10)
@@ -140,15 +140,15 @@ def _train(gen: Any, get_batch: Any, n: int, steps: int, run_dir: Path) -> None:
 def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool, cache_batch: int = 256,
           tokenizer_ch: int = 0) -> dict[str, float]:
     memory = TreeMemory()
-    import torch
-
     import benchkit.generators
     import benchkit.heads
     import benchkit.tokenizers  # noqa: F401
+    import torch
+
+    from benchkit.core.interfaces import Batch
+    from benchkit.core.registry import GENERATORS, TOKENIZERS
     from benchkit.data.lazy import LazyImageFolder
-    from benchkit.interfaces import Batch
-    from benchkit.registry import GENERATORS, TOKENIZERS
-    from benchkit.tokencache import ShardedTokenCache, build_token_cache
+    from benchkit.training.tokencache import ShardedTokenCache, build_token_cache
 
     torch.manual_seed(0)
     ch = {"ch": tokenizer_ch} if tokenizer_ch else {}  # a narrower encoder: the same data path, less compute

@@ -13,7 +13,9 @@ import argparse
 import torch
 
 from benchkit.metrics.locality import influence_by_distance
-from benchkit.pipeline import load_run, load_splits, token_cache
+from benchkit.training.checks import load_splits
+from benchkit.training.loading import load_run
+from benchkit.training.tokens import token_cache
 
 
 def main() -> None:

@@ -33,17 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import benchkit.generators  # noqa: F401  (registers the generators)
+import benchkit.heads  # noqa: F401  (registers the heads)
 import torch
 from torch import nn
 
-import benchkit.generators  # noqa: F401  (registers the generators)
-import benchkit.heads  # noqa: F401  (registers the heads)
-from benchkit import compute
-from benchkit.config import TrainConfig
-from benchkit.interfaces import Batch, TokenSpec
+from benchkit.core.config import TrainConfig
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.metrics.cost import count_params
-from benchkit.registry import GENERATORS
-from benchkit.trainer import _optimizer
+from benchkit.training import compute
+from benchkit.training.trainer import _optimizer
 
 NUM_CLASSES = 10
 SPEC_A = TokenSpec("continuous", (8, 8), 1, dim=16)

@@ -18,9 +18,9 @@ import benchkit.generators
 import benchkit.heads  # noqa: F401  (registers the components)
 import torch
 
-from benchkit.interfaces import Batch, TokenSpec
-from benchkit.precision import autocast
-from benchkit.registry import GENERATORS
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.precision import autocast
+from benchkit.core.registry import GENERATORS
 
 SPECS = {"ce": TokenSpec("discrete", (8, 8), 1, vocab_size=256), "diffloss": TokenSpec("continuous", (8, 8), 1, dim=4)}
 COMBOS = [("ar", "ce"), ("ar", "diffloss"), ("mar", "diffloss")]

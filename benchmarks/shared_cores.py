@@ -40,9 +40,9 @@ def worker(steps: int) -> dict[str, float]:
     """One process's measurement (run in a child: ``--worker``)."""
     import torch
 
-    from benchkit.compat import check_combination
-    from benchkit.interfaces import Batch
-    from benchkit.registry import GENERATORS
+    from benchkit.core.compat import check_combination
+    from benchkit.core.interfaces import Batch
+    from benchkit.core.registry import GENERATORS
 
     combo = check_combination("kl", "mar", "diffloss")
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """The measurements of ``benchmarks/speed.py``: the tiny models it times and one function per table section.
 
 Random tokens stand in for a tokenizer; cfg = 1 throughout. Training and sampling rows are timed in fp32 and, with
-``Plan.bf16``, again under the project's bf16 autocast (``benchkit.precision.autocast``, what ``train.precision``
+``Plan.bf16``, again under the project's bf16 autocast (``benchkit.core.precision.autocast``, what ``train.precision``
 and ``sample.precision = "bf16"`` switch on).
 """
 
@@ -23,11 +23,11 @@ from speed_table import Row
 from speed_timing import Plan, count_flops, in_precision, sync, timed
 from torch import nn
 
-from benchkit import compute
-from benchkit.interfaces import Batch, TokenSpec
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.precision import autocast
+from benchkit.core.registry import GENERATORS
 from benchkit.metrics.cost import count_params, matmul_peak_flops
-from benchkit.precision import autocast
-from benchkit.registry import GENERATORS
+from benchkit.training import compute
 
 log = logging.getLogger("benchkit.speed")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from benchkit.core.precision import autocast
 from benchkit.metrics.cost import flops_per_call
-from benchkit.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def sync(device: torch.device) -> None:
 
 
 def in_precision(fn: Callable[[], Any], precision: str, device: torch.device) -> Callable[[], Any]:
-    """``fn`` run under the project's autocast for ``precision`` (``benchkit.precision.autocast``)."""
+    """``fn`` run under the project's autocast for ``precision`` (``benchkit.core.precision.autocast``)."""
 
     def run() -> Any:
         with autocast(precision, device):

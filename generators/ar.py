@@ -23,14 +23,14 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from torch import nn
 
-from benchkit.config import UNLESS_DEFAULT
-from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
-from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.config import UNLESS_DEFAULT
+from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
-from benchkit.registry import GENERATORS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class ARGenerator(ClassConditionalGenerator):
     """Raster-order AR: GPT-style causal transformer with a class-token prefix and a KV cache (MAR Table 1 "AR")."""
 
     cfg: ARConfig
+    locality_order = "ar"  # benchkit.metrics.locality: visible tokens are those before a position
 
     def build(self) -> None:
         """Token and class embeddings, one learned position per slot, the causal transformer."""

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchkit.errors import ConfigError, IncompatibleComponentsError
-from benchkit.interfaces import Progress, TokenSpec
+from benchkit.core.errors import ConfigError, IncompatibleComponentsError
+from benchkit.core.interfaces import Progress, TokenSpec
+from benchkit.core.registry import HEADS
 from benchkit.nn.conditioning import drop_labels, guidance_labels
-from benchkit.registry import HEADS
-from benchkit.schedules import cfg_at, check_sampling_args
+from benchkit.nn.schedules import cfg_at, check_sampling_args
 
 
 @dataclass(frozen=True)

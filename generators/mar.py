@@ -22,9 +22,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
-from benchkit.errors import ConfigError
 from benchkit.generators.common import (
     ClassConditionalGenerator,
     GuidedSampler,
@@ -32,11 +29,14 @@ from benchkit.generators.common import (
     one_token_per_position,
     scatter_positions,
 )
-from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from torch import nn
+
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
+from benchkit.nn.schedules import mask_ratio_truncnorm, tokens_to_keep_masked
 from benchkit.nn.transformer import LN_EPS, Transformer, init_weights
-from benchkit.registry import GENERATORS
-from benchkit.schedules import mask_ratio_truncnorm, tokens_to_keep_masked
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class MARGenerator(ClassConditionalGenerator):
     """MAR: bidirectional masked autoregression in random order with a per-token head (Li et al. 2024)."""
 
     cfg: MARConfig
+    locality_order = "mar"  # benchkit.metrics.locality: visible tokens are the known ones of a random order
 
     def build(self) -> None:
         """Token and class embeddings, the MAE encoder/decoder with their position tables, the head's positions."""

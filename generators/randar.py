@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
-
 from benchkit.generators.common import (
     ClassConditionalGenerator,
     GuidedSampler,
@@ -42,10 +40,12 @@ from benchkit.generators.common import (
     one_token_per_position,
     scatter_positions,
 )
-from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from torch import nn
+
+from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
-from benchkit.registry import GENERATORS
 
 log = logging.getLogger(__name__)
 

@@ -37,14 +37,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from torch import nn
 
-from benchkit.errors import IncompatibleComponentsError
-from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
-from benchkit.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.errors import IncompatibleComponentsError
+from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
-from benchkit.registry import GENERATORS
 
 log = logging.getLogger(__name__)
 OFFICIAL_LN_EPS = 1e-5  # torch's LayerNorm default, used by the official minGPT-style blocks

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from benchkit.errors import IncompatibleComponentsError
-from benchkit.interfaces import TokenKind, TokenSpec
-from benchkit.registry import HEADS
+from benchkit.core.errors import IncompatibleComponentsError
+from benchkit.core.interfaces import TokenKind, TokenSpec
+from benchkit.core.registry import HEADS
 
 
 def check_head_kind(name: str, kinds: tuple[TokenKind, ...], spec: TokenSpec) -> None:

@@ -39,14 +39,14 @@ from typing import ClassVar, Literal, get_args
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from benchkit.heads.common import check_head_kind, masked_mean
 from torch import nn
 
-from benchkit.errors import ConfigError
-from benchkit.heads.common import check_head_kind, masked_mean
-from benchkit.interfaces import TokenKind, TokenSpec
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import TokenKind, TokenSpec
+from benchkit.core.registry import HEADS
 from benchkit.nn.diffusion import GaussianDiffusion
 from benchkit.nn.embed import TimestepEmbedding
-from benchkit.registry import HEADS
 
 log = logging.getLogger(__name__)
 

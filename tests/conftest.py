@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Before torch loads OpenMP: idle worker threads sleep rather than spin, and one intra-op thread by default, also for
-# the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see benchkit.threads).
+# the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see benchkit.core.threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -85,9 +85,9 @@ def build_feature_cache(root: Path, sets: list[str], steps: int = 60) -> Path:
 
     import torch
 
-    from benchkit.config import resolve
-    from benchkit.metrics import features, featurenet
-    from benchkit.pipeline import load_splits
+    from benchkit.core.config import resolve
+    from benchkit.metrics import featurenet, features
+    from benchkit.training.checks import load_splits
 
     cfg = resolve("tiny", None, sets)
     train, _ = load_splits(cfg)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.nn.codebook import Codebook, CodebookUpdate, check_codebook_options, code_usage, straight_through
 from benchkit.nn.convnet import NORMS, downsample_factor
 from benchkit.nn.ldm import check_backbone_options, tokenizer_backbone

@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from benchkit.interfaces import LossOutput, TokenKind, TokenSpec
-from benchkit.nn.codebook import soft_residual_codes
-from benchkit.registry import TOKENIZERS
 from benchkit.tokenizers.common import CodebookOptions, QuantizingTokenizer
+
+from benchkit.core.interfaces import LossOutput, TokenKind, TokenSpec
+from benchkit.core.registry import TOKENIZERS
+from benchkit.nn.codebook import soft_residual_codes
 
 
 @dataclass(frozen=True)

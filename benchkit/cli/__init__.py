@@ -4,7 +4,7 @@ Exit codes: 0 success, 1 runtime error (training diverged, unreadable checkpoint
 option, value or combination). Results go to stdout, logs and progress to stderr.
 """
 
-from benchkit.threads import prepare_openmp
+from benchkit.core.threads import prepare_openmp
 
 prepare_openmp()  # before anything imports torch: OpenMP reads its wait policy once, when it is loaded
 

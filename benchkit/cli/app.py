@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from benchkit import __version__
 from benchkit.cli import common, compare, components, importer, plan, report, train
-from benchkit.errors import BenchkitError
+from benchkit.core.errors import BenchkitError
 
 app = typer.Typer(
     name="benchkit",

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from benchkit.config import RunConfig, resolve
+from benchkit.core.config import RunConfig, resolve
 
 
 def _console(stderr: bool) -> Console:
@@ -70,7 +70,7 @@ def _strict(x: Any) -> Any:
 
 def show_progress(enabled: bool) -> None:
     """Apply a command's ``--progress/--no-progress`` to every progress bar of the process."""
-    from benchkit import progress
+    from benchkit.core import progress
 
     progress.set_enabled(enabled)
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")]
@@ -94,7 +94,7 @@ def run_config(preset: str | None, config: Path | None, sets: list[str] | None, 
 
 def check_writable(path: Path) -> None:
     """Fail early, with one line, when the output directory cannot be created or written."""
-    from benchkit.errors import ConfigError
+    from benchkit.core.errors import ConfigError
 
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -7,14 +7,25 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from benchkit.cli.common import (JsonOpt, OutOpt, ProgressOpt, ResumeOpt, SetOpt, ThreadsOpt, check_writable, emit_json,
-                                 err_console, out_console, show_progress)
-from benchkit.errors import ConfigError
-from benchkit.parallel import JOBS_ENV
+from benchkit.cli.common import (
+    JsonOpt,
+    OutOpt,
+    ProgressOpt,
+    ResumeOpt,
+    SetOpt,
+    ThreadsOpt,
+    check_writable,
+    emit_json,
+    err_console,
+    out_console,
+    show_progress,
+)
+from benchkit.core.errors import ConfigError
+from benchkit.sweeps.parallel import JOBS_ENV
 
 if TYPE_CHECKING:
-    from benchkit.runner import SweepReport
-    from benchkit.sweep import Job
+    from benchkit.sweeps.runner import SweepReport
+    from benchkit.sweeps.sweepfile import Job
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
@@ -30,10 +41,10 @@ ClaimOpt = Annotated[Optional[Path], typer.Option("--claim-dir", hidden=True)]  
 def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: list[str] | None,
                out_dir: Path | None, preset: str | None, progress: bool, resume: bool, as_json: bool,
                threads: int | None = None, processes: int | None = None, claim_dir: Path | None = None) -> None:
-    from benchkit.runner import execute
+    from benchkit.sweeps.runner import execute
 
     show_progress(progress)
-    from benchkit.sweep import expand, load_sweep, parse_shard, shard
+    from benchkit.sweeps.sweepfile import expand, load_sweep, parse_shard, shard
 
     i, n = parse_shard(shard_text)
     spec = load_sweep(source)
@@ -52,11 +63,11 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
     results_dir = Path(cfg0.out_dir) / cfg0.name
     check_writable(results_dir)
     if claim_dir is not None:  # one job process of --jobs N: the parent prints and writes the tables
-        from benchkit.parallel import claim_order
+        from benchkit.sweeps.parallel import claim_order
 
         execute(claim_order(jobs), results_dir, progress=False, resume=resume, shards=n, claims=claim_dir)
         return
-    from benchkit.parallel import resolve_jobs
+    from benchkit.sweeps.parallel import resolve_jobs
 
     procs = resolve_jobs(processes, valid_jobs=len(valid), sharded=shard_text is not None)
     skipped = [j for j in jobs if j.cfg is None]
@@ -68,7 +79,7 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
         mine = shard(jobs, i, n)
         err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
         report = execute(mine, results_dir, progress=progress, resume=resume, shards=n)
-    from benchkit.results import read_rows
+    from benchkit.results.store import read_rows
 
     if as_json:
         emit_json({"results_dir": results_dir, "done": report.done, "skipped": report.skipped,
@@ -84,14 +95,14 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
 def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path | None, preset: str | None,
                       resume: bool, threads: int | None, procs: int, valid: list[Job],
                       results_dir: Path) -> SweepReport:
-    """The sweep's jobs in ``procs`` processes of this command (benchkit.parallel), then its tables once."""
+    """The sweep's jobs in ``procs`` processes of this command (benchkit.sweeps.parallel), then its tables once."""
     import shutil
     import tempfile
     import time
 
-    from benchkit.parallel import run_job_processes
-    from benchkit.runner import SweepReport, job_label, write_all
-    from benchkit.threads import resolve_threads
+    from benchkit.core.threads import resolve_threads
+    from benchkit.sweeps.parallel import run_job_processes
+    from benchkit.sweeps.runner import SweepReport, job_label, write_all
 
     t0 = time.perf_counter()
     per_job, _ = resolve_threads(threads, shards=procs)
@@ -116,13 +127,13 @@ SUMMARY = {
                   "encode_images_per_s"],
     "generator": ["tokenizer", "generator", "head", "steps", "cfg", "cfg_schedule", "diffusion_steps", "fid",
                   "seed_spread_fid", "kid_mean", "class_acc", "params", "images_per_s", "latency_s"],
-}  # kept in table order: see benchkit.results.table_columns
+}  # kept in table order: see benchkit.results.store.table_columns
 
 
 def _print_tables(df: Any, *, compact: bool) -> None:
     """One rich table per kind: with ``compact`` the SUMMARY columns that fit a terminal (the CSV, Markdown and
     LaTeX files keep every column)."""
-    from benchkit.results import rich_table
+    from benchkit.results.store import rich_table
 
     for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
         part = df[df["kind"] == kind] if "kind" in df else df
@@ -164,7 +175,7 @@ def sweep(
     if not file.is_file():
         raise ConfigError(f"sweep file {str(file)!r} does not exist")
     if slurm is not None:
-        from benchkit.slurm import render_sbatch
+        from benchkit.sweeps.slurm import render_sbatch
 
         typer.echo(render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),
                    nl=False)
@@ -185,7 +196,7 @@ def table(
 
     Example: benchkit table results/tiny --filter head=diffloss --sort fid
     """
-    from benchkit.results import filter_rows, read_rows, sort_rows, write_tables
+    from benchkit.results.store import filter_rows, read_rows, sort_rows, write_tables
 
     if not (results / "rows.jsonl").is_file():
         raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
@@ -207,7 +218,7 @@ def plot(results: ResultsArg, as_json: JsonOpt = False) -> None:
 
     Example: benchkit plot results/tiny
     """
-    from benchkit.runner import write_outputs
+    from benchkit.sweeps.runner import write_outputs
 
     if not (results / "rows.jsonl").is_file():
         raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from benchkit.cli.common import out_console
-from benchkit.errors import ConfigError, suggest
-from benchkit.registry import FAMILIES
+from benchkit.core.errors import ConfigError, suggest
+from benchkit.core.registry import FAMILIES
 
 
 def components(
@@ -23,7 +23,7 @@ def components(
     Example: benchkit components heads --json
     """
     if compat:
-        from benchkit.compat import compatibility_table
+        from benchkit.core.compat import compatibility_table
 
         rows = compatibility_table()
         if as_json:

@@ -35,7 +35,7 @@ def import_checkpoint(
     Example: benchkit import kl16 kl16.ckpt && benchkit import mar checkpoint-last.pth --arch mar_base
     --tokenizer results/tokenizers/kl-<fp>
     """
-    from benchkit.errors import ConfigError
+    from benchkit.core.errors import ConfigError
     from benchkit.importers.api import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer
 
     if kind not in KINDS:

@@ -22,12 +22,12 @@ def plan(
 ) -> None:
     """Parameters, training FLOPs per image, per-GPU memory and GPU-hours of a config's generator training.
 
-    Counted on the meta device in seconds, without a GPU; see benchkit/plan.py for what the estimates include.
+    Counted on the meta device in seconds, without a GPU; see benchkit/training/plan.py for what the estimates include.
 
     Example: benchkit plan mar-l --gpus 32
     """
-    from benchkit.compute import budget_text
-    from benchkit.plan import GPU_PEAKS, make_plan
+    from benchkit.training.compute import budget_text
+    from benchkit.training.plan import GPU_PEAKS, make_plan
 
     cfg = run_config(preset, config, sets, None, None)
     p = make_plan(cfg, gpus=gpus, utilisation=utilisation, num_classes=num_classes)

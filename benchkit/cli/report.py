@@ -26,8 +26,8 @@ def report(
 
     Example: benchkit report results/tiny
     """
-    from benchkit.errors import ConfigError
-    from benchkit.report import write_report
+    from benchkit.core.errors import ConfigError
+    from benchkit.results.report import write_report
 
     if not results.is_dir():
         raise ConfigError(f"results directory {str(results)!r} does not exist")

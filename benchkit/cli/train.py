@@ -10,11 +10,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchkit.cli.common import (ConfigOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, ProgressOpt, ResumeOpt, SetOpt,
-                                 ThreadsOpt, check_writable, emit_json, err_console, out_console, run_config,
-                                 show_progress)
-from benchkit.errors import ConfigError
-from benchkit.threads import apply_threads
+from benchkit.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    PresetOpt,
+    ProgressOpt,
+    ResumeOpt,
+    SetOpt,
+    ThreadsOpt,
+    check_writable,
+    emit_json,
+    err_console,
+    out_console,
+    run_config,
+    show_progress,
+)
+from benchkit.core.errors import ConfigError
+from benchkit.core.threads import apply_threads
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory (printed by `benchkit train`).")]
 
@@ -30,9 +44,10 @@ def train_tokenizer(
 
     Example: benchkit train-tokenizer rq --set tokenizer_train.steps=200
     """
-    from benchkit.evaluate import evaluate_tokenizer
-    from benchkit.pipeline import load_splits, train_tokenizer as _train
-    from benchkit.registry import TOKENIZERS
+    from benchkit.core.registry import TOKENIZERS
+    from benchkit.evaluation.evaluate import evaluate_tokenizer
+    from benchkit.training.checks import load_splits
+    from benchkit.training.tokenizer import train_tokenizer as _train
 
     show_progress(progress)
     sets = list(sets or [])
@@ -63,7 +78,7 @@ def train(
 
     Example: benchkit train --set generator.name=mar --set head.name=diffloss --set tokenizer.name=kl
     """
-    from benchkit.pipeline import train_generator
+    from benchkit.training.generator import train_generator
 
     show_progress(progress)
     cfg = run_config(preset, config, sets, out_dir, device, threads=threads)
@@ -93,11 +108,11 @@ def sample(
 
     Example: benchkit sample results/runs/vq-ar-ce-0123abcd --cfg 2.0
     """
-    from benchkit.distributed import is_main
-    from benchkit.images import save_grid
-    from benchkit.pipeline import load_run
-    from benchkit.progress import progress_bar
-    from benchkit.sampling import balanced_labels, generate_images
+    from benchkit.core.distributed import is_main
+    from benchkit.core.progress import progress_bar
+    from benchkit.sampling.generate import balanced_labels, generate_images
+    from benchkit.sampling.grids import save_grid
+    from benchkit.training.loading import load_run
 
     show_progress(progress)
     if out is not None:
@@ -134,16 +149,17 @@ def evaluate(
 
     Example: benchkit eval results/runs/vq-ar-ce-0123abcd --set eval.num_samples=5000
     """
-    from benchkit.evaluate import evaluate_run, evaluate_tokenizer
-    from benchkit.pipeline import check_eval, load_run, load_splits
+    from benchkit.evaluation.evaluate import evaluate_run, evaluate_tokenizer
+    from benchkit.training.checks import check_eval, load_splits
+    from benchkit.training.loading import load_run
 
     show_progress(progress)
     if sanity:
-        from benchkit.evaluate import cache_dir
+        from benchkit.core.distributed import pick_device
+        from benchkit.evaluation.evaluate import cache_dir
         from benchkit.metrics.battery import battery_table
         from benchkit.metrics.features import load_extractor
         from benchkit.metrics.sanity import sanity_battery, save_sanity
-        from benchkit.distributed import pick_device
 
         cfgx = run_config(preset, config, sets, out_dir, device, threads=threads)
         apply_threads(cfgx.threads)
@@ -168,7 +184,7 @@ def evaluate(
     apply_threads(threads if threads is not None else r.cfg.threads)
     cfg = r.cfg
     if sets:
-        from benchkit.config import apply_override, from_dict, RunConfig
+        from benchkit.core.config import RunConfig, apply_override, from_dict
 
         raw = cfg.to_dict()
         for o in sets:

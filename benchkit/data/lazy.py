@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from benchkit.data.imagefolder import ImageFolderConfig, _list_split, to_rgb
+from benchkit.core.errors import DataError
+from benchkit.data.listing import ImageFolderConfig, list_split, to_rgb
 from benchkit.data.shapes import Split, check_split
-from benchkit.errors import DataError
 
 
 def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -43,7 +43,7 @@ class LazyImageFolder(Dataset):
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist or is not a folder")
         cfg = ImageFolderConfig(path=str(root), test_fraction=test_fraction, seed=seed, background=background)
-        files, labels, self.class_names = _list_split(root, cfg, split)
+        files, labels, self.class_names = list_split(root, cfg, split)
         # one numpy buffer of encoded paths, not a list of Path objects: forked DataLoader workers share it, whereas
         # reading a Python object writes its reference count and so copies its memory page into every worker
         self.files = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from benchkit.core.errors import ConfigError
+from benchkit.core.registry import DATASETS
 from benchkit.data.base import ImageData
 from benchkit.data.shapes import Split, check_split
-from benchkit.errors import ConfigError
-from benchkit.registry import DATASETS
 
 
 def load_dataset(

@@ -26,9 +26,9 @@ from typing import Literal
 
 import torch
 
+from benchkit.core.errors import ConfigError
+from benchkit.core.registry import DATASETS
 from benchkit.data.base import ImageData
-from benchkit.errors import ConfigError
-from benchkit.registry import DATASETS
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")

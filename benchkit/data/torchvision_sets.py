@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
+from benchkit.core.errors import DataError
+from benchkit.core.registry import DATASETS
 from benchkit.data.base import ImageData
 from benchkit.data.shapes import Split, check_split
-from benchkit.errors import DataError
-from benchkit.registry import DATASETS
 
 log = logging.getLogger(__name__)
 

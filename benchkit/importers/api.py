@@ -19,11 +19,11 @@ from typing import Any
 import torch
 
 from benchkit import __version__
-from benchkit.checkpoint import atomic_write, load_checkpoint, load_module_weights, save_checkpoint
-from benchkit.config import ComponentSpec, DataConfig, RunConfig, SampleConfig, from_dict
-from benchkit.errors import CheckpointError, ConfigError
+from benchkit.core.checkpoint import atomic_write, load_checkpoint, load_module_weights, save_checkpoint
+from benchkit.core.config import ComponentSpec, DataConfig, RunConfig, SampleConfig, from_dict
+from benchkit.core.errors import CheckpointError, ConfigError
+from benchkit.core.files import file_sha256
 from benchkit.importers import kl16, mar, rq
-from benchkit.files import file_sha256
 from benchkit.importers.common import load_official, pick_weights, read_container
 
 TOKENIZER_KINDS = ("kl16", "rqvae")
@@ -45,7 +45,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def import_tokenizer(kind: str, path: str | Path, *, out_dir: str | Path = "results", arch: str | None = None,
                      data: str = DEFAULT_DATA, image_size: int | None = None, container_key: str | None = None) -> Path:
     """Import a released KL-16 (``kl16``) or RQ-VAE (``rqvae``) as a benchkit tokenizer directory; returns it."""
-    from benchkit.pipeline import MODEL, build_tokenizer, tokenizer_dir, tokenizer_fingerprint
+    from benchkit.training.artifacts import MODEL, build_tokenizer, tokenizer_dir, tokenizer_fingerprint
 
     if kind not in TOKENIZER_KINDS:
         raise ConfigError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
@@ -77,7 +77,7 @@ def import_tokenizer(kind: str, path: str | Path, *, out_dir: str | Path = "resu
 
 def _tokenizer_config(tokenizer: Path) -> tuple[RunConfig, Path]:
     """(config, tokenizer directory) of an imported tokenizer directory or of a run directory."""
-    from benchkit.pipeline import MODEL, tokenizer_dir
+    from benchkit.training.artifacts import MODEL, tokenizer_dir
 
     if not (tokenizer / "config.json").is_file():
         raise ConfigError(f"--tokenizer {str(tokenizer)!r} has no config.json; give a directory written by "
@@ -93,8 +93,15 @@ def import_generator(kind: str, path: str | Path, *, tokenizer: str | Path, out_
                      arch: str | None = None, container_key: str | None = None) -> Path:
     """Import a released MAR (``mar``) or RQ-Transformer (``rqtransformer``) as a run directory beside (a copy of)
     ``tokenizer`` (a directory from :func:`import_tokenizer` or a run directory); returns the run directory."""
-    from benchkit.pipeline import (MODEL, build_generator, build_tokenizer, check, run_dir, run_fingerprint,
-                                   write_run_files)
+    from benchkit.training.artifacts import (
+        MODEL,
+        build_generator,
+        build_tokenizer,
+        run_dir,
+        run_fingerprint,
+        write_run_files,
+    )
+    from benchkit.training.checks import check
 
     if kind not in GENERATOR_KINDS:
         raise ConfigError(f"unknown generator kind {kind!r}; valid: {', '.join(GENERATOR_KINDS)}")

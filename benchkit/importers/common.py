@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchkit.errors import CheckpointError, ConfigError
+from benchkit.core.errors import CheckpointError, ConfigError
 
 StateDict = dict[str, torch.Tensor]
 Mapper = Callable[[Mapping[str, torch.Tensor]], StateDict]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from benchkit.errors import CheckpointError, ConfigError
+from benchkit.core.errors import CheckpointError, ConfigError
 from benchkit.importers.common import KeyMap, StateDict
 
 CONTAINER_KEYS = ("model_ema", "model")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from benchkit.errors import ConfigError
+from benchkit.core.errors import ConfigError
 from benchkit.importers.common import KeyMap, StateDict, namespace_options, rename, swap
 
 CONTAINER_KEYS = ("model_ema", "model")  # EMA first: the published numbers use it

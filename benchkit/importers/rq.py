@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from benchkit.errors import CheckpointError, ConfigError
+from benchkit.core.errors import CheckpointError, ConfigError
 from benchkit.importers.common import KeyMap, StateDict, rename, swap
 
 CONTAINER_KEYS = ("state_dict_ema", "state_dict")

@@ -33,6 +33,8 @@ from torch.utils.flop_counter import (
     shape_wrapper,
 )
 
+from benchkit.nn.transformer import Transformer
+
 
 def count_params(module: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (shared tensors counted once)."""
@@ -156,3 +158,16 @@ def matmul_peak_flops(device: torch.device | str = "cpu", size: int = 1024, repe
     b = torch.randn(size, size, generator=g).to(device)
     seconds = median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=repeats)
     return 2.0 * size**3 / seconds
+
+
+def backbone_params(module: nn.Module) -> int:
+    """Parameters of the transformer stacks inside ``module`` (each tensor counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for sub in module.modules():
+        if isinstance(sub, Transformer):
+            for p in sub.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchkit.errors import ConfigError
-from benchkit.files import file_sha256
+from benchkit.core.errors import ConfigError
+from benchkit.core.files import file_sha256
 
 # ---------------------------------------------------------------------------------------------- small helpers
 

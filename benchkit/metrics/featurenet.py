@@ -39,12 +39,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from benchkit.core.files import atomic_write_text
 from benchkit.data.base import ImageData, to_float
 from benchkit.metrics.appearance import COLOUR_DIM, EDGE_DIM, colour_block, edge_block
 from benchkit.metrics.classifier import (
-    CACHE_VERSION, ClassifierCNN, DatasetCNNConfig, classifier_fingerprint, train_classifier,
+    CACHE_VERSION,
+    ClassifierCNN,
+    DatasetCNNConfig,
+    classifier_fingerprint,
+    train_classifier,
 )
-from benchkit.files import atomic_write_text
 from benchkit.metrics.extractor import safe_name, sha256_file
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 FID (Heusel et al. 2017, arXiv 1706.08500), IS (Salimans et al. 2016, arXiv 1606.03498), KID (Binkowski et al. 2018,
 arXiv 1801.01401) and precision/recall (Kynkaanniemi et al. 2019, arXiv 1904.06991) all read the features of one
-network. Three choices are registered in ``benchkit.registry.FEATURES``:
+network. Three choices are registered in ``benchkit.core.registry.FEATURES``:
 
 - ``inception``: torch-fidelity's port of the 2015-12-05 TF Inception-V3 (Szegedy et al. 2015, arXiv 1512.00567);
   pool3 (2048-d) for FID/KID/PR, the 1008-way logits without bias for IS. Weights come from a local file only.
@@ -31,20 +31,33 @@ from typing import Any
 
 import torch
 
+from benchkit.core.errors import ConfigError
+from benchkit.core.registry import FEATURES
 from benchkit.data.base import ImageData
-from benchkit.errors import ConfigError
 from benchkit.metrics.classifier import ClassifierCNN, DatasetCNNConfig, classifier_fingerprint  # noqa: F401
-from benchkit.metrics.featurenet import (  # noqa: F401  (re-exported)
-    cached_feature_net, fidelity_feature_class, load_feature_net, stored_feature_digest,
-)
 from benchkit.metrics.extractor import (  # noqa: F401  (re-exported)
-    Extractor, content_hash, register_with_fidelity, safe_name, sha256_file,
+    Extractor,
+    content_hash,
+    register_with_fidelity,
+    safe_name,
+    sha256_file,
+)
+from benchkit.metrics.featurenet import (  # noqa: F401  (re-exported)
+    cached_feature_net,
+    fidelity_feature_class,
+    load_feature_net,
+    stored_feature_digest,
 )
 from benchkit.metrics.inception import (  # noqa: F401  (re-exported)
-    INCEPTION_ENV, INCEPTION_FILE, InceptionConfig, _inception_class, _missing_inception, find_inception_weights,
-    hub_inception_path, inception_features,
+    INCEPTION_ENV,
+    INCEPTION_FILE,
+    InceptionConfig,
+    _inception_class,
+    _missing_inception,
+    find_inception_weights,
+    hub_inception_path,
+    inception_features,
 )
-from benchkit.registry import FEATURES
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from benchkit.core.errors import ConfigError
+from benchkit.core.registry import FEATURES
 from benchkit.data.base import ImageData
-from benchkit.errors import ConfigError
 from benchkit.metrics.extractor import Extractor, sha256_file
-from benchkit.registry import FEATURES
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name carries the sha256 prefix

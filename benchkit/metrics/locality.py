@@ -15,22 +15,19 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from benchkit.errors import ConfigError
+from benchkit.core.errors import ConfigError
 
 LOCALITY_GENERATORS = ("ar", "mar")
 
 
 def _kind(generator: nn.Module) -> str:
-    from benchkit.generators.ar import ARGenerator
-    from benchkit.generators.mar import MARGenerator
-
-    if isinstance(generator, MARGenerator):
-        return "mar"
-    if isinstance(generator, ARGenerator):
-        return "ar"
-    raise ConfigError(
-        f"locality supports generators {', '.join(LOCALITY_GENERATORS)}; got {type(generator).__name__}"
-    )
+    """``ar`` or ``mar``: the generator's ``locality_order`` class attribute (how its visible tokens are chosen)."""
+    kind = getattr(generator, "locality_order", None)
+    if kind not in LOCALITY_GENERATORS:
+        raise ConfigError(
+            f"locality supports generators {', '.join(LOCALITY_GENERATORS)}; got {type(generator).__name__}"
+        )
+    return str(kind)
 
 
 def influence_by_distance(

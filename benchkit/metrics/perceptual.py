@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import LossOutput
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import LossOutput
 
 # torchvision's checkpoint file of each backbone (the last part of its download URL, as torch.hub stores it)
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from benchkit.core.errors import ConfigError
+from benchkit.core.files import atomic_write
+from benchkit.core.progress import progress_bar
 from benchkit.metrics.features import Extractor, content_hash, safe_name
-from benchkit.files import atomic_write
-from benchkit.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,21 @@ def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, l
         mask = labels == k
         per_class.append(float(hit[mask].mean()) if mask.any() else float("nan"))
     return float(hit.mean()), per_class
+
+
+def bootstrap_fid_std(fake_feats: torch.Tensor | np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, *,
+                      rounds: int = 20, seed: int = 0) -> float:
+    """Standard deviation of FID over ``rounds`` resamplings (with replacement) of the generated features."""
+    feats = np.asarray(fake_feats.detach().cpu().numpy() if isinstance(fake_feats, torch.Tensor) else fake_feats,
+                       dtype=np.float64)
+    if feats.ndim != 2 or len(feats) < 2:
+        raise ConfigError(f"fake_feats must be [N >= 2, D], got shape {feats.shape}")
+    if rounds < 2:
+        raise ConfigError(f"rounds must be >= 2, got {rounds}")
+    rng = np.random.default_rng(seed)
+    fids = [frechet_distance(*feature_stats(feats[rng.integers(0, len(feats), len(feats))]), ref_mu, ref_sigma)
+            for _ in range(rounds)]
+    return float(np.std(fids, ddof=1))
 
 
 # ---------------------------------------------------------------------------------------------- main entry

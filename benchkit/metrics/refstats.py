@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchkit import distributed as bdist
-from benchkit.errors import ConfigError
+from benchkit.core import distributed as bdist
+from benchkit.core.errors import ConfigError
 
 
 def load_reference_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchkit.core.files import atomic_write_text
 from benchkit.data.base import ImageData
 from benchkit.metrics.battery import Battery, Check, check_requirements, run_battery
-from benchkit.files import atomic_write_text
 from benchkit.metrics.extractor import Extractor, safe_name
 
 MIN_N = 2000  # FID's sample-size bias grows as 1/n: with fewer images per side it hides 10x differences

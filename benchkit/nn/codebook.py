@@ -6,7 +6,7 @@ Method: VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937) with the EMA codeboo
 (Sun et al. 2024, arXiv 2406.06525; FoundationVision/LlamaGen @ce98ec4 ``tokenizer/tokenizer_image/vq_model.py``).
 ``tokenizers/vq.py`` uses one Codebook once; ``tokenizers/rq.py`` uses one shared Codebook D times on residuals.
 ``soft_residual_codes`` is the soft-label residual quantizer of the RQ-Transformer configs (soft targets at a
-temperature, optionally with stochastic codes; see ``benchkit/softcodes.py``).
+temperature, optionally with stochastic codes; see ``benchkit/training/softcodes.py``).
 
 Notation (paper -> code): e_k -> ``embed[k]``, N_k (EMA cluster size) -> ``cluster_size[k]``, m_k (EMA sum of
 assigned encoder outputs) -> ``embed_sum[k]``, gamma (decay) -> ``decay``, z_e(x) -> ``z``, beta -> ``beta``.

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchkit.interfaces import TokenSpec
+from benchkit.core.interfaces import TokenSpec
 
 
 def token_embedding(spec: TokenSpec, width: int) -> nn.Module:

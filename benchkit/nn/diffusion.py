@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from benchkit.errors import ConfigError
+from benchkit.core.errors import ConfigError
 
 
 def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:

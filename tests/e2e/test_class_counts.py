@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TINY, bk, build_feature_cache, last_line
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +67,12 @@ def test_train_eval_table_on_image_folders(tmp_path: Path, classes: int) -> None
 
 def test_one_class_dataset_plugin(tmp_path: Path) -> None:
     """A registered dataset with one class trains, evaluates and samples (labels are all 0, the null class is 1)."""
-    from benchkit.config import resolve
+    from benchkit.core.config import resolve
+    from benchkit.core.registry import DATASETS
     from benchkit.data.base import ImageData
-    from benchkit.evaluate import evaluate_run
-    from benchkit.pipeline import load_splits, train_generator
-    from benchkit.registry import DATASETS
+    from benchkit.evaluation.evaluate import evaluate_run
+    from benchkit.training.checks import load_splits
+    from benchkit.training.generator import train_generator
 
     @DATASETS.register("one-class-test")
     def one_class(*, split: str, root: str | None = None, image_size: int = 32) -> ImageData:

@@ -8,18 +8,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import TINY, seed_cache
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
 
 def test_convergence_points_leave_weights_alone_and_reach_the_table(tmp_path: Path, feature_cache: Path) -> None:
-    from benchkit.config import resolve
-    from benchkit.evaluate import evaluate_run
-    from benchkit.pipeline import load_splits, train_generator
-    from benchkit.runner import write_outputs
+    from benchkit.core.config import resolve
+    from benchkit.evaluation.evaluate import evaluate_run
+    from benchkit.sweeps.runner import write_outputs
+    from benchkit.training.checks import load_splits
+    from benchkit.training.generator import train_generator
 
     out = tmp_path / "out"
     seed_cache(feature_cache, out)

@@ -27,7 +27,7 @@ import torch
 from conftest import QUALITY_KEYS, TINY, bk, cli_env, last_line, seed_cache
 from safetensors.torch import load_file
 
-from benchkit.convergence import read_points
+from benchkit.training.convergence import read_points
 
 pytestmark = pytest.mark.slow
 
@@ -120,9 +120,9 @@ WORKER = textwrap.dedent('''
     import torch
     from safetensors.torch import save_file
 
-    from benchkit import distributed as bdist
-    from benchkit.sampling import SampleSettings, generate_images
-    from benchkit.registry import GENERATORS, TOKENIZERS
+    from benchkit.core import distributed as bdist
+    from benchkit.sampling.generate import SampleSettings, generate_images
+    from benchkit.core.registry import GENERATORS, TOKENIZERS
 
     torch.manual_seed(0)
     tok = TOKENIZERS.create("vq", image_size=32, ch=8).eval()
@@ -141,8 +141,8 @@ WORKER = textwrap.dedent('''
 def test_sharded_sampling_gathers_every_image_in_label_order(tmp_path: Path) -> None:
     """generate_images(distributed=True) on 2 ranks returns exactly the images of one process (bit-identical),
     including when there are fewer batches than ranks."""
-    from benchkit.registry import GENERATORS, TOKENIZERS
-    from benchkit.sampling import SampleSettings, generate_images
+    from benchkit.core.registry import GENERATORS, TOKENIZERS
+    from benchkit.sampling.generate import SampleSettings, generate_images
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -31,8 +31,8 @@ def test_same_seed_is_bit_identical_even_after_other_work_in_the_process(
 ) -> None:
     """Train in-process after consuming the global RNG (as a sweep's second job would): same weights, same token
     cache, same samples and metrics as the reference run trained by its own ``benchkit train`` process."""
-    from benchkit.config import resolve
-    from benchkit.pipeline import train_generator
+    from benchkit.core.config import resolve
+    from benchkit.training.generator import train_generator
 
     out = tmp_path / "out"
     seed_cache(feature_cache, out)
@@ -121,7 +121,7 @@ def _weights(out: Path, generator: str) -> Path:
 def pair(tmp_path_factory: pytest.TempPathFactory, feature_cache: Path) -> dict[str, tuple[Path, dict[str, dict]]]:
     """{copy: (out dir, generator rows)} for the copies 'ab', 'ba' (sweeps in both orders), 'alone-ar',
     'alone-mar' (train + eval, fresh processes) and 'shard' (shard 1/2 of 'ab': the mar job)."""
-    from benchkit.threads import usable_cores
+    from benchkit.core.threads import usable_cores
 
     root = tmp_path_factory.mktemp("pair")
     threads = str(max(1, usable_cores() // 2))
@@ -185,8 +185,8 @@ def test_tokenizer_and_cache_from_disk_train_like_in_memory(tmp_path: Path, toke
     by the tokenizer loaded from disk: the generator weights are bit-identical."""
     import shutil
 
-    from benchkit.config import resolve
-    from benchkit.pipeline import train_generator
+    from benchkit.core.config import resolve
+    from benchkit.training.generator import train_generator
 
     sets = [*DATA[1::2], f'tokenizer.name="{tokenizer}"', f'generator.name="{generator}"', f'head.name="{head}"',
             "tokenizer.options.ch=8", "generator.options.width=32", "tokenizer_train.steps=12", "train.steps=12",

@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 from random_inception import write_random_inception
 
-from benchkit.files import file_sha256
+from benchkit.core.files import file_sha256
 from benchkit.metrics import battery as B
 from benchkit.metrics.features import INCEPTION_ENV, INCEPTION_FILE
 

@@ -2,7 +2,7 @@
 uninterrupted run ends. A partially written file is never read as valid.
 
 The fast tests at the top put checkpoints in the states a kill can leave between the steps of a save (see
-``benchkit.checkpoint``); the slow tests kill real ``benchkit`` processes during tokenizer training, generator
+``benchkit.core.checkpoint``); the slow tests kill real ``benchkit`` processes during tokenizer training, generator
 training, sampling and evaluation, several times each, at seeded random moments.
 """
 
@@ -25,8 +25,8 @@ import torch
 from conftest import QUALITY_KEYS, TINY, bk, bk_cmd, cli_env, last_line, seed_cache
 from safetensors.torch import load_file
 
-from benchkit.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
-from benchkit.errors import CheckpointError
+from benchkit.core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from benchkit.core.errors import CheckpointError
 
 REPO = Path(__file__).parents[2]
 
@@ -101,9 +101,9 @@ def test_a_kill_between_log_and_checkpoint_loses_no_log_row(where: str, tmp_path
     """The training log and the checkpoint are two files; dying after either one still resumes to the full log."""
     from torch import nn
 
-    from benchkit import trainer
-    from benchkit.config import TrainConfig
-    from benchkit.interfaces import LossOutput
+    from benchkit.core.config import TrainConfig
+    from benchkit.core.interfaces import LossOutput
+    from benchkit.training import trainer
 
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 
@@ -305,7 +305,7 @@ def test_kill_during_sampling_and_evaluation(tmp_path: Path, reference_run: Path
         kills += _kill_when(bk_cmd("eval", str(run), "--results", str(results)), make_trigger(), delay) == "killed"
         _verify_tree(out)
         if rows_file.exists():
-            from benchkit.results import read_rows
+            from benchkit.results.store import read_rows
 
             read_rows(results)  # a torn last line is skipped, never parsed as a row
     assert kills >= 4, f"only {kills} of 6 commands were killed before they finished"
@@ -314,7 +314,7 @@ def test_kill_during_sampling_and_evaluation(tmp_path: Path, reference_run: Path
     for key in QUALITY_KEYS:
         if reference_row.get(key) is not None:
             assert rows[0][key] == reference_row[key], key
-    from benchkit.results import read_rows
+    from benchkit.results.store import read_rows
 
     df = read_rows(results)
     gen = df[df["kind"] == "generator"]

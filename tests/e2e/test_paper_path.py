@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchkit.config import resolve
+from benchkit.core.config import resolve
 from benchkit.data.base import ImageData
 from benchkit.data.lazy import LazyImages
 from benchkit.metrics.features import load_extractor
 from benchkit.metrics.refstats import save_reference_stats, streamed_fid
-from benchkit.sampling import SampleSettings, balanced_labels, generate_images
-from benchkit.tokencache import ShardedTokenCache
+from benchkit.sampling.generate import SampleSettings, balanced_labels, generate_images
+from benchkit.training.tokencache import ShardedTokenCache
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 from test_lazy_data import make_folder  # noqa: E402
@@ -24,11 +24,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_lazy_sharded_bf16_mar_with_reference_stats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchkit.pipeline as pipeline
+    import benchkit.training.checks as checks
+    from benchkit.training.checks import load_splits
+    from benchkit.training.generator import train_generator
 
     # the lazy path asks for Inception features, whose weights are not on this machine: the small dataset network
     # stands in for them here (it needs the training images in memory, which this small folder allows)
-    monkeypatch.setattr(pipeline, "check_eval", lambda cfg: None)
+    monkeypatch.setattr(checks, "check_eval", lambda cfg: None)
     root = make_folder(tmp_path / "imagenet", classes=4, per_class=16, size=(48, 40))
     cfg = resolve("tiny", overrides=[
         f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
@@ -37,8 +39,8 @@ def test_lazy_sharded_bf16_mar_with_reference_stats(tmp_path: Path, monkeypatch:
         "train.hflip=true", 'train.precision="bf16"', 'sample.precision="bf16"', f'out_dir="{tmp_path / "out"}"',
         "generator.options.width=32", "head.options.width=32",
     ])
-    run = pipeline.train_generator(cfg, progress=False)
-    train, test = pipeline.load_splits(cfg)
+    run = train_generator(cfg, progress=False)
+    train, test = load_splits(cfg)
     assert isinstance(train.images, LazyImages) and len(train) == 48
     shards = sorted(p.name for p in run.tokenizer.dir.glob("tokens-*-shards"))
     assert shards == ["tokens-continuous-hflip-shards", "tokens-continuous-shards"]

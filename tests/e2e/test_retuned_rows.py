@@ -17,9 +17,10 @@ def _with_eval(run, **changes):  # the run with other eval options (they are not
 
 def test_a_retuned_model_keeps_only_its_latest_tuned_row(reference_run: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchkit import evaluate
-    from benchkit.pipeline import load_run, load_splits
-    from benchkit.results import read_rows, write_tables
+    from benchkit.evaluation import evaluate
+    from benchkit.results.store import read_rows, write_tables
+    from benchkit.training.checks import load_splits
+    from benchkit.training.loading import load_run
 
     run = load_run(reference_run)
     splits = load_splits(run.cfg)

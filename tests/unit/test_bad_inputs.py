@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import build_feature_cache
 
-from benchkit.checkpoint import load_checkpoint
+from benchkit.core.checkpoint import load_checkpoint
 
 CliRunner = Callable[[list[str]], tuple[int, str, str]]  # the run_cli fixture of tests/conftest.py
 
@@ -36,8 +36,8 @@ def error_lines(err: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny run directory (trained in-process, about a second)."""
-    from benchkit.config import resolve
-    from benchkit.pipeline import train_generator
+    from benchkit.core.config import resolve
+    from benchkit.training.generator import train_generator
 
     out = tmp_path_factory.mktemp("bad-inputs-run")
     sets = [BASE[i + 1] for i in range(0, len(BASE), 2)] + [f'out_dir="{out}"']
@@ -290,8 +290,8 @@ def test_damaged_run_is_refused_with_exit_1(damage, pattern, tiny_run, capsys, m
 
 def test_resuming_a_directory_of_another_config_is_refused(tiny_run, capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
     """A run directory whose checkpoint came from another config is never continued."""
-    from benchkit.config import resolve
-    from benchkit.pipeline import run_dir
+    from benchkit.core.config import resolve
+    from benchkit.training.artifacts import run_dir
 
     monkeypatch.setenv("COLUMNS", "300")
     out = tmp_path / "out"

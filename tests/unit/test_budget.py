@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from benchkit.compute import apply_budget, budget_steps, config_step_flops
-from benchkit.config import TrainConfig, resolve
-from benchkit.errors import ConfigError
-from benchkit.interfaces import TokenSpec
-from benchkit.pipeline import check
-from benchkit.registry import GENERATORS
+from benchkit.core.config import TrainConfig, resolve
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
+from benchkit.training.checks import check
+from benchkit.training.compute import apply_budget, budget_steps, config_step_flops
 
 SPEC = TokenSpec("discrete", (4, 4), 1, vocab_size=16)
 
@@ -61,8 +61,8 @@ def test_budget_errors_are_one_clear_line() -> None:
 
 
 def test_shipped_budget_sweep_is_tiny_at_equal_flops_and_long_has_convergence_points() -> None:
-    from benchkit.pipeline import run_fingerprint
-    from benchkit.sweep import expand, load_sweep
+    from benchkit.sweeps.sweepfile import expand, load_sweep
+    from benchkit.training.artifacts import run_fingerprint
 
     budget, tiny = expand(load_sweep("budget")), expand(load_sweep("tiny"))
     assert len(budget) == 7 and all(j.cfg is not None for j in budget)

@@ -71,8 +71,8 @@ def test_readme_head_example_registers_and_samples() -> None:
     """The 'Adding a component' snippet of the README runs as written."""
     import torch
 
-    from benchkit.interfaces import TokenSpec
-    from benchkit.registry import HEADS
+    from benchkit.core.interfaces import TokenSpec
+    from benchkit.core.registry import HEADS
 
     text = (Path(__file__).parents[2] / "README.md").read_text()
     code = re.search(r"```python\n# my_heads.py\n(.*?)```", text, re.DOTALL)

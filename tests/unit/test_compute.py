@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchkit.compute import train_step_flops
-from benchkit.errors import ConfigError
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import GENERATORS
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
+from benchkit.training.compute import train_step_flops
 
 SPEC = TokenSpec("discrete", (4, 4), 1, vocab_size=16)
 

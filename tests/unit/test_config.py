@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.config import (
+from benchkit.core.config import (
     RunConfig,
     apply_override,
     fingerprint,
     preset_names,
     resolve,
 )
-from benchkit.errors import ConfigError
+from benchkit.core.errors import ConfigError
 
 
 def test_presets_ship_and_resolve() -> None:

@@ -1,4 +1,4 @@
-"""The contracts of benchkit/interfaces.py, checked for every registered component (plugins included) and every
+"""The contracts of benchkit/core/interfaces.py, checked for every registered component (plugins included) and every
 triple the compatibility table accepts: a new component is tested without editing a list here."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import inspect
 import pytest
 import torch
 
-from benchkit.compat import compatibility_table, tokenizer_specs
-from benchkit.interfaces import Batch, Generator, Head, Tokenizer, TokenSpec
-from benchkit.registry import GENERATORS, HEADS, TOKENIZERS
+from benchkit.core.compat import compatibility_table, tokenizer_specs
+from benchkit.core.interfaces import Batch, Generator, Head, Tokenizer, TokenSpec
+from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 
 IMAGE = 16  # small images keep every tiny default fast
 B = 2

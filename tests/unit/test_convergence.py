@@ -12,20 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchkit.config import TrainConfig
-from benchkit.convergence import (
-    FILE,
-    convergence_series,
-    convergence_steps,
-    improving_marks,
-    read_points,
-    row_fields,
-    store_point,
-    with_improving,
-)
-from benchkit.errors import ConfigError, TrainingDivergedError
-from benchkit.plots import fid_vs_train_flops_plot
-from benchkit.results import to_markdown
+from benchkit.core.config import TrainConfig
+from benchkit.core.errors import ConfigError, TrainingDivergedError
+from benchkit.results.convergence import convergence_series, improving_marks, with_improving
+from benchkit.results.plots import fid_vs_train_flops_plot
+from benchkit.results.store import to_markdown
+from benchkit.training.convergence import FILE, convergence_steps, read_points, row_fields, store_point
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import Toy, _fit  # noqa: E402

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchkit.config import EvalConfig, RunConfig
-from benchkit.evaluate import sampling_cost
+from benchkit.core.config import EvalConfig, RunConfig
+from benchkit.evaluation.evaluate import sampling_cost
 from benchkit.metrics import cost
-from benchkit.sampling import SampleSettings
+from benchkit.sampling.generate import SampleSettings
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

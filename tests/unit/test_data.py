@@ -11,12 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from benchkit.core.errors import ConfigError, DataError, UnknownComponentError
+from benchkit.core.registry import DATASETS
 from benchkit.data.base import ImageData
 from benchkit.data.loading import load_dataset
-from benchkit.data.shapes import SPLITS
-from benchkit.data.shapes import CLASS_NAMES, ShapesConfig, generate_shapes
-from benchkit.errors import ConfigError, DataError, UnknownComponentError
-from benchkit.registry import DATASETS
+from benchkit.data.shapes import CLASS_NAMES, SPLITS, ShapesConfig, generate_shapes
 
 # ------------------------------------------------------------------------------------------------------ shapes
 

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from benchkit.heads.diffloss import DiffLossHead
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import HEADS
+
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import HEADS
 
 
 def gen(seed: int) -> torch.Generator:

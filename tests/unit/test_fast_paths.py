@@ -8,14 +8,13 @@ import pytest
 import torch
 from benchkit.generators.mar import MARGenerator
 from benchkit.heads import diffloss
-from benchkit.heads.diffloss import DiffLossHead
-from benchkit.heads.diffloss import DiffLossConfig
+from benchkit.heads.diffloss import DiffLossConfig, DiffLossHead
 
-from benchkit.interfaces import TokenSpec
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.nn.diffusion import GaussianDiffusion
 from benchkit.nn.embed import modulate
 from benchkit.nn.transformer import Transformer
-from benchkit.registry import GENERATORS
 
 SPEC = TokenSpec("continuous", (3, 3), dim=4)
 

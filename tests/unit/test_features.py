@@ -11,10 +11,10 @@ import pytest
 import torch
 from random_inception import write_random_inception
 
+from benchkit.core.errors import ConfigError
 from benchkit.data.base import ImageData
-from benchkit.errors import ConfigError
-from benchkit.metrics import features as bf
 from benchkit.metrics import featurenet
+from benchkit.metrics import features as bf
 from benchkit.metrics.features import INCEPTION_ENV, INCEPTION_FILE, load_extractor
 
 TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
@@ -199,7 +199,7 @@ def _resave(path: Path, state: dict[str, torch.Tensor], extra_meta: dict[str, st
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from benchkit.files import file_sha256
+    from benchkit.core.files import file_sha256
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -213,7 +213,7 @@ def _resave(path: Path, state: dict[str, torch.Tensor], extra_meta: dict[str, st
 def test_tag_covers_the_tensors_not_the_file(train_data: ImageData, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from benchkit.files import file_sha256
+    from benchkit.core.files import file_sha256
     from benchkit.metrics.quality import reference_stats
 
     def load(cache: Path) -> bf.Extractor:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.files import atomic_write
+from benchkit.core.files import atomic_write
 
 
 def test_atomic_write_gives_umask_permissions(tmp_path: Path) -> None:

@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 import torch
 
-from benchkit.errors import ConfigError, IncompatibleComponentsError
-from benchkit.interfaces import Batch, Generator, TokenSpec
-from benchkit.nn.transformer import Transformer
-from benchkit.registry import GENERATORS
-from benchkit.config import CFG_SCHEDULES
-from benchkit.schedules import (
+from benchkit.core.config import CFG_SCHEDULES
+from benchkit.core.errors import ConfigError, IncompatibleComponentsError
+from benchkit.core.interfaces import Batch, Generator, TokenSpec
+from benchkit.core.registry import GENERATORS
+from benchkit.nn.schedules import (
     cfg_at,
     mask_ratio_truncnorm,
     tokens_to_keep_masked,
 )
+from benchkit.nn.transformer import Transformer
 
 NUM_CLASSES = 3
 GRID = (2, 3)  # non-square on purpose: catches h/w mix-ups
@@ -367,7 +367,7 @@ def test_cfg_schedules() -> None:
 
 
 def test_diffusion_steps_are_passed_to_the_head_per_call() -> None:
-    from benchkit.sampling import SampleSettings, generate_tokens
+    from benchkit.sampling.generate import SampleSettings, generate_tokens
 
     model = build("mar", "diffloss", "continuous-d1").eval()
     seen: list[int | None] = []
@@ -393,8 +393,8 @@ def test_ce_temperature_zero_is_greedy_end_to_end(layout: str) -> None:
 def test_eval_settings_resolve_defaults_and_drop_repeats() -> None:
     from types import SimpleNamespace
 
-    from benchkit.evaluate import resolve_settings
-    from benchkit.sampling import SampleSettings
+    from benchkit.evaluation.evaluate import resolve_settings
+    from benchkit.sampling.generate import SampleSettings
 
     run: Any = SimpleNamespace(generator=build("mar", "diffloss", "continuous-d1"))
     base = SampleSettings()

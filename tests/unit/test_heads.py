@@ -7,15 +7,15 @@ import math
 
 import pytest
 import torch
-from benchkit.heads.common import masked_mean
 from benchkit.heads.ce import CEHead, filter_top_k, filter_top_p
+from benchkit.heads.common import masked_mean
 from benchkit.heads.diffloss import DiffLossHead
 
-from benchkit.errors import ConfigError, IncompatibleComponentsError
-from benchkit.interfaces import Head, TokenSpec
+from benchkit.core.errors import ConfigError, IncompatibleComponentsError
+from benchkit.core.interfaces import Head, TokenSpec
+from benchkit.core.registry import HEADS
 from benchkit.nn.diffusion import GaussianDiffusion, cosine_betas, respaced_timesteps
 from benchkit.nn.embed import TimestepEmbedding, modulate, sinusoidal_embedding
-from benchkit.registry import HEADS
 
 DISCRETE = TokenSpec("discrete", (2, 2), vocab_size=16)
 CONTINUOUS = TokenSpec("continuous", (2, 2), dim=4)

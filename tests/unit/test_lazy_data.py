@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from benchkit.core.errors import CheckpointError
 from benchkit.data.imagefolder import ImageFolderConfig, imagefolder
 from benchkit.data.lazy import LazyImageFolder, adm_center_crop, image_loader
-from benchkit.errors import CheckpointError
-from benchkit.tokencache import ShardedTokenCache, build_token_cache
+from benchkit.training.tokencache import ShardedTokenCache, build_token_cache
 
 
 def make_folder(root: Path, classes: int = 3, per_class: int = 8, size: tuple[int, int] = (40, 30)) -> Path:
@@ -91,10 +91,10 @@ def test_token_cache_resumes_after_a_kill_and_reads_memory_mapped(tmp_path: Path
 
 
 def test_lazy_imagefolder_in_the_pipeline(tmp_path: Path) -> None:
-    from benchkit.config import resolve
+    from benchkit.core.config import resolve
+    from benchkit.core.errors import ConfigError
     from benchkit.data.lazy import LazyImages
-    from benchkit.errors import ConfigError
-    from benchkit.pipeline import check_eval, load_splits
+    from benchkit.training.checks import check_eval, load_splits
 
     root = make_folder(tmp_path / "data")
     sets = [f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
@@ -111,7 +111,7 @@ def test_lazy_imagefolder_in_the_pipeline(tmp_path: Path) -> None:
 def test_shard_writer_renames_only_full_shards(tmp_path: Path) -> None:
     import numpy as np
 
-    from benchkit.tokencache import _ShardWriter
+    from benchkit.training.tokencache import _ShardWriter
 
     writer = _ShardWriter(tmp_path, n=10, shard_size=4)  # shards of 4, 4 and 2 rows
     for first in (0, 2, 4):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import TokenSpec
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.metrics.locality import influence_by_distance
-from benchkit.registry import GENERATORS
 
 SPEC = TokenSpec("continuous", (4, 5), 1, dim=3)
 HEAD = {"width": 16, "depth": 1, "batch_mul": 1}

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from benchkit.core.registry import TOKENIZERS
 from benchkit.importers import kl16
 from benchkit.importers.api import imported_provenance
-from benchkit.registry import TOKENIZERS
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 
@@ -39,7 +39,7 @@ def check_png(path: Path, rows: int, cols: int, side: int) -> None:
 
 @pytest.mark.slow
 def test_rq_stage1_and_stage2_import_then_sample(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
-    from benchkit.pipeline import load_run
+    from benchkit.training.loading import load_run
 
     tok = imported(run_cli, ["rqvae", str(FIX / "rq" / "stage1" / "model.pt"), "--out-dir", str(tmp_path)])
     run = imported(run_cli, ["rqtransformer", str(FIX / "rq" / "stage2" / "model.pt"), "--tokenizer", str(tok)])
@@ -72,7 +72,7 @@ def official_kl_file(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_kl_and_mar_import_then_sample(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
-    from benchkit.pipeline import load_run
+    from benchkit.training.loading import load_run
 
     ckpt = official_kl_file(tmp_path / "kl.ckpt")
     tok = imported(run_cli, ["kl16", str(ckpt), "--image-size", "128", "--out-dir", str(tmp_path / "res")])

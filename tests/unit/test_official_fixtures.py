@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS, TOKENIZERS
 from benchkit.importers import common, kl16, mar, rq
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import GENERATORS, TOKENIZERS
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 TOL_MAR, TOL = 1e-5, 1e-4  # fixture.json: "float32, max abs diff <= 1e-5" (mar), "<= 1e-4" (kl16, rq)

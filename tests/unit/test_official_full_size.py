@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS, TOKENIZERS
 from benchkit.importers import common, kl16, mar, rq
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import GENERATORS, TOKENIZERS
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 

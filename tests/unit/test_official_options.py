@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import Batch, TokenSpec
-from benchkit.registry import GENERATORS, TOKENIZERS
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.registry import GENERATORS, TOKENIZERS
 
 LDM = {"backbone": "ldm", "ch": 32, "channel_mult": (1, 1), "num_res_blocks": 1, "attn_levels": (1,)}
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchkit.errors import CheckpointError, ConfigError
+from benchkit.core.errors import CheckpointError, ConfigError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.importers import common, kl16, mar, rq
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import GENERATORS
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 

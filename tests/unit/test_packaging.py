@@ -47,13 +47,13 @@ def test_repo_root_does_not_shadow_installed_packages(tmp_path: Path, name: str)
     (stand_in / "__init__.py").write_text("from .core import WHO\n")
     (stand_in / "core.py").write_text("WHO = 'stand-in'\n")
     code = (f"import {name}; print({name}.WHO, {name}.__file__); "
-            "from benchkit.registry import TOKENIZERS, GENERATORS, HEADS; "
+            "from benchkit.core.registry import TOKENIZERS, GENERATORS, HEADS; "
             "print(TOKENIZERS.names(), GENERATORS.names(), HEADS.names())")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     first, second = out.stdout.splitlines()
     assert first.split() == ["stand-in", str(stand_in / "__init__.py")]
-    from benchkit.registry import GENERATORS, HEADS, TOKENIZERS  # the same registries, loaded in this process
+    from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS  # the same registries, loaded in this process
 
     assert second == f"{TOKENIZERS.names()} {GENERATORS.names()} {HEADS.names()}"
     assert "vq" in second and "mar" in second and "diffloss" in second

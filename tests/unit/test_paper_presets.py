@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchkit.config import preset_names, resolve
-from benchkit.errors import IncompatibleComponentsError
+from benchkit.core.config import preset_names, resolve
+from benchkit.core.errors import IncompatibleComponentsError
 from benchkit.metrics.cost import count_params
-from benchkit.pipeline import build_generator, build_tokenizer, check
+from benchkit.training.artifacts import build_generator, build_tokenizer
+from benchkit.training.checks import check
 
 IMAGENET_CLASSES = 1000
 # official parameter counts in millions (MAR README / meta-device counts of the released configs)
@@ -47,7 +48,7 @@ def test_rqtransformer_presets_have_the_official_parameter_counts(name: str) -> 
 
 
 def test_training_copies_the_tokenizer_codebook_into_the_official_embedding(tmp_path) -> None:
-    from benchkit.pipeline import train_generator
+    from benchkit.training.generator import train_generator
 
     cfg = resolve("tiny", None, [f"out_dir={tmp_path}", "tokenizer.name=rq", "generator.name=rqtransformer",
                                  "tokenizer_train.steps=2", "train.steps=2", "train.batch_size=8",

@@ -1,4 +1,4 @@
-"""Job processes (benchkit.parallel): how many, which job each claims, and in what order."""
+"""Job processes (benchkit.sweeps.parallel): how many, which job each claims, and in what order."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.errors import ConfigError
-from benchkit.parallel import claim, claim_order, resolve_jobs
-from benchkit.sweep import expand
+from benchkit.core.errors import ConfigError
+from benchkit.sweeps.parallel import claim, claim_order, resolve_jobs
+from benchkit.sweeps.sweepfile import expand
 
 
 def _jobs(combos: list[tuple[str, str]]) -> list:
@@ -80,7 +80,7 @@ class _FakeProcess:
 
 
 def test_sigterm_to_the_parent_ends_its_job_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import benchkit.parallel as bp
+    import benchkit.sweeps.parallel as bp
 
     # the handler is only installed in the main thread; elsewhere the fake's SIGTERM would end pytest itself
     assert threading.current_thread() is threading.main_thread()

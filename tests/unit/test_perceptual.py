@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchkit.config import TrainConfig, resolve
-from benchkit.errors import ConfigError
+from benchkit.core.config import TrainConfig, resolve
+from benchkit.core.errors import ConfigError
+from benchkit.core.registry import TOKENIZERS
 from benchkit.metrics.perceptual import BACKBONE_FILES, load_lpips, lpips_loss, lpips_per_image, lpips_unavailable
-from benchkit.registry import TOKENIZERS
 
 pytest.importorskip("lpips", reason="the lpips package is in the test extra (pip install 'benchkit[lpips]')")
 
@@ -94,8 +94,8 @@ def test_lpips_loss_adds_the_weighted_term_and_reaches_the_encoder(torch_home: P
 
 
 def test_tokenizer_table_gets_an_lpips_column_only_with_the_weights(torch_home: Path) -> None:
-    from benchkit.evaluate import _lpips
-    from benchkit.results import table_columns
+    from benchkit.evaluation.evaluate import _lpips
+    from benchkit.results.store import table_columns
 
     cfg = resolve("tiny")
     x = ((images() + 1) * 127.5).round().to(torch.uint8)
@@ -109,7 +109,7 @@ def test_tokenizer_table_gets_an_lpips_column_only_with_the_weights(torch_home: 
 
 
 def test_lpips_weight_is_a_checked_tokenizer_training_option() -> None:
-    from benchkit.pipeline import run_fingerprint, tokenizer_fingerprint
+    from benchkit.training.artifacts import run_fingerprint, tokenizer_fingerprint
 
     base = resolve("tiny")
     off = resolve("tiny", overrides=["tokenizer_train.lpips_weight=0"])

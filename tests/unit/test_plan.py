@@ -9,11 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from benchkit.cli import app
-from benchkit.config import resolve
-from benchkit.errors import ConfigError
+from benchkit.core.config import resolve
+from benchkit.core.errors import ConfigError
 from benchkit.metrics.cost import count_params, flops_per_call
-from benchkit.pipeline import build_generator, check
-from benchkit.plan import GPU_PEAKS, _meta_batch, make_plan
+from benchkit.training.artifacts import build_generator
+from benchkit.training.checks import check
+from benchkit.training.plan import GPU_PEAKS, _meta_batch, make_plan
 
 
 def test_meta_flops_equal_a_real_cpu_step() -> None:

@@ -10,9 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchkit.errors import ConfigError
-from benchkit.images import grid_tensor, reconstruction_grid, save_grid
-from benchkit.plots import (
+from benchkit.core.errors import ConfigError
+from benchkit.results.plots import (
     fid_vs_steps_plot,
     pareto_figure,
     pareto_front,
@@ -20,7 +19,8 @@ from benchkit.plots import (
     plots_from_results,
     training_curves_plot,
 )
-from benchkit.results import append_row
+from benchkit.results.store import append_row
+from benchkit.sampling.grids import grid_tensor, reconstruction_grid, save_grid
 
 
 def _speed_rows() -> pd.DataFrame:
@@ -162,7 +162,7 @@ def test_reconstruction_grid_alternates_rows(tmp_path: Path) -> None:
 def test_pareto_key_names_the_cfg_and_temperature_of_a_single_tuned_row() -> None:
     import pandas as pd
 
-    from benchkit.plots import _point_names
+    from benchkit.results.plots import _point_names
 
     rows = pd.DataFrame({"tokenizer": ["vq", "kl", "rq"], "generator": ["ar", "ar", "ar"],
                          "head": ["ce", "diffloss", "ce"], "cfg": [3.0, 1.0, 1.0],

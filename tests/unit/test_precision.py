@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from benchkit.config import TrainConfig, resolve
-from benchkit.errors import ConfigError
-from benchkit.interfaces import Batch, TokenSpec
+from benchkit.core.config import TrainConfig, resolve
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.precision import autocast, check_precision, grad_scaler
+from benchkit.core.registry import GENERATORS
 from benchkit.nn.transformer import Transformer, set_grad_checkpointing
-from benchkit.precision import autocast, check_precision, grad_scaler
-from benchkit.registry import GENERATORS
-from benchkit.trainer import fit
+from benchkit.training.trainer import fit
 
 SPEC = TokenSpec("discrete", (4, 4), 1, vocab_size=32)
 # a learnable toy task: the tokens of an image are its class index repeated (plus noise tokens)
@@ -86,7 +86,7 @@ def test_checkpointed_blocks_give_the_same_gradients() -> None:
 
 
 def test_checkpointed_diffusion_head_gives_the_same_gradients() -> None:
-    from benchkit.registry import HEADS
+    from benchkit.core.registry import HEADS
 
     torch.manual_seed(0)
     head = HEADS.create("diffloss", spec=TokenSpec("continuous", (1, 1), dim=4), cond_dim=8, width=16, depth=3,
@@ -112,8 +112,9 @@ def test_checkpointed_diffusion_head_gives_the_same_gradients() -> None:
 
 
 def test_plan_counts_the_checkpointed_diffusion_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchkit import plan
-    from benchkit.pipeline import build_generator, check
+    from benchkit.training import plan
+    from benchkit.training.artifacts import build_generator
+    from benchkit.training.checks import check
 
     cfg = resolve("tiny", overrides=["tokenizer.name=kl", "generator.name=mar", "head.name=diffloss",
                                      "head.options.depth=6"])
@@ -136,7 +137,7 @@ def test_plan_counts_the_checkpointed_diffusion_head(monkeypatch: pytest.MonkeyP
 
 
 def test_speed_switches_leave_the_fingerprint_alone_and_precision_changes_it() -> None:
-    from benchkit.pipeline import run_fingerprint
+    from benchkit.training.artifacts import run_fingerprint
 
     base = resolve("tiny")
     same = resolve("tiny", overrides=["train.grad_checkpoint=true", "train.compile=true", "train.precision=fp32"])
@@ -158,7 +159,7 @@ def test_every_generator_and_head_trains_and_samples_under_bf16() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_generators import COMBOS, SPECS, build, random_batch
 
-    from benchkit.sampling import SampleSettings, generate_tokens
+    from benchkit.sampling.generate import SampleSettings, generate_tokens
 
     for g, h, layout in COMBOS:
         m = build(g, h, layout).train()
@@ -177,9 +178,9 @@ def test_every_generator_and_head_trains_and_samples_under_bf16() -> None:
 def test_sample_precision_is_a_sampling_setting() -> None:
     """sample.precision reaches ``generate`` through the settings (autocast around it), a sweep entry may set it,
     and fp32 keeps the fingerprints and labels that settings had before the field existed."""
-    from benchkit.config import SampleSettings, fingerprint
-    from benchkit.evaluate import settings_from
-    from benchkit.sampling import generate_tokens
+    from benchkit.core.config import SampleSettings, fingerprint
+    from benchkit.evaluation.evaluate import settings_from
+    from benchkit.sampling.generate import generate_tokens
 
     gen = GENERATORS.create("ar", spec=SPEC, head="ce", num_classes=4, width=32, depth=2, num_heads=2).eval()
     seen: list[torch.dtype] = []

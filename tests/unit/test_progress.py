@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchkit import progress
+from benchkit.core import progress
 
 
 def test_bars_are_noops_when_off(capsys: pytest.CaptureFixture[str]) -> None:

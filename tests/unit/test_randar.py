@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from benchkit.errors import ConfigError, IncompatibleComponentsError
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import GENERATORS
+from benchkit.core.errors import ConfigError, IncompatibleComponentsError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
 
 SPEC = TokenSpec("discrete", (2, 3), 1, vocab_size=16)
 CSPEC = TokenSpec("continuous", (2, 3), 1, dim=4)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchkit.errors import ConfigError
+from benchkit.core.errors import ConfigError
 from benchkit.metrics import quality
 from benchkit.metrics.features import load_extractor
 from benchkit.metrics.refstats import (
@@ -76,8 +76,8 @@ def test_bad_reference_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "shape.npz", mu=np.zeros(3), sigma=np.zeros((2, 2)))
     with pytest.raises(ConfigError, match=r"mu must be \[D\] and sigma \[D, D\]"):
         load_reference_stats(tmp_path / "shape.npz")
-    from benchkit.config import resolve
-    from benchkit.pipeline import check_eval
+    from benchkit.core.config import resolve
+    from benchkit.training.checks import check_eval
 
     with pytest.raises(ConfigError, match="eval.reference_stats"):
         check_eval(resolve("tiny", overrides=[f'eval.reference_stats="{tmp_path / "missing.npz"}"']))

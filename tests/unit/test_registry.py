@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.errors import ConfigError, UnknownComponentError
-from benchkit.registry import FAMILIES, GENERATORS, HEADS, TOKENIZERS, Registry
+from benchkit.core.errors import ConfigError, UnknownComponentError
+from benchkit.core.registry import FAMILIES, GENERATORS, HEADS, TOKENIZERS, Registry
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchkit.config import resolve
-from benchkit.images import reconstruction_grid, save_grid
-from benchkit.provenance import environment
-from benchkit.report import REPORT_FILE, config_differences, stated_deviations, write_report
-from benchkit.results import append_row
-from benchkit.runner import write_outputs
+from benchkit.core.config import resolve
+from benchkit.core.provenance import environment
+from benchkit.results.report import REPORT_FILE, config_differences, stated_deviations, write_report
+from benchkit.results.store import append_row
+from benchkit.sampling.grids import reconstruction_grid, save_grid
+from benchkit.sweeps.runner import write_outputs
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUNS = {"vq-ar-ce-aaa": ("vq", "ar", "ce", ["train.steps=30"]),

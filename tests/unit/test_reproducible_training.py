@@ -20,11 +20,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchkit.compat import check_combination, compatibility_table
-from benchkit.config import TrainConfig
-from benchkit.interfaces import Batch
-from benchkit.registry import GENERATORS, TOKENIZERS
-from benchkit.trainer import fit
+from benchkit.core.compat import check_combination, compatibility_table
+from benchkit.core.config import TrainConfig
+from benchkit.core.interfaces import Batch
+from benchkit.core.registry import GENERATORS, TOKENIZERS
+from benchkit.training.trainer import fit
 
 VALID = [(r["tokenizer"], r["generator"], r["head"]) for r in compatibility_table() if r["status"] == "ok"]
 BATCH, ITEMS, CLASSES = 64, 128, 10  # batch 64 at the default widths: the larger kernels split across threads
@@ -59,7 +59,7 @@ def _dataset(combo: tuple[str, str, str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model(combo: tuple[str, str, str]) -> torch.nn.Module:
-    torch.manual_seed(0)  # as pipeline.train_generator seeds the initialisation
+    torch.manual_seed(0)  # as training.generator.train_generator seeds the initialisation
     return GENERATORS.create(combo[1], spec=check_combination(*combo).spec, head=combo[2], num_classes=CLASSES)
 
 
@@ -102,7 +102,7 @@ def test_training_twice_gives_bit_identical_weights(combo: tuple[str, str, str],
 
 
 def _train_tokenizer(name: str, images: torch.Tensor, run_dir: Path) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)  # as pipeline.train_tokenizer seeds the initialisation
+    torch.manual_seed(0)  # as training.tokenizer.train_tokenizer seeds the initialisation
     model = TOKENIZERS.create(name, image_size=32)
     cfg = TrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=100)
     fit(model, lambda m, x: m.loss(x), lambda idx: images[idx], len(images), cfg, run_dir, seed=0,

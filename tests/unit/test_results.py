@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchkit.errors import ConfigError
-from benchkit.files import atomic_write_bytes, atomic_write_text
-from benchkit.results import (
+from benchkit.core.errors import ConfigError
+from benchkit.core.files import atomic_write_bytes, atomic_write_text
+from benchkit.results.store import (
     ROWS_FILE,
     append_row,
     compact_rows,
@@ -87,7 +87,7 @@ def test_truncated_last_line_is_ignored_and_next_append_survives(tmp_path: Path,
     append_row(tmp_path, {"row_id": "a", "fid": 1.0})
     with open(tmp_path / ROWS_FILE, "a") as f:
         f.write('{"row_id": "b", "fi')  # a writer killed mid-line
-    with caplog.at_level(logging.WARNING, logger="benchkit.results"):
+    with caplog.at_level(logging.WARNING, logger="benchkit.results.store"):
         df = read_rows(tmp_path)
     assert df["row_id"].tolist() == ["a"]
     assert any("truncated last line" in r.message for r in caplog.records)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchkit.pipeline import tokenizer_fingerprint
-from benchkit.sweep import expand, load_sweep, shard
+from benchkit.sweeps.sweepfile import expand, load_sweep, shard
+from benchkit.training.artifacts import tokenizer_fingerprint
 
 
 def test_shards_of_the_default_sweep_start_with_different_tokenizers() -> None:

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchkit.deviations import head_deviations
-from benchkit.errors import ConfigError
-from benchkit.results import write_tables
-from benchkit.significance import SIG_COLUMN, adjacent_significance, bootstrap_fid_std, with_significance
+from benchkit.core.errors import ConfigError
+from benchkit.evaluation.deviations import head_deviations
+from benchkit.metrics.quality import bootstrap_fid_std
+from benchkit.results.significance import SIG_COLUMN, adjacent_significance, with_significance
+from benchkit.results.store import write_tables
 
 
 def table() -> pd.DataFrame:

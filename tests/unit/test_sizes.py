@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchkit.config import preset_names, resolve
-from benchkit.errors import ConfigError
-from benchkit.interfaces import TokenSpec
-from benchkit.registry import GENERATORS
-from benchkit.sizes import MATCH_TOLERANCE, apply_sizes, backbone_params, relative_spread
+from benchkit.core.config import preset_names, resolve
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.core.registry import GENERATORS
+from benchkit.core.sizes import MATCH_TOLERANCE, apply_sizes, relative_spread
+from benchkit.metrics.cost import backbone_params
 
 FLAT = TokenSpec("discrete", (4, 4), 1, vocab_size=16)
 STACKED = TokenSpec("discrete", (4, 4), 4, vocab_size=16)

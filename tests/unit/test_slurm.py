@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from benchkit.cli import app
-from benchkit.errors import ConfigError
-from benchkit.slurm import render_sbatch
+from benchkit.core.errors import ConfigError
+from benchkit.sweeps.slurm import render_sbatch
 
 SWEEP = Path(__file__).parents[2] / "benchkit" / "configs" / "sweeps" / "tiny.toml"
 

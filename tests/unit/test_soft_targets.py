@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchkit.config import resolve
-from benchkit.errors import ConfigError, IncompatibleComponentsError
-from benchkit.interfaces import Batch, TokenSpec
+from benchkit.core.config import resolve
+from benchkit.core.errors import ConfigError, IncompatibleComponentsError
+from benchkit.core.interfaces import Batch, TokenSpec
+from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 from benchkit.nn.codebook import soft_residual_codes
-from benchkit.registry import GENERATORS, HEADS, TOKENIZERS
 
 
 def _rq_tokenizer() -> torch.nn.Module:
@@ -90,9 +90,9 @@ def test_generator_takes_soft_targets_and_checks_the_option() -> None:
 
 
 def test_stochastic_codes_resume_exactly(tmp_path: Path) -> None:
-    from benchkit.config import TrainConfig
-    from benchkit.softcodes import SoftCodes, soft_code_batch
-    from benchkit.trainer import fit
+    from benchkit.core.config import TrainConfig
+    from benchkit.training.softcodes import SoftCodes, soft_code_batch
+    from benchkit.training.trainer import fit
 
     tok = _rq_tokenizer()
     latents = tok.encode_latent(torch.rand(32, 3, 16, 16) * 2 - 1).detach()  # [32, 8, 8, 8]
@@ -117,8 +117,8 @@ def test_stochastic_codes_resume_exactly(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tiny_soft_target_run_trains_and_samples(tmp_path: Path) -> None:
-    from benchkit.pipeline import train_generator
-    from benchkit.sampling import generate_tokens
+    from benchkit.sampling.generate import generate_tokens
+    from benchkit.training.generator import train_generator
 
     sets = ["data.options={num_train = 64, num_test = 64}", "tokenizer.name=rq", "tokenizer.options.ch=8",
             "tokenizer_train.steps=4", "tokenizer_train.batch_size=16", "tokenizer_train.warmup_steps=1",
@@ -140,11 +140,13 @@ def test_tiny_soft_target_run_trains_and_samples(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_soft_targets_on_a_lazy_folder_cache_latent_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchkit.pipeline as pipeline
-    from benchkit.tokencache import ShardedTokenCache
     from test_lazy_data import make_folder
 
-    monkeypatch.setattr(pipeline, "check_eval", lambda cfg: None)  # lazy data asks for Inception weights
+    import benchkit.training.checks as checks
+    from benchkit.training.generator import train_generator
+    from benchkit.training.tokencache import ShardedTokenCache
+
+    monkeypatch.setattr(checks, "check_eval", lambda cfg: None)  # lazy data asks for Inception weights
     root = make_folder(tmp_path / "imagenet", classes=2, per_class=16, size=(40, 32))
     cfg = resolve("tiny", None, [
         f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
@@ -153,7 +155,7 @@ def test_soft_targets_on_a_lazy_folder_cache_latent_shards(tmp_path: Path, monke
         "generator.options.soft_target_temperature=0.5", "generator.options.stochastic_codes=true", "train.steps=3",
         "train.batch_size=8", "train.hflip=true", f'out_dir="{tmp_path / "out"}"',
     ])
-    run = pipeline.train_generator(cfg, progress=False)
+    run = train_generator(cfg, progress=False)
     latents = ShardedTokenCache(run.tokenizer.dir / "latent" / "tokens-discrete-shards")
     assert len(latents) == 24 and latents[torch.arange(2)].shape == (2, 2, 2, 16)  # 2x2 positions of 16 channels
     assert (run.tokenizer.dir / "latent" / "tokens-discrete-hflip-shards").is_dir()
@@ -162,7 +164,7 @@ def test_soft_targets_on_a_lazy_folder_cache_latent_shards(tmp_path: Path, monke
 
 @pytest.mark.parametrize("preset", ["rqt-480m", "rqt-821m", "rqt-1388m"])
 def test_paper_presets_train_with_soft_targets(preset: str) -> None:
-    from benchkit.softcodes import SoftCodes, soft_codes_of
+    from benchkit.training.softcodes import SoftCodes, soft_codes_of
 
     cfg = resolve(preset)
     assert soft_codes_of(cfg, "discrete") == SoftCodes(0.5, True)
@@ -170,8 +172,8 @@ def test_paper_presets_train_with_soft_targets(preset: str) -> None:
 
 
 def test_plan_counts_the_soft_targets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchkit import plan
-    from benchkit.plan import make_plan
+    from benchkit.training import plan
+    from benchkit.training.plan import make_plan
 
     monkeypatch.setattr(plan, "DRAWS", 1)  # nothing random in an RQ-Transformer step's shapes
     base = ["tokenizer.name=rq", "generator.name=rqtransformer"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import TokenSpec
-from benchkit.sweep import expand, load_sweep, parse_shard, shard, shipped_sweeps
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import TokenSpec
+from benchkit.sweeps.sweepfile import expand, load_sweep, parse_shard, shard, shipped_sweeps
 
 
 def test_grid_expansion_skips_invalid_with_reason() -> None:
@@ -107,10 +107,10 @@ def test_extends_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() -> None:
-    from benchkit.compat import check_combination
-    from benchkit.errors import IncompatibleComponentsError
-    from benchkit.pipeline import run_fingerprint
-    from benchkit.registry import GENERATORS
+    from benchkit.core.compat import check_combination
+    from benchkit.core.errors import IncompatibleComponentsError
+    from benchkit.core.registry import GENERATORS
+    from benchkit.training.artifacts import run_fingerprint
 
     valid = set()
     for t in ("vq", "rq", "kl"):
@@ -141,16 +141,17 @@ def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
 @pytest.mark.parametrize("name", shipped_sweeps())
 def test_guided_rows_of_a_shipped_sweep_share_one_cfg_schedule(name: str) -> None:
     """Guidance is compared on equal terms: every guided row of a sweep ramps CFG the same way."""
-    from benchkit.evaluate import settings_from
+    from benchkit.evaluation.evaluate import settings_from
 
     schedules = {s.cfg_schedule for j in expand(load_sweep(name)) if j.cfg for s in settings_from(j.cfg) if s.cfg != 1.0}
     assert len(schedules) <= 1, (name, schedules)
 
 
 def test_table1_sweep_is_mars_table_1_parameter_matched() -> None:
-    from benchkit.evaluate import settings_from
-    from benchkit.registry import GENERATORS
-    from benchkit.sizes import MATCH_TOLERANCE, backbone_params, relative_spread
+    from benchkit.core.registry import GENERATORS
+    from benchkit.core.sizes import MATCH_TOLERANCE, relative_spread
+    from benchkit.evaluation.evaluate import settings_from
+    from benchkit.metrics.cost import backbone_params
 
     jobs = [j.cfg for j in expand(load_sweep("table1")) if j.cfg is not None]
     rows = [(c.generator.name, c.head.name, s.steps) for c in jobs for s in settings_from(c)]

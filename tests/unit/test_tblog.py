@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchkit import tblog
-from benchkit.config import TrainConfig, fingerprint, resolve
-from benchkit.errors import ConfigError
-from benchkit.interfaces import LossOutput
-from benchkit.trainer import fit
+from benchkit.core.config import TrainConfig, fingerprint, resolve
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import LossOutput
+from benchkit.training import tblog
+from benchkit.training.trainer import fit
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 
@@ -60,7 +60,7 @@ def test_missing_package_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(tblog, "tensorboard_available", lambda: False)
     with pytest.raises(ConfigError, match=r"^train.tensorboard = true needs the tensorboard package.*pip install"):
         tblog.TensorBoardLog(tmp_path, enabled=True)
-    from benchkit.pipeline import train_generator
+    from benchkit.training.generator import train_generator
 
     cfg = resolve("tiny", None, ["tokenizer_train.tensorboard=true", f'out_dir="{tmp_path}"'])
     with pytest.raises(ConfigError, match="tokenizer_train.tensorboard = true needs"):

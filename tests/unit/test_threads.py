@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import CliRunner
 
-from benchkit import threads as bt
-from benchkit.errors import ConfigError
+from benchkit.core import threads as bt
+from benchkit.core.errors import ConfigError
 
 
 @pytest.fixture()

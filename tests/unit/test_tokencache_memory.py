@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchkit.errors import CheckpointError
-from benchkit.tokencache import _ShardWriter
+from benchkit.core.errors import CheckpointError
+from benchkit.training.tokencache import _ShardWriter
 
 STATM = Path("/proc/self/statm")
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchkit.errors import ConfigError
-from benchkit.interfaces import Tokenizer
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import Tokenizer
+from benchkit.core.registry import TOKENIZERS
 from benchkit.nn.codebook import Codebook, code_usage
-from benchkit.registry import TOKENIZERS
 
 NAMES = ("vq", "rq", "kl")
 # Narrow variants of the tiny defaults so every test stays well under a second on a shared 2-core CPU.
@@ -314,7 +314,9 @@ def test_vq_codebook_usage_stays_high_with_tiny_codebook(l2: bool) -> None:
 
 def test_token_cache_is_written_once_and_reused_with_a_mirrored_copy(tmp_path, monkeypatch) -> None:
     from benchkit.data.base import ImageData, to_float, to_uint8
-    from benchkit.pipeline import TrainedTokenizer, _random_mirror, token_cache
+    from benchkit.training.artifacts import TrainedTokenizer
+    from benchkit.training.tokenizer import random_mirror as _random_mirror
+    from benchkit.training.tokens import token_cache
 
     tok = TrainedTokenizer(make("vq", norm="group").eval(), tmp_path, "fp0", None)
     images = to_uint8(smooth_images(6))
@@ -339,9 +341,10 @@ def test_token_cache_is_written_once_and_reused_with_a_mirrored_copy(tmp_path, m
 
 
 def test_hflip_training_uses_the_mirrored_cache(tmp_path) -> None:  # noqa: ANN001
-    from benchkit.config import resolve
+    from benchkit.core.config import resolve
     from benchkit.data.base import to_float
-    from benchkit.pipeline import load_splits, train_generator
+    from benchkit.training.checks import load_splits
+    from benchkit.training.generator import train_generator
 
     sets = ["data.options={num_train = 32, num_test = 32}", "tokenizer.options.ch=8", "generator.options.width=32",
             "tokenizer_train.steps=2", "train.steps=2", "tokenizer_train.batch_size=8", "train.batch_size=8",

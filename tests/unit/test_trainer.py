@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchkit.checkpoint import load_checkpoint, save_checkpoint
-from benchkit.config import TrainConfig
-from benchkit.errors import CheckpointError, TrainingDivergedError
-from benchkit.interfaces import LossOutput
-from benchkit.trainer import batch_indices, fit, lr_factor
+from benchkit.core.checkpoint import load_checkpoint, save_checkpoint
+from benchkit.core.config import TrainConfig
+from benchkit.core.errors import CheckpointError, TrainingDivergedError
+from benchkit.core.interfaces import LossOutput
+from benchkit.training.trainer import batch_indices, fit, lr_factor
 
 X = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
 Y = X @ torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
@@ -106,7 +106,7 @@ def test_checkpoint_truncated_or_tampered(tmp_path: Path) -> None:
 
 
 def test_ema_is_an_averaged_model_that_follows_the_formula_and_copies_buffers() -> None:
-    from benchkit.ema import EMA
+    from benchkit.training.ema import EMA
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchkit.errors import ConfigError
-from benchkit.sampling import SampleSettings
-from benchkit.tuning import candidates, pick_best, rows_to_tune, tune, tune_settings, validation_images
+from benchkit.core.errors import ConfigError
+from benchkit.evaluation.tuning import candidates, pick_best, rows_to_tune, tune, tune_settings, validation_images
+from benchkit.sampling.generate import SampleSettings
 
 
 def test_candidates_start_at_the_base_and_drop_repeats() -> None:
@@ -113,15 +113,15 @@ def test_tune_run_scores_tune_samples_against_tune_reference_validation_images(m
     from pathlib import Path
     from types import SimpleNamespace
 
-    import benchkit.sampling
-    from benchkit.config import resolve
-    from benchkit.tuning import tune_run
+    import benchkit.sampling.generate
+    from benchkit.core.config import resolve
+    from benchkit.evaluation.tuning import tune_run
 
     def fake_images(generator, tokenizer, kind, labels, s, *, seed, batch_size):  # noqa: ANN001, ANN202
         g = torch.Generator().manual_seed(int(10 * s.cfg))
         return torch.randint(0, 256, (len(labels), 3, 16, 16), generator=g, dtype=torch.uint8)
 
-    monkeypatch.setattr(benchkit.sampling, "generate_images", fake_images)
+    monkeypatch.setattr(benchkit.sampling.generate, "generate_images", fake_images)
     featurised: list[int] = []
 
     def features(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""What a trained stage leaves on disk and how it is found again: the tokenizer and run directories, their
+fingerprints, the ``model.*`` weights with their metadata, and the loaded forms ``TrainedTokenizer`` / ``TrainedRun``.
+
+Layout under ``out_dir``::
+
+    tokenizers/<name>-<fp>/   checkpoint.* (training state), model.* (final weights), tokens-<kind>.*, log.csv
+    runs/<tok>-<gen>-<head>-<fp>/   checkpoint.*, model.*, config.json, env.json, log.csv, samples.png
+
+A tokenizer's fingerprint covers the data, its options, its training and the seed, so every generator of every
+comparison that uses the same tokenizer config reuses the same trained weights and token cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchkit.core.checkpoint import (
+    atomic_write,
+)
+from benchkit.core.compat import Combination
+from benchkit.core.config import RunConfig, fingerprint
+from benchkit.core.provenance import environment
+from benchkit.core.registry import GENERATORS, TOKENIZERS
+from benchkit.training.trainer import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+MODEL = "model"
+
+
+@dataclass
+class TrainedTokenizer:
+    """A trained (or loaded) tokenizer and where it lives."""
+
+    module: nn.Module
+    dir: Path
+    fingerprint: str
+    result: TrainResult | None
+
+
+@dataclass
+class TrainedRun:
+    """A trained (or loaded) generator with its tokenizer and combination."""
+
+    cfg: RunConfig
+    generator: nn.Module
+    tokenizer: TrainedTokenizer
+    combo: Combination
+    dir: Path
+    result: TrainResult | None
+
+
+# Bumped when code changes what stored tokenizer weights compute (2: GroupNorm groups of >= 8 channels, norm option), so that
+# weights trained by older code are not loaded into a module that would read them differently.
+TOKENIZER_REVISION = 2
+
+
+def tokenizer_fingerprint(cfg: RunConfig) -> str:
+    """Identity of a trained tokenizer: code revision, data, tokenizer options, its training stage, seed."""
+    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), cfg.seed)
+
+
+def run_fingerprint(cfg: RunConfig) -> str:
+    """Identity of a trained generator: its tokenizer plus generator (options with defaults filled in, so a changed
+    default size is a new run), head, training (``TrainConfig.identity``: no speed switches) and seed."""
+    generator = GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
+    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train.identity(),
+                       cfg.seed)
+
+
+def tokenizer_dir(cfg: RunConfig) -> Path:
+    """Where the tokenizer of this config is (or will be) trained."""
+    return Path(cfg.out_dir) / "tokenizers" / f"{cfg.tokenizer.name}-{tokenizer_fingerprint(cfg)}"
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """Where the generator of this config is (or will be) trained."""
+    name = f"{cfg.tokenizer.name}-{cfg.generator.name}-{cfg.head.name}-{run_fingerprint(cfg)}"
+    return Path(cfg.out_dir) / "runs" / name
+
+
+def build_tokenizer(cfg: RunConfig, device: torch.device) -> nn.Module:
+    """An untrained tokenizer of this config."""
+    return TOKENIZERS.create(cfg.tokenizer.name, image_size=cfg.data.image_size, **cfg.tokenizer.options).to(device)
+
+
+def build_generator(cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device) -> nn.Module:
+    """An untrained generator (with its head) of this config."""
+    return GENERATORS.create(
+        cfg.generator.name, spec=combo.spec, head=cfg.head.name, head_options=dict(cfg.head.options),
+        num_classes=num_classes, **cfg.generator.options,
+    ).to(device)
+
+
+def write_run_files(cfg: RunConfig, rdir: Path, device: torch.device) -> None:
+    """config.json and env.json beside the run's weights."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(rdir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=1, default=str)))
+    atomic_write(rdir / "env.json", lambda p: p.write_text(json.dumps(environment(device), indent=1, default=str)))
