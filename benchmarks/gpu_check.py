@@ -23,10 +23,10 @@ import os
 import time
 from typing import Any
 
-import benchkit.generators
-import benchkit.heads  # noqa: F401  (registers the components)
 import torch
 
+import benchkit.generators
+import benchkit.heads  # noqa: F401  (registers the components)
 from benchkit.core.config import SampleSettings, resolve
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.precision import autocast
@@ -35,9 +35,11 @@ from benchkit.metrics.cost import count_params, peak_memory_mb, reset_peak_memor
 from benchkit.training.checks import check
 
 PRESETS = ("mar-b", "ar-l", "rqt-480m")
-SMALL_GENERATOR = {"mar": {"width": 64, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 4},
-                   "ar": {"width": 64, "depth": 2, "num_heads": 2},
-                   "rqtransformer": {"width": 64, "spatial_depth": 1, "depth_depth": 1, "num_heads": 2}}
+SMALL_GENERATOR = {
+    "mar": {"width": 64, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 4},
+    "ar": {"width": 64, "depth": 2, "num_heads": 2},
+    "rqtransformer": {"width": 64, "spatial_depth": 1, "depth_depth": 1, "num_heads": 2},
+}
 SMALL_HEAD = {"diffloss": {"width": 64, "depth": 1}, "ce": {}}
 
 
@@ -56,16 +58,20 @@ def build(name: str, small: bool, device: torch.device) -> tuple[Any, TokenSpec,
         head_opts.update(SMALL_HEAD[cfg.head.name])
         spec = dataclasses.replace(spec, grid=(4, 4), vocab_size=64 if spec.vocab_size else None)
     torch.manual_seed(0)
-    gen = GENERATORS.create(cfg.generator.name, spec=spec, head=cfg.head.name, head_options=head_opts,
-                            num_classes=1000, **gen_opts).to(device)
+    gen = GENERATORS.create(
+        cfg.generator.name, spec=spec, head=cfg.head.name, head_options=head_opts, num_classes=1000, **gen_opts
+    ).to(device)
     return gen, spec, cfg
 
 
 def random_batch(spec: TokenSpec, n: int, device: torch.device) -> Batch:
     shape = (n, *spec.grid) + ((spec.depth,) if spec.depth > 1 else ())
     g = torch.Generator().manual_seed(0)
-    tokens = (torch.randint(0, int(spec.vocab_size or 0), shape, generator=g) if spec.kind == "discrete"
-              else torch.randn(*shape, int(spec.dim or 0), generator=g))
+    tokens = (
+        torch.randint(0, int(spec.vocab_size or 0), shape, generator=g)
+        if spec.kind == "discrete"
+        else torch.randn(*shape, int(spec.dim or 0), generator=g)
+    )
     return Batch(tokens.to(device), torch.randint(0, 1000, (n,), generator=g).to(device))
 
 
@@ -89,20 +95,37 @@ def train_rate(gen: Any, spec: TokenSpec, batch_size: int, steps: int, device: t
 
 
 @torch.no_grad()
-def sample_seconds(gen: Any, cfg: Any, batch_size: int, steps: int, diffusion_steps: int, device: torch.device) -> float:
+def sample_seconds(
+    gen: Any, cfg: Any, batch_size: int, steps: int, diffusion_steps: int, device: torch.device
+) -> float:
     """Seconds per image of one bf16 ``generate`` batch (after an 8-image warm-up)."""
     gen.eval()
     mar_steps = min(steps, gen.seq_len) if cfg.generator.name == "mar" else None  # --small has 16 tokens
-    settings = SampleSettings(steps=mar_steps, cfg=cfg.sample.cfg,
-                              cfg_schedule=cfg.sample.cfg_schedule, diffusion_steps=diffusion_steps if cfg.head.name == "diffloss" else None)
-    kw = dict(steps=settings.steps, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
-              diffusion_steps=settings.diffusion_steps)
+    settings = SampleSettings(
+        steps=mar_steps,
+        cfg=cfg.sample.cfg,
+        cfg_schedule=cfg.sample.cfg_schedule,
+        diffusion_steps=diffusion_steps if cfg.head.name == "diffloss" else None,
+    )
+    kw = dict(
+        steps=settings.steps,
+        cfg=settings.cfg,
+        cfg_schedule=settings.cfg_schedule,
+        diffusion_steps=settings.diffusion_steps,
+    )
     with autocast("bf16", device):
-        gen.generate(torch.arange(min(8, batch_size), device=device), generator=torch.Generator(device=device).manual_seed(0), **kw)
+        gen.generate(
+            torch.arange(min(8, batch_size), device=device),
+            generator=torch.Generator(device=device).manual_seed(0),
+            **kw,
+        )
         _sync(device)
         t0 = time.perf_counter()
-        gen.generate(torch.arange(batch_size, device=device) % 1000,
-                     generator=torch.Generator(device=device).manual_seed(1), **kw)
+        gen.generate(
+            torch.arange(batch_size, device=device) % 1000,
+            generator=torch.Generator(device=device).manual_seed(1),
+            **kw,
+        )
         _sync(device)
     return (time.perf_counter() - t0) / batch_size
 
@@ -123,8 +146,11 @@ def main() -> None:
     sample_batch = a.sample_batch or (2 if a.small else 256)
     mar_steps, diff_steps = a.mar_steps or (4 if a.small else 64), a.diffusion_steps or (5 if a.small else 100)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}; torch {torch.__version__}; bf16 autocast; {'SMALL (figures meaningless)' if a.small else 'full size'}")
-    print(f"train batch {train_batch}, sample batch {sample_batch}, MAR steps {mar_steps}, {diff_steps} diffusion steps\n")
+    size_note = "SMALL (figures meaningless)" if a.small else "full size"
+    print(f"device: {name}; torch {torch.__version__}; bf16 autocast; {size_note}")
+    print(
+        f"train batch {train_batch}, sample batch {sample_batch}, MAR steps {mar_steps}, {diff_steps} diffusion steps\n"
+    )
     print("| model | params | train img/s | train peak MB | sample s/img | sample peak MB |")
     print("|---|---:|---:|---:|---:|---:|")
     for preset in PRESETS:
@@ -134,8 +160,11 @@ def main() -> None:
         train_mem = peak_memory_mb(device)
         reset_peak_memory(device)
         spi = sample_seconds(gen, cfg, sample_batch, mar_steps, diff_steps, device)
-        print(f"| {preset} | {count_params(gen) / 1e6:.1f} M | {rate:.1f} | {train_mem:.0f} | {spi:.4f} | "
-              f"{peak_memory_mb(device):.0f} |", flush=True)
+        print(
+            f"| {preset} | {count_params(gen) / 1e6:.1f} M | {rate:.1f} | {train_mem:.0f} | {spi:.4f} | "
+            f"{peak_memory_mb(device):.0f} |",
+            flush=True,
+        )
         del gen
         if device.type == "cuda":
             torch.cuda.empty_cache()

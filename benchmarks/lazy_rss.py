@@ -113,11 +113,16 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         end = self.anon[-1][0] if self.anon else 1.0
-        tenths = [max((a for t, a in self.anon if k * end / 10 <= t <= (k + 1) * end / 10), default=0.0)
-                  for k in range(10)]
-        return {"peak_pss_mb": self.peak["Pss"], "anon_at_peak_mb": self.peak["Pss_Anon"] + self.peak["Pss_Shmem"],
-                "file_at_peak_mb": self.peak["Pss_File"], "peak_anon_mb": self.peak_anon,
-                "peak_anon_by_tenth_mb": tenths}
+        tenths = [
+            max((a for t, a in self.anon if k * end / 10 <= t <= (k + 1) * end / 10), default=0.0) for k in range(10)
+        ]
+        return {
+            "peak_pss_mb": self.peak["Pss"],
+            "anon_at_peak_mb": self.peak["Pss_Anon"] + self.peak["Pss_Shmem"],
+            "file_at_peak_mb": self.peak["Pss_File"],
+            "peak_anon_mb": self.peak_anon,
+            "peak_anon_by_tenth_mb": tenths,
+        }
 
 
 NODATA_BATCHES = 20  # encoding batches of the cache-nodata phase (the peak is reached within a few)
@@ -133,18 +138,36 @@ def _train(gen: Any, get_batch: Any, n: int, steps: int, run_dir: Path) -> None:
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-4, warmup_steps=5, checkpoint_every=steps, log_every=10)
-    fit(gen, lambda m, b: m.loss(b), get_batch, n, cfg, run_dir, seed=0, fingerprint=f"rss{steps}", resume=False,
-        show_progress=False)
+    fit(
+        gen,
+        lambda m, b: m.loss(b),
+        get_batch,
+        n,
+        cfg,
+        run_dir,
+        seed=0,
+        fingerprint=f"rss{steps}",
+        resume=False,
+        show_progress=False,
+    )
 
 
-def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bool, cache_batch: int = 256,
-          tokenizer_ch: int = 0) -> dict[str, float]:
+def phase(
+    name: str,
+    root: Path,
+    size: int,
+    steps: int,
+    workers: int,
+    mirror: bool,
+    cache_batch: int = 256,
+    tokenizer_ch: int = 0,
+) -> dict[str, float]:
     memory = TreeMemory()
+    import torch
+
     import benchkit.generators
     import benchkit.heads
     import benchkit.tokenizers  # noqa: F401
-    import torch
-
     from benchkit.core.interfaces import Batch
     from benchkit.core.registry import GENERATORS, TOKENIZERS
     from benchkit.data.lazy import LazyImageFolder
@@ -161,9 +184,17 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bo
     encode = lambda x: tok.encode_for_cache(x.float().div(127.5).sub(1), "continuous")  # noqa: E731
     if name == "cache":
         for mirrored in (False, True) if mirror else (False,):
-            build_token_cache(data, encode, root / f"cache{'-hflip' if mirrored else ''}", key="rss",
-                              shard_size=max(1, 2048 // cache_batch) * cache_batch, batch_size=cache_batch,
-                              workers=workers, mirrored=mirrored, progress=False)
+            build_token_cache(
+                data,
+                encode,
+                root / f"cache{'-hflip' if mirrored else ''}",
+                key="rss",
+                shard_size=max(1, 2048 // cache_batch) * cache_batch,
+                batch_size=cache_batch,
+                workers=workers,
+                mirrored=mirrored,
+                progress=False,
+            )
     elif name == "cache-nodata":  # the same encoding work on random batches: no files, workers or shards
         with torch.no_grad():
             for _ in range(NODATA_BATCHES):
@@ -179,8 +210,13 @@ def phase(name: str, root: Path, size: int, steps: int, workers: int, mirror: bo
 
         _train(gen, get_batch, len(data), steps, root / "run")
     elif name == "train-nodata":  # the same training steps on random tokens held by nobody
-        _train(gen, lambda idx: Batch(torch.randn(len(idx), *spec.token_shape), data.labels[idx]), len(data), steps,
-               root / "run-nodata")
+        _train(
+            gen,
+            lambda idx: Batch(torch.randn(len(idx), *spec.token_shape), data.labels[idx]),
+            len(data),
+            steps,
+            root / "run-nodata",
+        )
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.update(seconds=time.perf_counter() - t0, own_peak_rss_mb=own, **memory.stop())
     return out
@@ -200,44 +236,78 @@ def main() -> None:
     p.add_argument("--tokenizer-ch", type=int, default=0, help="KL encoder base width (0: the tiny default)")
     a = p.parse_args()
     if a.phase:
-        print(json.dumps(phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror, a.cache_batch,
-                               a.tokenizer_ch)))
+        print(
+            json.dumps(
+                phase(a.phase, a.dir, a.size, a.steps, a.workers, not a.no_mirror, a.cache_batch, a.tokenizer_ch)
+            )
+        )
         return
     t0 = time.perf_counter()
     make_folder(a.dir, a.classes, a.per_class, a.size)
     n = a.classes * a.per_class
     disk = sum(f.stat().st_size for f in (a.dir / "train").rglob("*.png")) / 2**20
     decoded = n * 3 * a.size**2 / 2**20
-    print(f"folder: {n} images at {a.size} px, {disk:.0f} MiB of PNG, decoded {decoded:.0f} MiB "
-          f"(made in {time.perf_counter() - t0:.0f} s); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print(
+        f"folder: {n} images at {a.size} px, {disk:.0f} MiB of PNG, decoded {decoded:.0f} MiB "
+        f"(made in {time.perf_counter() - t0:.0f} s); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+    )
     import shutil
 
     for old in ("cache", "cache-hflip", "run", "run-nodata"):  # every phase measured from scratch
         shutil.rmtree(a.dir / old, ignore_errors=True)
     print(f"cache batch {a.cache_batch}, {a.workers} workers, mirrors {'no' if a.no_mirror else 'yes'}\n")
-    print("| phase | seconds | peak PSS (MiB) | anon + file at the peak | peak anon PSS | anon above baseline | "
-          "peak RSS, main process |\n|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| phase | seconds | peak PSS (MiB) | anon + file at the peak | peak anon PSS | anon above baseline | "
+        "peak RSS, main process |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
     res: dict[str, dict[str, float]] = {}
     for name in PHASES:
-        args = [sys.executable, __file__, "--dir", str(a.dir), "--size", str(a.size), "--steps", str(a.steps),
-                "--workers", str(a.workers), "--phase", name, "--cache-batch", str(a.cache_batch),
-                "--tokenizer-ch", str(a.tokenizer_ch)] + (["--no-mirror"] if a.no_mirror else [])
+        args = [
+            sys.executable,
+            __file__,
+            "--dir",
+            str(a.dir),
+            "--size",
+            str(a.size),
+            "--steps",
+            str(a.steps),
+            "--workers",
+            str(a.workers),
+            "--phase",
+            name,
+            "--cache-batch",
+            str(a.cache_batch),
+            "--tokenizer-ch",
+            str(a.tokenizer_ch),
+        ] + (["--no-mirror"] if a.no_mirror else [])
         r = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         res[name] = r
-        print(f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['anon_at_peak_mb']:.0f} + "
-              f"{r['file_at_peak_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
-              f"{r['peak_anon_mb'] - res['baseline']['peak_anon_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |")
+        print(
+            f"| {name} | {r['seconds']:.1f} | {r['peak_pss_mb']:.0f} | {r['anon_at_peak_mb']:.0f} + "
+            f"{r['file_at_peak_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
+            f"{r['peak_anon_mb'] - res['baseline']['peak_anon_mb']:.0f} | {r['own_peak_rss_mb']:.0f} |"
+        )
     for name in ("cache", "train"):  # a leak or anything kept per batch would make the later tenths rise
-        print(f"peak anon PSS of {name} in each tenth of its run (MiB): "
-              + " ".join(f"{x:.0f}" for x in res[name].get("peak_anon_by_tenth_mb", [])))
+        print(
+            f"peak anon PSS of {name} in each tenth of its run (MiB): "
+            + " ".join(f"{x:.0f}" for x in res[name].get("peak_anon_by_tenth_mb", []))
+        )
     cache_mb = sum(f.stat().st_size for f in a.dir.glob("cache*/*.npy")) / 2**20
-    share = {k: (res[k]["peak_pss_mb"] - res[f"{k}-nodata"]["peak_pss_mb"],
-                 res[k]["peak_anon_mb"] - res[f"{k}-nodata"]["peak_anon_mb"]) for k in ("cache", "train")}
-    print(f"\ndecoded data {decoded:.0f} MiB; the data path's share (phase minus its no-data twin), PSS / anon PSS: "
-          f"caching {share['cache'][0]:.0f} / {share['cache'][1]:.0f} MiB, "
-          f"training {share['train'][0]:.0f} / {share['train'][1]:.0f} MiB")
+    share = {
+        k: (
+            res[k]["peak_pss_mb"] - res[f"{k}-nodata"]["peak_pss_mb"],
+            res[k]["peak_anon_mb"] - res[f"{k}-nodata"]["peak_anon_mb"],
+        )
+        for k in ("cache", "train")
+    }
+    print(
+        f"\ndecoded data {decoded:.0f} MiB; the data path's share (phase minus its no-data twin), PSS / anon PSS: "
+        f"caching {share['cache'][0]:.0f} / {share['cache'][1]:.0f} MiB, "
+        f"training {share['train'][0]:.0f} / {share['train'][1]:.0f} MiB"
+    )
     print(f"token caches on disk: {cache_mb:.0f} MiB; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("RESULT " + json.dumps({"images": n, "size": a.size, "decoded_mb": decoded, "cache_mb": cache_mb, **res}))
+
 
 if __name__ == "__main__":
     main()

@@ -33,8 +33,14 @@ def main() -> None:
     torch.manual_seed(run.cfg.seed)
     cache = token_cache(run.tokenizer, "continuous", train)[: args.images]
     tokens = run.tokenizer.module.tokens_from_cache(cache, "continuous")
-    prof = influence_by_distance(run.generator.eval(), tokens, train.labels[: args.images], queries=args.queries,
-                                 n_masked=args.n_masked, seed=run.cfg.seed)
+    prof = influence_by_distance(
+        run.generator.eval(),
+        tokens,
+        train.labels[: args.images],
+        queries=args.queries,
+        n_masked=args.n_masked,
+        seed=run.cfg.seed,
+    )
     near = prof.get(1)
     print(f"| distance | influence | / distance 1 |  ({run.cfg.generator.name}+{run.cfg.head.name}, {args.run})")
     print("|---:|---:|---:|")

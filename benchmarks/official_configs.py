@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import benchkit.generators  # noqa: F401  (registers the generators)
-import benchkit.heads  # noqa: F401  (registers the heads)
 import torch
 from torch import nn
 
+import benchkit.generators  # noqa: F401  (registers the generators)
+import benchkit.heads  # noqa: F401  (registers the heads)
 from benchkit.core.config import TrainConfig
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.registry import GENERATORS
@@ -78,14 +78,14 @@ WORKS = [
 def build(name: str, spec: TokenSpec, head: str, options: dict[str, Any], head_options: dict[str, Any]) -> nn.Module:
     """A generator of the registry with ``options`` and its head with ``head_options``, seeded."""
     torch.manual_seed(0)
-    return GENERATORS.create(name, spec=spec, head=head, num_classes=NUM_CLASSES, head_options=head_options,
-                             **options)
+    return GENERATORS.create(name, spec=spec, head=head, num_classes=NUM_CLASSES, head_options=head_options, **options)
 
 
 def random_batch(spec: TokenSpec, n: int, seed: int = 0) -> Batch:
     """Uniform random ids or standard normal vectors, with random labels."""
-    return compute.random_batch(spec, n, NUM_CLASSES, device=torch.device("cpu"),
-                                generator=torch.Generator().manual_seed(seed))
+    return compute.random_batch(
+        spec, n, NUM_CLASSES, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -151,10 +151,14 @@ def measure(repeats: int, only: str = "") -> list[tuple[Work, float, int]]:
 
 def table(rows: list[tuple[Work, float, int]], load: tuple[float, float, float], load_end: float) -> str:
     """The markdown table of the run, titled with threads and the load average at its start and end."""
-    lines = [f"official configurations; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start, {load_end:.2f} at the end "
-             "(ratios need an idle machine)", "",
-             "| work | params | official s | benchkit s | ratio | target |", "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"official configurations; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start, {load_end:.2f} at the end "
+        "(ratios need an idle machine)",
+        "",
+        "| work | params | official s | benchkit s | ratio | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for work, sec, params in rows:
         official = "-" if work.official_s is None else f"{work.official_s:.3f}"
         ratio = "-" if work.official_s is None else f"{sec / work.official_s:.2f}"
@@ -184,8 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         records = [{"work": w.name, "official_s": w.official_s, "seconds": sec, "params": n} for w, sec, n in rows]
         with open(args.json, "w") as f:
-            json.dump({"load": load, "load_end": load_end, "threads": torch.get_num_threads(), "rows": records}, f,
-                      indent=1)
+            json.dump(
+                {"load": load, "load_end": load_end, "threads": torch.get_num_threads(), "rows": records}, f, indent=1
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -14,10 +14,10 @@ import os
 import statistics
 import time
 
-import benchkit.generators
-import benchkit.heads  # noqa: F401  (registers the components)
 import torch
 
+import benchkit.generators
+import benchkit.heads  # noqa: F401  (registers the components)
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.precision import autocast
 from benchkit.core.registry import GENERATORS
@@ -45,8 +45,11 @@ def step_seconds(gen: str, head: str, precision: str, batch: int, repeats: int) 
     model = GENERATORS.create(gen, spec=spec, head=head, num_classes=10).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
-    tokens = (torch.randint(0, 256, (batch, 8, 8), generator=g) if spec.kind == "discrete"
-              else torch.randn(batch, 8, 8, 4, generator=g))
+    tokens = (
+        torch.randint(0, 256, (batch, 8, 8), generator=g)
+        if spec.kind == "discrete"
+        else torch.randn(batch, 8, 8, 4, generator=g)
+    )
     data = Batch(tokens, torch.randint(0, 10, (batch,), generator=g))
     times = []
     for i in range(repeats + 2):  # two warm-up steps
@@ -76,12 +79,22 @@ def main() -> None:
     print("|---|" + "---:|" * (2 * len(precs) - 1))
     mm = {q: matmul_seconds(q) for q in precs}
     gf = {q: 2 * 1024**3 / mm[q] / 1e9 for q in precs}
-    print("| matmul 1024^3 (GFLOP/s) | " + " | ".join(f"{gf[q]:.0f}" for q in precs) + " | "
-          + " | ".join(f"{gf[q] / gf[precs[0]]:.2f}x" for q in precs[1:]) + " |")
+    print(
+        "| matmul 1024^3 (GFLOP/s) | "
+        + " | ".join(f"{gf[q]:.0f}" for q in precs)
+        + " | "
+        + " | ".join(f"{gf[q] / gf[precs[0]]:.2f}x" for q in precs[1:])
+        + " |"
+    )
     for gen, head in COMBOS:
         s = {q: step_seconds(gen, head, q, a.batch, a.repeats) for q in precs}
-        print(f"| {gen}+{head} train step (s) | " + " | ".join(f"{s[q]:.3f}" for q in precs) + " | "
-              + " | ".join(f"{s[precs[0]] / s[q]:.2f}x" for q in precs[1:]) + " |")
+        print(
+            f"| {gen}+{head} train step (s) | "
+            + " | ".join(f"{s[q]:.3f}" for q in precs)
+            + " | "
+            + " | ".join(f"{s[precs[0]] / s[q]:.2f}x" for q in precs[1:])
+            + " |"
+        )
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

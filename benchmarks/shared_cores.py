@@ -66,8 +66,11 @@ def worker(steps: int) -> dict[str, float]:
     t0 = time.perf_counter()
     model.generate(torch.arange(16) % 10, steps=4, generator=torch.Generator().manual_seed(0))
     sample_s = time.perf_counter() - t0
-    return {"train_images_per_s": 64 * steps / train_s, "sample_images_per_s": 16 / sample_s,
-            "threads": torch.get_num_threads()}
+    return {
+        "train_images_per_s": 64 * steps / train_s,
+        "sample_images_per_s": 16 / sample_s,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_setting(processes: int, threads: int, policy: str | None, steps: int) -> dict:
@@ -76,8 +79,12 @@ def run_setting(processes: int, threads: int, policy: str | None, steps: int) ->
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--steps", str(steps)], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", "--steps", str(steps)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(processes)
+    ]
     outs = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - t0
     if any(p.returncode for p in procs):

@@ -81,13 +81,27 @@ def run(device: torch.device, plan: Plan, quick: bool) -> tuple[list[Row], dict[
     peak1 = matmul_peak_flops(device, size=1024, repeats=plan.peak_repeats)
     peak = max(peak0, peak1)
     rows = [
-        Row("peak", "matmul fp32", "1024^3", "torch.mm", gflop_per_s=peak / 1e9,
-            note=f"median of {plan.peak_repeats}, start {peak0 / 1e9:.1f} / end {peak1 / 1e9:.1f} GFLOP/s"),
+        Row(
+            "peak",
+            "matmul fp32",
+            "1024^3",
+            "torch.mm",
+            gflop_per_s=peak / 1e9,
+            note=f"median of {plan.peak_repeats}, start {peak0 / 1e9:.1f} / end {peak1 / 1e9:.1f} GFLOP/s",
+        ),
         Row("peak", "matmul fp32", mlp_shape, "F.linear", gflop_per_s=mlp / 1e9, note="the tiny models' MLP shape"),
     ]
     if bf16_peak is not None:
-        rows.append(Row("peak", "matmul bf16", "1024^3", "torch.mm", gflop_per_s=bf16_peak / 1e9,
-                        note=f"{bf16_peak / peak:.2f}x the fp32 peak; not the % peak reference"))
+        rows.append(
+            Row(
+                "peak",
+                "matmul bf16",
+                "1024^3",
+                "torch.mm",
+                gflop_per_s=bf16_peak / 1e9,
+                note=f"{bf16_peak / peak:.2f}x the fp32 peak; not the % peak reference",
+            )
+        )
     rows += train_rows + sample_rows + kv_rows + diff_rows + loop_rows
     for r in rows:
         if r.gflop_per_s is not None and r.model != "matmul bf16":
@@ -147,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     speedups = [x for x in t["bf16_train_speedups"].values() if x is not None]
     if speedups:
-        summary += (f"; bf16 training speed-up (issue target >= 1.5x at tiny): {min(speedups):.2f}x - "
-                    f"{max(speedups):.2f}x")
+        summary += (
+            f"; bf16 training speed-up (issue target >= 1.5x at tiny): {min(speedups):.2f}x - {max(speedups):.2f}x"
+        )
     sys.stdout.write(f"**{title}**\n\n{markdown(rows)}\n\n{summary}\n")
     if args.json:
         with open(args.json, "w") as f:

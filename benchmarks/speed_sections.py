@@ -14,18 +14,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import benchkit.generators
-import benchkit.heads  # noqa: F401  (registers the heads)
 import torch
 import torch.nn.functional as F
-from benchkit.generators.ar import ARConfig
 from speed_table import Row
 from speed_timing import Plan, count_flops, in_precision, sync, timed
 from torch import nn
 
+import benchkit.generators
+import benchkit.heads  # noqa: F401  (registers the heads)
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.precision import autocast
 from benchkit.core.registry import GENERATORS
+from benchkit.generators.ar import ARConfig
 from benchkit.metrics.cost import count_params, matmul_peak_flops
 from benchkit.training import compute
 
@@ -51,7 +51,6 @@ COMBOS: list[tuple[str, str, str]] = [  # (generator, head, layout) at tiny
 ]
 
 
-
 def random_batch(spec: TokenSpec, batch: int, device: torch.device, seed: int = 0) -> Batch:
     """Uniform random token ids (discrete) or standard normal vectors (continuous) plus random labels."""
     return compute.random_batch(spec, batch, NUM_CLASSES, device=device, generator=torch.Generator().manual_seed(seed))
@@ -63,8 +62,9 @@ def build(name: str, head: str, layout: str, device: torch.device) -> nn.Module:
     return GENERATORS.create(name, spec=SPECS[layout], head=head, num_classes=NUM_CLASSES).to(device).eval()
 
 
-def generate(model: nn.Module, batch: int, device: torch.device, steps: int | None = None,
-             diffusion_steps: int | None = None) -> Callable[[], Any]:
+def generate(
+    model: nn.Module, batch: int, device: torch.device, steps: int | None = None, diffusion_steps: int | None = None
+) -> Callable[[], Any]:
     """A closure that samples ``batch`` images' tokens with a fixed seed (cfg = 1)."""
     labels = torch.arange(batch, device=device) % NUM_CLASSES
 
@@ -73,7 +73,6 @@ def generate(model: nn.Module, batch: int, device: torch.device, steps: int | No
         return model.generate(labels, steps=steps, generator=g, diffusion_steps=diffusion_steps)
 
     return run
-
 
 
 def bench_peak(device: torch.device, plan: Plan, rows: int) -> tuple[float, float, str]:
@@ -143,7 +142,11 @@ def bench_train(model: nn.Module, name: str, head: str, layout: str, device: tor
         bf16 = plan.train_batch / statistics.median(step_seconds("bf16"))
     model.eval()
     return Row(
-        "train", f"{name}+{head}", layout, f"B={plan.train_batch}", count_params(model),
+        "train",
+        f"{name}+{head}",
+        layout,
+        f"B={plan.train_batch}",
+        count_params(model),
         gflop_per_img=statistics.mean(flops) / plan.train_batch / 1e9,
         img_per_s=plan.train_batch / statistics.median(times),
         gflop_per_s=statistics.median(f / t for f, t in zip(flops, times, strict=True)) / 1e9,
@@ -160,8 +163,9 @@ def steps_count(model: nn.Module, name: str, steps: int | None) -> int:
     return model.seq_len
 
 
-def sample_flops(model: nn.Module, head: str, device: torch.device, steps: int | None,
-                 diffusion_steps: int | None = None) -> float:
+def sample_flops(
+    model: nn.Module, head: str, device: torch.device, steps: int | None, diffusion_steps: int | None = None
+) -> float:
     """FLOPs of generating one image (batch 1, cfg 1).
 
     The Diffusion Loss head's share is linear in its sampling steps K, so it is counted at K = 1 and 2 and
@@ -175,8 +179,18 @@ def sample_flops(model: nn.Module, head: str, device: torch.device, steps: int |
 
 
 def bench_sample(
-    model: nn.Module, name: str, head: str, layout: str, device: torch.device, plan: Plan, steps: int | None,
-    *, batch: int, section: str = "sample", setting: str = "", diffusion_steps: int | None = None,
+    model: nn.Module,
+    name: str,
+    head: str,
+    layout: str,
+    device: torch.device,
+    plan: Plan,
+    steps: int | None,
+    *,
+    batch: int,
+    section: str = "sample",
+    setting: str = "",
+    diffusion_steps: int | None = None,
 ) -> Row:
     """images/s of ``generate`` at ``batch`` (warm-up at batch <= 2, then the median), FLOPs per image; in the
     ``sample`` section with ``plan.bf16`` also images/s under bf16 autocast."""
@@ -192,8 +206,16 @@ def bench_sample(
     if head == "diffloss":
         note += f"; {diffusion_steps or model.head.cfg.sampling_steps} diffusion steps"
     return Row(
-        section, f"{name}+{head}", layout, setting or f"steps={n}", count_params(model), flops / 1e9, batch / sec,
-        flops * batch / sec / 1e9, bf16_img_per_s=bf16, note=note,
+        section,
+        f"{name}+{head}",
+        layout,
+        setting or f"steps={n}",
+        count_params(model),
+        flops / 1e9,
+        batch / sec,
+        flops * batch / sec / 1e9,
+        bf16_img_per_s=bf16,
+        note=note,
     )
 
 
@@ -207,8 +229,11 @@ def bench_kv(models: dict[tuple[str, str, str], nn.Module], device: torch.device
             log.info("kv: ar+ce on %s, cache %s", layout, "on" if on else "off")
             model.use_kv_cache = on
             setting = f"{model.seq_len} tokens, cache {'on' if on else 'off'}"
-            pair.append(bench_sample(model, "ar", "ce", layout, device, plan, None, batch=plan.kv_batch,
-                                     section="kv", setting=setting))
+            pair.append(
+                bench_sample(
+                    model, "ar", "ce", layout, device, plan, None, batch=plan.kv_batch, section="kv", setting=setting
+                )
+            )
         model.use_kv_cache = True
         pair[0].note += f"; speed-up {pair[0].img_per_s / pair[1].img_per_s:.1f}x"  # type: ignore[operator]
         kv_rows += pair
@@ -222,13 +247,25 @@ def bench_diffusion(mar_dl: nn.Module, device: torch.device, plan: Plan) -> list
     cond = torch.randn(plan.head_rows, mar_dl.cfg.width, generator=g, device=device)
 
     def head_only(k: int) -> Callable[[], torch.Tensor]:
-        return lambda: mar_dl.head.sample(cond, generator=torch.Generator(device=device).manual_seed(0),
-                                          diffusion_steps=k)
+        return lambda: mar_dl.head.sample(
+            cond, generator=torch.Generator(device=device).manual_seed(0), diffusion_steps=k
+        )
 
     for k in plan.diffusion_steps:
         log.info("diffusion: mar+diffloss, %d diffusion steps", k)
-        row = bench_sample(mar_dl, "mar", "diffloss", "8x8x4 cont", device, plan, None, batch=plan.sample_batch,
-                           section="diffusion", setting=f"{k} diffusion steps", diffusion_steps=k)
+        row = bench_sample(
+            mar_dl,
+            "mar",
+            "diffloss",
+            "8x8x4 cont",
+            device,
+            plan,
+            None,
+            batch=plan.sample_batch,
+            section="diffusion",
+            setting=f"{k} diffusion steps",
+            diffusion_steps=k,
+        )
         head_sec = timed(head_only(k), device, plan, warmup=None)
         row.note += f"; head only {plan.head_rows / head_sec:,.0f} rows/s at {plan.head_rows} rows"
         diff_rows.append(row)
@@ -278,5 +315,3 @@ def check_loops(model: nn.Module, name: str, head: str, layout: str, device: tor
     if head == "diffloss":
         note += f"; denoiser calls {n1}, {n3} = calls x {diff} diffusion steps"
     return Row("loops", f"{name}+{head}", layout, "B=1 vs B=3", note=("OK: " if ok else "FAIL: ") + note)
-
-

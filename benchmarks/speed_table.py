@@ -30,8 +30,20 @@ class Row:
         return self.bf16_img_per_s / self.img_per_s
 
 
-COLUMNS = ["section", "model", "tokens", "setting", "params", "GFLOP/img", "img/s", "GFLOP/s", "% peak",
-           "bf16 img/s", "bf16 / fp32", "note"]
+COLUMNS = [
+    "section",
+    "model",
+    "tokens",
+    "setting",
+    "params",
+    "GFLOP/img",
+    "img/s",
+    "GFLOP/s",
+    "% peak",
+    "bf16 img/s",
+    "bf16 / fp32",
+    "note",
+]
 
 
 def _fmt(x: float | None, kind: str) -> str:

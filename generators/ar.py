@@ -23,12 +23,12 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from torch import nn
 
 from benchkit.core.config import UNLESS_DEFAULT
 from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
+from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
 

@@ -57,8 +57,9 @@ class GuidedSampler:
         w = cfg_at(self.cfg, self.cfg_schedule, done)
         if self.guided and w == 1.0:
             cond = cond[: len(cond) // 2]
-        return self.head.sample(cond, temperature=self.temperature, cfg=w, generator=self.generator,
-                                diffusion_steps=self.diffusion_steps)
+        return self.head.sample(
+            cond, temperature=self.temperature, cfg=w, generator=self.generator, diffusion_steps=self.diffusion_steps
+        )
 
 
 class ClassConditionalGenerator(nn.Module):
@@ -91,8 +92,9 @@ class ClassConditionalGenerator(nn.Module):
         self.cfg, self.spec, self.num_classes, self.head_name = cfg, spec, num_classes, head
         self.build()
         # one head models one token (one code of a stack), so its spec has depth 1
-        self.head = HEADS.create(head, spec=dataclasses.replace(spec, depth=1), cond_dim=cfg.width,
-                                 **(head_options or {}))
+        self.head = HEADS.create(
+            head, spec=dataclasses.replace(spec, depth=1), cond_dim=cfg.width, **(head_options or {})
+        )
 
     @classmethod
     def check_spec(cls, spec: TokenSpec) -> str | None:
@@ -134,11 +136,15 @@ class ClassConditionalGenerator(nn.Module):
     ) -> torch.Tensor:
         """Tokens [B, *spec.token_shape] for ``labels`` [B] (the null class ``num_classes`` = unconditional)."""
         check_sampling_args(
-            labels, self.num_classes, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+            labels,
+            self.num_classes,
+            steps=steps,
+            cfg=cfg,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
             diffusion_steps=diffusion_steps,
         )
-        sampler = GuidedSampler(self.head, self.num_classes, cfg, cfg_schedule, temperature, generator,
-                                diffusion_steps)
+        sampler = GuidedSampler(self.head, self.num_classes, cfg, cfg_schedule, temperature, generator, diffusion_steps)
         return self.sample_tokens(labels.to(self.class_emb.weight.device), steps, sampler, progress)
 
     def sample_tokens(

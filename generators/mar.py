@@ -22,6 +22,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from benchkit.core.errors import ConfigError
+from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.generators.common import (
     ClassConditionalGenerator,
     GuidedSampler,
@@ -29,11 +34,6 @@ from benchkit.generators.common import (
     one_token_per_position,
     scatter_positions,
 )
-from torch import nn
-
-from benchkit.core.errors import ConfigError
-from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
-from benchkit.core.registry import GENERATORS
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.schedules import mask_ratio_truncnorm, tokens_to_keep_masked
 from benchkit.nn.transformer import LN_EPS, Transformer, init_weights

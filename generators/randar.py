@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
+
+from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
+from benchkit.core.registry import GENERATORS
 from benchkit.generators.common import (
     ClassConditionalGenerator,
     GuidedSampler,
@@ -40,10 +44,6 @@ from benchkit.generators.common import (
     one_token_per_position,
     scatter_positions,
 )
-from torch import nn
-
-from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
-from benchkit.core.registry import GENERATORS
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
 

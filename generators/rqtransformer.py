@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from torch import nn
 
 from benchkit.core.errors import IncompatibleComponentsError
 from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
+from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
 from benchkit.nn.conditioning import check_transformer_options, token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
 
@@ -127,7 +127,8 @@ class RQTransformerGenerator(ClassConditionalGenerator):
             found = "no codebook" if codebook is None else f"a {tuple(codebook.shape)} codebook"
             raise IncompatibleComponentsError(
                 f"code_embedding = 'codebook' reads a {tuple(self.codebook.shape)} codebook (vocabulary x "
-                f"codebook_dim); the tokenizer has {found}: set generator.options.codebook_dim to its code_dim")
+                f"codebook_dim); the tokenizer has {found}: set generator.options.codebook_dim to its code_dim"
+            )
         self.codebook.copy_(codebook)
 
     @classmethod

@@ -22,11 +22,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from benchkit.heads.common import check_head_kind, masked_mean
 from torch import nn
 
 from benchkit.core.interfaces import TokenKind, TokenSpec
 from benchkit.core.registry import HEADS
+from benchkit.heads.common import check_head_kind, masked_mean
 
 log = logging.getLogger(__name__)
 

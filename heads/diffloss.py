@@ -39,12 +39,12 @@ from typing import ClassVar, Literal, get_args
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from benchkit.heads.common import check_head_kind, masked_mean
 from torch import nn
 
 from benchkit.core.errors import ConfigError
 from benchkit.core.interfaces import TokenKind, TokenSpec
 from benchkit.core.registry import HEADS
+from benchkit.heads.common import check_head_kind, masked_mean
 from benchkit.nn.diffusion import GaussianDiffusion
 from benchkit.nn.embed import TimestepEmbedding
 
@@ -61,14 +61,20 @@ class _AddCMul(torch.autograd.Function):
     training's row counts is memory traffic the step can do without. Forward values and gradients are the same."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor,  # type: ignore[override]
-                c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        a: torch.Tensor,
+        b: torch.Tensor,  # type: ignore[override]
+        c: torch.Tensor,
+    ) -> torch.Tensor:
         ctx.save_for_backward(b, c)
         return torch.addcmul(a, b, c)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
-                 grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+        grad: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, ...]:
         b, c = ctx.saved_tensors  # type: ignore[attr-defined]
         need = ctx.needs_input_grad  # type: ignore[attr-defined]
         return grad if need[0] else None, grad * c if need[1] else None, grad * b if need[2] else None
@@ -170,8 +176,12 @@ class DenoiserMLP(nn.Module):
         parts = []
         for m in self.adaln_layers():
             weights, biases = m.weight.split(width), m.bias.split(width)
-            parts.append(tuple(F.linear(act, w, b + 1 if j == 1 else b)
-                               for j, (w, b) in enumerate(zip(weights, biases, strict=True))))
+            parts.append(
+                tuple(
+                    F.linear(act, w, b + 1 if j == 1 else b)
+                    for j, (w, b) in enumerate(zip(weights, biases, strict=True))
+                )
+            )
         return parts
 
     def forward_modulated(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:

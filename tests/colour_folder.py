@@ -18,8 +18,13 @@ import torch
 from PIL import Image
 
 # name: (hue, saturation, value) centres in [0, 1]
-COLOURS = {"red": (0.0, 0.85, 0.85), "orange": (0.075, 0.9, 0.95), "yellow": (0.15, 0.85, 0.95),
-           "pink": (0.94, 0.45, 0.95), "brown": (0.07, 0.75, 0.5)}
+COLOURS = {
+    "red": (0.0, 0.85, 0.85),
+    "orange": (0.075, 0.9, 0.95),
+    "yellow": (0.15, 0.85, 0.95),
+    "pink": (0.94, 0.45, 0.95),
+    "brown": (0.07, 0.75, 0.5),
+}
 SHAPES = ("disk", "square")
 
 
@@ -33,8 +38,9 @@ def render(colour: str, shape: str, n: int, g: torch.Generator, size: int = 32) 
     """``n`` images uint8 [n, 3, size, size] of one class."""
     h0, s0, v0 = COLOURS[colour]
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    fg = _hsv_to_rgb(torch.remainder(h0 + u(-0.025, 0.025), 1), (s0 + u(-0.1, 0.1)).clamp(0, 1),
-                     (v0 + u(-0.1, 0.05)).clamp(0, 1))
+    fg = _hsv_to_rgb(
+        torch.remainder(h0 + u(-0.025, 0.025), 1), (s0 + u(-0.1, 0.1)).clamp(0, 1), (v0 + u(-0.1, 0.05)).clamp(0, 1)
+    )
     grey = u(0.1, 0.9)
     bg = grey[:, None] + 0.04 * (torch.rand(n, 3, generator=g) - 0.5)  # a nearly neutral background
     cx, cy, r = u(-0.35, 0.35), u(-0.35, 0.35), u(0.3, 0.55)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Before torch loads OpenMP: idle worker threads sleep rather than spin, and one intra-op thread by default, also for
-# the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see benchkit.core.threads).
+# the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see
+# benchkit.core.threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -45,8 +46,16 @@ QUALITY_KEYS = ("fid", "fid_cleanfid", "kid_mean", "kid_cleanfid", "is_mean", "c
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a benchkit subprocess: one thread, no GPU, no colour codes in its output."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               NO_COLOR="1", COLUMNS="200", PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+        NO_COLOR="1",
+        COLUMNS="200",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     env.pop("FORCE_COLOR", None)
     return env
 
@@ -56,11 +65,13 @@ def bk_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchkit", *args]
 
 
-def bk(*args: str, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None,
-       cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def bk(
+    *args: str, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``benchkit ARGS`` to completion; with ``check`` a non-zero exit fails the test with its stderr."""
-    p = subprocess.run(bk_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env or cli_env(), cwd=cwd,
-                       check=False)
+    p = subprocess.run(
+        bk_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env or cli_env(), cwd=cwd, check=False
+    )
     if check:
         assert p.returncode == 0, f"benchkit {' '.join(args)} exited {p.returncode}:\n{p.stderr[-4000:]}"
     return p

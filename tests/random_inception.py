@@ -20,8 +20,10 @@ def write_random_inception(path: Path, seed: int = 0) -> Path:
 
     cls = fe.FeatureExtractorInceptionV3
     # Its constructor always loads weights (a download when no path is given): stub both to get a random instance.
-    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
-            mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", return_value=None),
+        mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None),
+    ):
         net = cls("tmp-random-inception", ["2048"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -145,8 +145,9 @@ class ConvTokenizer(nn.Module):
         gen = torch.Generator(device=images.device).manual_seed(0)
         was_training = self.training
         self.eval()
-        z = torch.cat([self.calibration_tokens(images[i : i + batch_size], gen)
-                       for i in range(0, len(images), batch_size)])
+        z = torch.cat(
+            [self.calibration_tokens(images[i : i + batch_size], gen) for i in range(0, len(images), batch_size)]
+        )
         self.scale.fill_(1.0 / z.float().std().clamp_min(1e-8).item())
         log.info("%s: continuous-token scale factor %.4f from %d images", self.name, self.scale.item(), len(images))
         self.train(was_training)
@@ -197,8 +198,14 @@ class QuantizingTokenizer(ConvTokenizer):
         return cached
 
     def quantized_loss(
-        self, images: torch.Tensor, flat: torch.Tensor, quantized: torch.Tensor, shape: torch.Size,
-        ids: torch.Tensor, q_loss: torch.Tensor, commit: torch.Tensor,
+        self,
+        images: torch.Tensor,
+        flat: torch.Tensor,
+        quantized: torch.Tensor,
+        shape: torch.Size,
+        ids: torch.Tensor,
+        q_loss: torch.Tensor,
+        commit: torch.Tensor,
     ) -> LossOutput:
         """L1 + L2 reconstruction through ``quantized`` [N, C] with the gradient of the encoder output ``flat`` [N, C]
         (straight-through; ``shape`` = [B, h, w, C]) + the quantizer's ``q_loss``; logs codebook usage of ``ids``."""

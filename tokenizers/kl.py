@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from benchkit.tokenizers.common import ConvOptions, ConvTokenizer, reconstruction_loss
 
 from benchkit.core.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.core.registry import TOKENIZERS
+from benchkit.tokenizers.common import ConvOptions, ConvTokenizer, reconstruction_loss
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from benchkit.tokenizers.common import CodebookOptions, QuantizingTokenizer
 
 from benchkit.core.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.core.registry import TOKENIZERS
 from benchkit.nn.codebook import soft_residual_codes
+from benchkit.tokenizers.common import CodebookOptions, QuantizingTokenizer
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,13 @@ class RQTokenizer(QuantizingTokenizer):
         """Images -> encoder latents [B, h, w, C] before quantization (the cache of soft-target training)."""
         return self._latent(images)
 
-    def soft_codes(self, latent: torch.Tensor, temperature: float, *, stochastic: bool,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def soft_codes(
+        self, latent: torch.Tensor, temperature: float, *, stochastic: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents [B, h, w, C] -> (ids [B, h, w, D], soft targets [B, h, w, D, K]): ``soft_residual_codes``."""
-        return soft_residual_codes(latent, self.codebook.weight, self.cfg.depth, temperature, stochastic=stochastic,
-                                   generator=generator)
+        return soft_residual_codes(
+            latent, self.codebook.weight, self.cfg.depth, temperature, stochastic=stochastic, generator=generator
+        )
 
     def loss(self, images: torch.Tensor) -> LossOutput:
         """Training forward: L1 + L2 reconstruction + beta x commitment; D EMA codebook updates in train mode."""

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from benchkit.tokenizers.common import CodebookOptions, QuantizingTokenizer
 
 from benchkit.core.interfaces import LossOutput, TokenKind, TokenSpec
 from benchkit.core.registry import TOKENIZERS
+from benchkit.tokenizers.common import CodebookOptions, QuantizingTokenizer
 
 
 @dataclass(frozen=True)

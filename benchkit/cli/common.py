@@ -7,7 +7,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,16 +39,23 @@ def setup_logging(verbose: bool) -> None:
     logger.propagate = False
 
 
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Shipped preset (tiny, small, ...).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or JSON config file.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set train.lr=3e-4 (repeatable).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Results root (default: results).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | mps")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Shipped preset (tiny, small, ...).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML or JSON config file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override, e.g. --set train.lr=3e-4 (repeatable).")
+]
+OutOpt = Annotated[Path | None, typer.Option("--out-dir", "-o", help="Results root (default: results).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an unfinished run of the same config.")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
-                                           help="Show progress bars on stderr (never when stderr is not a terminal).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout; logs stay on "
-                                                      "stderr.")]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress", help="Show progress bars on stderr (never when stderr is not a terminal)."
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON document on stdout; logs stay on stderr.")
+]
 
 
 def emit_json(data: Any) -> None:
@@ -73,14 +80,29 @@ def show_progress(enabled: bool) -> None:
     from benchkit.core import progress
 
     progress.set_enabled(enabled)
+
+
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="Torch intra-op threads (config key 'threads'); default: $OMP_NUM_THREADS, else the "
-    "usable cores divided by the --shard count. Same threads, same bits.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="Torch intra-op threads (config key 'threads'); default: $OMP_NUM_THREADS, else the "
+        "usable cores divided by the --shard count. Same threads, same bits.",
+    ),
+]
 
 
-def run_config(preset: str | None, config: Path | None, sets: list[str] | None, out_dir: Path | None,
-               device: str | None, default_preset: str = "tiny", threads: int | None = None) -> RunConfig:
+def run_config(
+    preset: str | None,
+    config: Path | None,
+    sets: list[str] | None,
+    out_dir: Path | None,
+    device: str | None,
+    default_preset: str = "tiny",
+    threads: int | None = None,
+) -> RunConfig:
     """Resolve preset, file and overrides; --out-dir, --device and --threads are shorthands for --set."""
     overrides = list(sets or [])
     if out_dir is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,17 +30,35 @@ if TYPE_CHECKING:
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
 
-JobsOpt = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", envvar=JOBS_ENV, show_envvar=False,
-    help="Job processes on this host that share the sweep's jobs (default 1, or $BENCHKIT_JOBS); each job gets "
-         "the cores divided by this many threads. On a CPU, 2 finish the tiny sweep sooner; cost columns are then "
-         "measured next to the other process.")]
-ClaimOpt = Annotated[Optional[Path], typer.Option("--claim-dir", hidden=True)]  # set by --jobs for its processes
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        envvar=JOBS_ENV,
+        show_envvar=False,
+        help="Job processes on this host that share the sweep's jobs (default 1, or $BENCHKIT_JOBS); each job gets "
+        "the cores divided by this many threads. On a CPU, 2 finish the tiny sweep sooner; cost columns are then "
+        "measured next to the other process.",
+    ),
+]
+ClaimOpt = Annotated[Path | None, typer.Option("--claim-dir", hidden=True)]  # set by --jobs for its processes
 
 
-def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: list[str] | None,
-               out_dir: Path | None, preset: str | None, progress: bool, resume: bool, as_json: bool,
-               threads: int | None = None, processes: int | None = None, claim_dir: Path | None = None) -> None:
+def _run_sweep(
+    command: list[str],
+    source: str,
+    shard_text: str | None,
+    sets: list[str] | None,
+    out_dir: Path | None,
+    preset: str | None,
+    progress: bool,
+    resume: bool,
+    as_json: bool,
+    threads: int | None = None,
+    processes: int | None = None,
+    claim_dir: Path | None = None,
+) -> None:
     from benchkit.sweeps.runner import execute
 
     show_progress(progress)
@@ -82,9 +100,16 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
     from benchkit.results.store import read_rows
 
     if as_json:
-        emit_json({"results_dir": results_dir, "done": report.done, "skipped": report.skipped,
-                   "outputs": report.outputs, "wall_s": report.wall_s,
-                   "rows": read_rows(results_dir).to_dict(orient="records")})
+        emit_json(
+            {
+                "results_dir": results_dir,
+                "done": report.done,
+                "skipped": report.skipped,
+                "outputs": report.outputs,
+                "wall_s": report.wall_s,
+                "rows": read_rows(results_dir).to_dict(orient="records"),
+            }
+        )
         return
     _print_tables(read_rows(results_dir), compact=True)
     err_console.print(f"wall time {report.wall_s:.0f} s; wrote:")
@@ -92,9 +117,17 @@ def _run_sweep(command: list[str], source: str, shard_text: str | None, sets: li
         typer.echo(str(p))
 
 
-def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path | None, preset: str | None,
-                      resume: bool, threads: int | None, procs: int, valid: list[Job],
-                      results_dir: Path) -> SweepReport:
+def _run_in_processes(
+    command: list[str],
+    sets: list[str] | None,
+    out_dir: Path | None,
+    preset: str | None,
+    resume: bool,
+    threads: int | None,
+    procs: int,
+    valid: list[Job],
+    results_dir: Path,
+) -> SweepReport:
     """The sweep's jobs in ``procs`` processes of this command (benchkit.sweeps.parallel), then its tables once."""
     import shutil
     import tempfile
@@ -109,8 +142,9 @@ def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path 
     args = [*command, *(a for s in sets or [] for a in ("--set", s)), "--threads", str(per_job)]
     args += (["--out-dir", str(out_dir)] if out_dir else []) + (["--preset", preset] if preset else [])
     args += [] if resume else ["--no-resume"]
-    err_console.print(f"{len(valid)} valid jobs in {procs} processes of {per_job} thread(s) each; results in "
-                      f"{results_dir}")
+    err_console.print(
+        f"{len(valid)} valid jobs in {procs} processes of {per_job} thread(s) each; results in {results_dir}"
+    )
     claims = Path(tempfile.mkdtemp(prefix=".claims-", dir=results_dir))
     try:
         run_job_processes(args, procs, claims)
@@ -123,10 +157,33 @@ def _run_in_processes(command: list[str], sets: list[str] | None, out_dir: Path 
 
 
 SUMMARY = {
-    "tokenizer": ["tokenizer", "grid", "rfid", "psnr", "ssim", "lpips", "codebook_usage", "params",
-                  "encode_images_per_s"],
-    "generator": ["tokenizer", "generator", "head", "steps", "cfg", "cfg_schedule", "diffusion_steps", "fid",
-                  "seed_spread_fid", "kid_mean", "class_acc", "params", "images_per_s", "latency_s"],
+    "tokenizer": [
+        "tokenizer",
+        "grid",
+        "rfid",
+        "psnr",
+        "ssim",
+        "lpips",
+        "codebook_usage",
+        "params",
+        "encode_images_per_s",
+    ],
+    "generator": [
+        "tokenizer",
+        "generator",
+        "head",
+        "steps",
+        "cfg",
+        "cfg_schedule",
+        "diffusion_steps",
+        "fid",
+        "seed_spread_fid",
+        "kid_mean",
+        "class_acc",
+        "params",
+        "images_per_s",
+        "latency_s",
+    ],
 }  # kept in table order: see benchkit.results.store.table_columns
 
 
@@ -144,29 +201,56 @@ def _print_tables(df: Any, *, compact: bool) -> None:
 
 def run(
     sweep: Annotated[str, typer.Option("--sweep", help="Shipped sweep name or a sweep .toml file.")] = "tiny",
-    sets: SetOpt = None, out_dir: OutOpt = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the sweep's).")] = None,
-    shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
-    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
-    jobs: JobsOpt = None, claim_dir: ClaimOpt = None,
+    sets: SetOpt = None,
+    out_dir: OutOpt = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Base preset (default: the sweep's).")] = None,
+    shard_text: Annotated[str | None, typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
+    progress: ProgressOpt = True,
+    resume: ResumeOpt = True,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    jobs: JobsOpt = None,
+    claim_dir: ClaimOpt = None,
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
     Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 15 min on 2 CPU cores)
     """
-    _run_sweep(["run", "--sweep", sweep], sweep, shard_text, sets, out_dir, preset, progress, resume, as_json,
-               threads, jobs, claim_dir)
+    _run_sweep(
+        ["run", "--sweep", sweep],
+        sweep,
+        shard_text,
+        sets,
+        out_dir,
+        preset,
+        progress,
+        resume,
+        as_json,
+        threads,
+        jobs,
+        claim_dir,
+    )
 
 
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep TOML file (see benchkit/configs/sweeps/tiny.toml).")],
-    sets: SetOpt = None, out_dir: OutOpt = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Base preset (default: the file's).")] = None,
-    shard_text: Annotated[Optional[str], typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
-    progress: ProgressOpt = True, resume: ResumeOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
-    slurm: Annotated[Optional[int], typer.Option("--slurm", help="Print an sbatch array script of N shards instead.")] = None,
-    slurm_opts: Annotated[Optional[list[str]], typer.Option("--slurm-opt", help="Extra #SBATCH KEY=VALUE, e.g. partition=gpu, gpus-per-task=0.")] = None,
-    jobs: JobsOpt = None, claim_dir: ClaimOpt = None,
+    sets: SetOpt = None,
+    out_dir: OutOpt = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Base preset (default: the file's).")] = None,
+    shard_text: Annotated[str | None, typer.Option("--shard", help="i/n: run every n-th job from the i-th.")] = None,
+    progress: ProgressOpt = True,
+    resume: ResumeOpt = True,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    slurm: Annotated[
+        int | None, typer.Option("--slurm", help="Print an sbatch array script of N shards instead.")
+    ] = None,
+    slurm_opts: Annotated[
+        list[str] | None,
+        typer.Option("--slurm-opt", help="Extra #SBATCH KEY=VALUE, e.g. partition=gpu, gpus-per-task=0."),
+    ] = None,
+    jobs: JobsOpt = None,
+    claim_dir: ClaimOpt = None,
 ) -> None:
     """Run a grid over components and options; finished runs are skipped, so re-running resumes.
 
@@ -177,17 +261,33 @@ def sweep(
     if slurm is not None:
         from benchkit.sweeps.slurm import render_sbatch
 
-        typer.echo(render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),
-                   nl=False)
+        typer.echo(
+            render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),
+            nl=False,
+        )
         return
-    _run_sweep(["sweep", str(file)], str(file), shard_text, sets, out_dir, preset, progress, resume, as_json,
-               threads, jobs, claim_dir)
+    _run_sweep(
+        ["sweep", str(file)],
+        str(file),
+        shard_text,
+        sets,
+        out_dir,
+        preset,
+        progress,
+        resume,
+        as_json,
+        threads,
+        jobs,
+        claim_dir,
+    )
 
 
 def table(
     results: ResultsArg,
-    filters: Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="e.g. head=ce, fid<50 (repeatable).")] = None,
-    sort: Annotated[Optional[str], typer.Option("--sort", help="Column to sort by.")] = None,
+    filters: Annotated[
+        list[str] | None, typer.Option("--filter", "-f", help="e.g. head=ce, fid<50 (repeatable).")
+    ] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="Column to sort by.")] = None,
     descending: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     as_json: JsonOpt = False,
     wide: Annotated[bool, typer.Option("--wide", help="Print every column (default: the key ones).")] = False,

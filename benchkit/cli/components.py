@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -14,9 +14,11 @@ from benchkit.core.registry import FAMILIES
 
 
 def components(
-    family: Annotated[Optional[str], typer.Argument(help="tokenizers | generators | heads | datasets | features")] = None,
+    family: Annotated[str | None, typer.Argument(help="tokenizers | generators | heads | datasets | features")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    compat: Annotated[bool, typer.Option("--compat", help="Print the tokenizer x generator x head compatibility table.")] = False,
+    compat: Annotated[
+        bool, typer.Option("--compat", help="Print the tokenizer x generator x head compatibility table.")
+    ] = False,
 ) -> None:
     """List registered components, one line each, with every option and its default.
 
@@ -31,7 +33,9 @@ def components(
             return
         t = Table("tokenizer", "generator", "head", "status", title="combinations")
         for r in rows:
-            t.add_row(r["tokenizer"], r["generator"], r["head"], "[green]ok[/green]" if r["status"] == "ok" else r["status"])
+            t.add_row(
+                r["tokenizer"], r["generator"], r["head"], "[green]ok[/green]" if r["status"] == "ok" else r["status"]
+            )
         out_console.print(t)
         return
     if family is not None and family not in FAMILIES:

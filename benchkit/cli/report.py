@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from benchkit.cli.common import err_console
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory (table.csv or rows.jsonl), e.g. results/tiny.")]
-OutFileOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (default: RESULTS/report.html).")]
-RunsRootOpt = Annotated[Optional[Path], typer.Option(
-    "--runs-root", help="Folder holding runs/ and tokenizers/ (default: the parent of RESULTS).")]
+OutFileOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RESULTS/report.html).")]
+RunsRootOpt = Annotated[
+    Path | None,
+    typer.Option("--runs-root", help="Folder holding runs/ and tokenizers/ (default: the parent of RESULTS)."),
+]
 
 
 def report(

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,11 +34,17 @@ RunArg = Annotated[Path, typer.Argument(help="A run directory (printed by `bench
 
 
 def train_tokenizer(
-    name: Annotated[Optional[str], typer.Argument(help="Tokenizer name (vq, rq, kl); default from the preset.")] = None,
-    preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
-    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True,
+    name: Annotated[str | None, typer.Argument(help="Tokenizer name (vq, rq, kl); default from the preset.")] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out_dir: OutOpt = None,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = True,
+    progress: ProgressOpt = True,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure reconstructions afterwards.")] = True,
-    as_json: JsonOpt = False, threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a tokenizer once (reused by every generator), cache nothing yet, and measure its reconstructions.
 
@@ -70,8 +76,14 @@ def train_tokenizer(
 
 
 def train(
-    preset: PresetOpt = None, config: ConfigOpt = None, sets: SetOpt = None, out_dir: OutOpt = None,
-    device: DeviceOpt = None, resume: ResumeOpt = True, progress: ProgressOpt = True, as_json: JsonOpt = False,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out_dir: OutOpt = None,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = True,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train one generator (and its tokenizer if needed) and print the run directory.
@@ -87,8 +99,13 @@ def train(
     run = train_generator(cfg, resume=resume, progress=progress)
     if as_json:
         meta_path = run.dir / "model.json"
-        emit_json({"run_dir": run.dir, "tokenizer_dir": run.tokenizer.dir,
-                   "train": json.loads(meta_path.read_text()) if meta_path.is_file() else None})
+        emit_json(
+            {
+                "run_dir": run.dir,
+                "tokenizer_dir": run.tokenizer.dir,
+                "train": json.loads(meta_path.read_text()) if meta_path.is_file() else None,
+            }
+        )
         return
     typer.echo(str(run.dir))
 
@@ -96,13 +113,15 @@ def train(
 def sample(
     run: RunArg,
     n_per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class in the grid.")] = 10,
-    steps: Annotated[Optional[int], typer.Option(help="Generation steps (MAR); default: the run's.")] = None,
-    cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
-    cfg_schedule: Annotated[Optional[str], typer.Option(help="constant | linear")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (> 0).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed; same seed, same images.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/samples.png).")] = None,
-    progress: ProgressOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Generation steps (MAR); default: the run's.")] = None,
+    cfg: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    cfg_schedule: Annotated[str | None, typer.Option(help="constant | linear")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (> 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; same seed, same images.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="PNG path (default RUN/samples.png).")] = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Write a PNG grid of samples, one row per class.
 
@@ -124,26 +143,49 @@ def sample(
     k = r.generator.num_classes
     labels = balanced_labels(k * n_per_class, k).sort().values
     with progress_bar("sampling", len(labels)) as bar:
-        images = generate_images(r.generator, r.tokenizer.module, r.combo.kind, labels, s,
-                                 seed=r.cfg.seed if seed is None else seed, batch_size=r.cfg.sample.batch_size,
-                                 distributed=True, progress=bar)  # under torchrun each rank samples its share
+        images = generate_images(
+            r.generator,
+            r.tokenizer.module,
+            r.combo.kind,
+            labels,
+            s,
+            seed=r.cfg.seed if seed is None else seed,
+            batch_size=r.cfg.sample.batch_size,
+            distributed=True,
+            progress=bar,
+        )  # under torchrun each rank samples its share
     path = out or (r.dir / "samples.png")
     if is_main():
         save_grid(images, path, nrow=n_per_class)
         if as_json:
-            emit_json({"path": path, "images": len(images), "classes": k, "per_class": n_per_class,
-                       "settings": dataclasses.asdict(s), "seed": r.cfg.seed if seed is None else seed})
+            emit_json(
+                {
+                    "path": path,
+                    "images": len(images),
+                    "classes": k,
+                    "per_class": n_per_class,
+                    "settings": dataclasses.asdict(s),
+                    "seed": r.cfg.seed if seed is None else seed,
+                }
+            )
         else:
             typer.echo(str(path))
 
 
 def evaluate(
-    run: Annotated[Optional[Path], typer.Argument(help="Run directory; omit with --sanity.")] = None,
+    run: Annotated[Path | None, typer.Argument(help="Run directory; omit with --sanity.")] = None,
     sets: SetOpt = None,
-    results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<name>).")] = None,
+    results: Annotated[
+        Path | None, typer.Option("--results", help="Results directory (default results/<name>).")
+    ] = None,
     sanity: Annotated[bool, typer.Option("--sanity", help="Run the FID distortion battery on real data.")] = False,
-    preset: PresetOpt = None, config: ConfigOpt = None, out_dir: OutOpt = None, device: DeviceOpt = None,
-    progress: ProgressOpt = True, as_json: JsonOpt = False, threads: ThreadsOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    out_dir: OutOpt = None,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Measure FID/IS/KID/PR (two libraries), class accuracy and cost of a run; append rows to the table.
 
@@ -164,8 +206,13 @@ def evaluate(
         cfgx = run_config(preset, config, sets, out_dir, device, threads=threads)
         apply_threads(cfgx.threads)
         train_d, test_d = load_splits(cfgx)
-        ext = load_extractor(cfgx.eval.features, train_data=train_d, cache_dir=cache_dir(cfgx),
-                             device=pick_device(cfgx.device), weights_path=cfgx.eval.inception_weights)
+        ext = load_extractor(
+            cfgx.eval.features,
+            train_data=train_d,
+            cache_dir=cache_dir(cfgx),
+            device=pick_device(cfgx.device),
+            weights_path=cfgx.eval.inception_weights,
+        )
         battery, checks = sanity_battery(train_d, test_d, ext, cfgx.eval.num_samples, seed=cfgx.seed)
         saved = save_sanity(battery, checks, Path(cfgx.out_dir))
         if as_json:

@@ -103,7 +103,7 @@ def checkpoint_exists(path: Path) -> bool:
 def apply_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Load a checkpoint's ``model.*`` tensors (the EMA copy when present) into ``module``."""
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -21,7 +21,9 @@ class Combination:
     spec: TokenSpec
 
 
-def tokenizer_specs(name: str, options: dict[str, Any] | None = None, image_size: int = 32) -> dict[TokenKind, TokenSpec]:
+def tokenizer_specs(
+    name: str, options: dict[str, Any] | None = None, image_size: int = 32
+) -> dict[TokenKind, TokenSpec]:
     """Token views of a tokenizer config (builds the untrained module: cheap at every size benchkit ships)."""
     return dict(TOKENIZERS.create(name, image_size=image_size, **(options or {})).specs)
 

@@ -67,20 +67,21 @@ class TrainConfig:
     # TensorBoard events (losses, lr, images/s, a grid at each checkpoint) in <run dir>/tensorboard; a way of
     # watching, not part of the run's identity, so the fingerprint leaves it out (see ``fingerprint``)
     tensorboard: bool = field(default=False, metadata={"identity": False})
-    # speed switches (benchkit.core.precision, benchkit.training.trainer): autocast precision, torch.compile, recomputing the
-    # transformer blocks' activations in the backward pass instead of storing them
+    # speed switches (benchkit.core.precision, benchkit.training.trainer): autocast precision, torch.compile,
+    # recomputing the transformer blocks' activations in the backward pass instead of storing them
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = field(default=False, metadata={"identity": False})
     grad_checkpoint: bool = field(default=False, metadata={"identity": False})
     # tokenizer stage only: weight of LPIPS(images, reconstruction) in the loss (benchkit.metrics.perceptual), 0 = off;
     # a non-zero weight needs the lpips package and torchvision's AlexNet weights on disk (see eval.lpips_weights)
     lpips_weight: float = field(default=0.0, metadata=UNLESS_DEFAULT)
-    # generator training only. Equal compute (benchkit.training.compute.apply_budget): a total of training FLOPs or of images
-    # seen that sets ``steps`` per generator (0: off, ``steps`` drives); the derived ``steps`` is in the identity.
+    # generator training only. Equal compute (benchkit.training.compute.apply_budget): a total of training FLOPs or of
+    # images seen that sets ``steps`` per generator (0: off, ``steps`` drives); the derived ``steps`` is in the
+    # identity.
     budget_flops: float = field(default=0.0, metadata={"identity": False})
     budget_images: int = field(default=0, metadata={"identity": False})
-    # convergence (benchkit.training.convergence): FID/KID of ``convergence_samples`` samples at this many points, each at
-    # twice the previous one's steps and the last at ``steps``; watching only, the weights are the same without
+    # convergence (benchkit.training.convergence): FID/KID of ``convergence_samples`` samples at this many points, each
+    # at twice the previous one's steps and the last at ``steps``; watching only, the weights are the same without
     convergence_points: int = field(default=0, metadata={"identity": False})
     convergence_samples: int = field(default=200, metadata={"identity": False})
 
@@ -102,13 +103,16 @@ class TrainConfig:
         if self.budget_flops and self.budget_images:
             raise ValueError("set one training budget, budget_flops or budget_images, not both")
         if self.convergence_points < 0 or self.convergence_samples < 5:
-            raise ValueError(f"convergence_points must be >= 0 and convergence_samples >= 5, got "
-                             f"{self.convergence_points} and {self.convergence_samples}")
+            raise ValueError(
+                f"convergence_points must be >= 0 and convergence_samples >= 5, got "
+                f"{self.convergence_points} and {self.convergence_samples}"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained weights, for fingerprints: the fields marked ``identity: False`` (the
-        speed switches compile and grad_checkpoint, TensorBoard logging) are left out, and so is the default precision, so runs trained before these switches
-        existed keep their fingerprints. Checkpointing gives the same weights up to float noise; compiled
+        speed switches compile and grad_checkpoint, TensorBoard logging) are left out, and so is the default precision,
+        so runs trained before these switches existed keep their fingerprints. Checkpointing gives the same weights up
+        to float noise; compiled
         kernels also draw their random numbers (label drop, masks) from other streams, so a compiled run is a
         different draw of the same training, not a bit-identical one."""
         out = {f.name: getattr(self, f.name) for f in _identity_fields(self, self)}
@@ -151,16 +155,21 @@ class SampleSettings:
         if not self.cfg >= 0:
             raise ConfigError(f"cfg must be >= 0, got {self.cfg} (1 = no guidance)")
         if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ConfigError(f"unknown cfg_schedule {self.cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}"
-                              + suggest(str(self.cfg_schedule), CFG_SCHEDULES))
+            raise ConfigError(
+                f"unknown cfg_schedule {self.cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}"
+                + suggest(str(self.cfg_schedule), CFG_SCHEDULES)
+            )
         if not self.temperature >= 0:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
         check_precision(self.precision, "sample precision")
 
     def label(self) -> str:
         """Short text for logs and plot legends."""
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in _identity_fields(self, SampleSettings)
-                         if getattr(self, f.name) is not None)
+        return ", ".join(
+            f"{f.name}={getattr(self, f.name)}"
+            for f in _identity_fields(self, SampleSettings)
+            if getattr(self, f.name) is not None
+        )
 
     def settings(self) -> SampleSettings:
         """Only the sampling setting (drops the fields a subclass adds)."""
@@ -171,8 +180,9 @@ class SampleSettings:
         valid = [f.name for f in dataclasses.fields(SampleSettings)]
         unknown = sorted(set(changes) - set(valid))
         if unknown:
-            raise ConfigError(f"unknown sampling setting {unknown[0]!r}; valid: {', '.join(valid)}"
-                              + suggest(unknown[0], valid))
+            raise ConfigError(
+                f"unknown sampling setting {unknown[0]!r}; valid: {', '.join(valid)}" + suggest(unknown[0], valid)
+            )
         return dataclasses.replace(self.settings(), **changes)
 
 
@@ -207,7 +217,8 @@ class EvalConfig:
     cost_batch_size: int = 64
     cost_repeats: int = 3
     seed_spread: bool = True  # sample the base setting twice (seed, seed+1) and record the FID difference
-    # per-row tuning (benchkit.evaluation.tuning): settings tried over the base on a validation split; the best becomes the base
+    # per-row tuning (benchkit.evaluation.tuning): settings tried over the base on a validation split; the best becomes
+    # the base
     tune: list[dict[str, Any]] = field(default_factory=list)
     tune_samples: int = 250
     # validation images the tuning's samples are scored against; None: as many as tune_samples
@@ -223,8 +234,9 @@ class EvalConfig:
         if self.tune_samples < 2:
             raise ValueError(f"tune_samples must be >= 2, got {self.tune_samples}")
         if self.tune_reference is not None and self.tune_reference < 2:
-            raise ValueError(f"tune_reference must be >= 2 (or unset: as many as tune_samples), "
-                             f"got {self.tune_reference}")
+            raise ValueError(
+                f"tune_reference must be >= 2 (or unset: as many as tune_samples), got {self.tune_reference}"
+            )
         if self.tune_metric not in TUNE_METRICS:
             raise ValueError(f"unknown tune_metric {self.tune_metric!r}; valid: {', '.join(TUNE_METRICS)}")
 
@@ -327,7 +339,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             elif tp == dict[str, Any]:
                 cls = None
             else:
-                raise ConfigError(f"{'.'.join(keys[:i + 1])!r} is a value, not a section")
+                raise ConfigError(f"{'.'.join(keys[: i + 1])!r} is a value, not a section")
             node = node.setdefault(key, {})
 
 
@@ -355,13 +367,18 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
 def _identity_fields(x: Any, cls: Any) -> list[dataclasses.Field[Any]]:
     """The fields of ``cls`` that identify the dataclass instance ``x``: not those marked ``identity: False``, nor
     those marked ``UNLESS_DEFAULT`` that hold their default."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("identity", True) is True
-            or (f.metadata.get("identity") == UNLESS_DEFAULT["identity"] and getattr(x, f.name) != f.default)]
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("identity", True) is True
+        or (f.metadata.get("identity") == UNLESS_DEFAULT["identity"] and getattr(x, f.name) != f.default)
+    ]
 
 
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out, and
     those marked ``UNLESS_DEFAULT`` while they hold their default)."""
+
     def norm(x: Any) -> Any:
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             return {f.name: norm(getattr(x, f.name)) for f in _identity_fields(x, x)}

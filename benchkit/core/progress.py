@@ -42,8 +42,14 @@ def progress_bar(desc: str, total: int | None = None) -> Iterator[Progress]:
     from rich.progress import Progress as RichProgress
 
     if _LIVE["bar"] is None:
-        _LIVE["bar"] = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        _LIVE["bar"] = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         _LIVE["bar"].start()
     bar = _LIVE["bar"]
     _LIVE["open"] += 1

@@ -78,7 +78,9 @@ class Registry(Generic[T]):
             key = name or obj.__name__
             if key in self._entries:
                 other = self._entries[key]
-                if other.factory is obj or (other.module == obj.__module__ and other.factory.__qualname__ == obj.__qualname__):
+                if other.factory is obj or (
+                    other.module == obj.__module__ and other.factory.__qualname__ == obj.__qualname__
+                ):
                     return obj  # the same object imported twice
                 raise ValueError(f"{self.family} {key!r} registered twice: {other.module} and {obj.__module__}")
             source = self._current_source or "builtin"
@@ -164,7 +166,9 @@ class Registry(Generic[T]):
 def _keyword_params(factory: Callable[..., Any]) -> set[str]:
     target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
     params = list(inspect.signature(target).parameters.values())
-    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "cfg")}
+    return {
+        p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "cfg")
+    }
 
 
 TOKENIZERS: Registry[Any] = Registry("tokenizer", "benchkit.tokenizers", "benchkit.tokenizers")

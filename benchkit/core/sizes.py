@@ -36,8 +36,10 @@ def apply_sizes(raw: dict[str, Any]) -> None:
             continue
         sizes = node.pop("sizes")
         if not isinstance(sizes, dict) or not all(isinstance(v, dict) for v in sizes.values()):
-            raise ConfigError(f"{section}.sizes must be a table of option tables keyed by {section} name, "
-                              f"e.g. {section}.sizes.NAME = {{...}}")
+            raise ConfigError(
+                f"{section}.sizes must be a table of option tables keyed by {section} name, "
+                f"e.g. {section}.sizes.NAME = {{...}}"
+            )
         chosen = sizes.get(node.get("name", ""), {})
         options = node.get("options") or {}
         if not isinstance(options, dict):

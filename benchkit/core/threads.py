@@ -46,7 +46,7 @@ def shard_count(argv: Sequence[str]) -> int:
     command's own parsing reports that)."""
     for i, arg in enumerate(argv):
         if arg.startswith("--shard="):
-            text: str | None = arg[len("--shard="):]
+            text: str | None = arg[len("--shard=") :]
         else:
             text = argv[i + 1] if arg == "--shard" and i + 1 < len(argv) else None
         if text is not None:
@@ -95,8 +95,14 @@ def apply_threads(requested: int | None, *, shards: int = 1) -> int:
         torch.set_num_threads(n)
     cores = usable_cores()
     if n > cores:
-        log.warning("%d threads on %d usable cores: threads will wait for each other; try --threads %d", n, cores,
-                    cores)
-    log.debug("torch intra-op threads: %d (%s; %s=%s)", torch.get_num_threads(), why, WAIT_POLICY_ENV,
-              os.environ.get(WAIT_POLICY_ENV))
+        log.warning(
+            "%d threads on %d usable cores: threads will wait for each other; try --threads %d", n, cores, cores
+        )
+    log.debug(
+        "torch intra-op threads: %d (%s; %s=%s)",
+        torch.get_num_threads(),
+        why,
+        WAIT_POLICY_ENV,
+        os.environ.get(WAIT_POLICY_ENV),
+    )
     return torch.get_num_threads()

@@ -45,6 +45,7 @@ from benchkit.data.shapes import Split, check_split
 
 log = logging.getLogger(__name__)
 
+
 @DATASETS.register("imagefolder", config=ImageFolderConfig)
 def imagefolder(cfg: ImageFolderConfig, *, split: Split, root: str | None = None, image_size: int = 32) -> ImageData:
     """Your own images in class subfolders (ImageNet layout), given as imagefolder:PATH."""
@@ -54,11 +55,21 @@ def imagefolder(cfg: ImageFolderConfig, *, split: Split, root: str | None = None
     if not path.is_dir():
         raise DataError(f"image folder {path} does not exist or is not a folder")
     if cfg.lazy:
-
-        folder = LazyImageFolder(path, split=split, image_size=image_size, test_fraction=cfg.test_fraction,
-                                 seed=cfg.seed, background=cfg.background)  # type: ignore[arg-type]
-        return ImageData(f"imagefolder:{path.resolve()}", split, LazyImages(folder), folder.labels,  # type: ignore[arg-type]
-                         folder.class_names)
+        folder = LazyImageFolder(
+            path,
+            split=split,
+            image_size=image_size,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
+            background=cfg.background,
+        )  # type: ignore[arg-type]
+        return ImageData(
+            f"imagefolder:{path.resolve()}",
+            split,
+            LazyImages(folder),
+            folder.labels,  # type: ignore[arg-type]
+            folder.class_names,
+        )
     files, labels, classes = list_split(path, cfg, split)
 
     workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(files) // 64 + 1))

@@ -36,8 +36,17 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
 class LazyImageFolder(Dataset):
     """(uint8 image [3, size, size], label) pairs of an image folder split, decoded when asked for."""
 
-    def __init__(self, path: str | Path, *, split: Split = "train", image_size: int = 256, flip: bool = False,
-                 test_fraction: float = 0.0, seed: int = 0, background: tuple[int, int, int] = (255, 255, 255)) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        split: Split = "train",
+        image_size: int = 256,
+        flip: bool = False,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        background: tuple[int, int, int] = (255, 255, 255),
+    ) -> None:
         check_split(split)
         root = Path(path).expanduser()
         if not root.is_dir():
@@ -74,12 +83,26 @@ class LazyImageFolder(Dataset):
         return self.load(i, mirrored=mirrored), self.labels[i]
 
 
-def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 4, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False) -> DataLoader:
+def image_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    workers: int = 4,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
     """A DataLoader over ``dataset`` with ``workers`` processes (0: in the main process), seeded."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 class LazyImages:

@@ -15,8 +15,13 @@ from typing import Any
 from benchkit.core.registry import HEADS
 
 PAPER_HEAD_SETTINGS: dict[str, dict[str, Any]] = {
-    "diffloss": {"learn_sigma": True, "clip_x0": False, "num_timesteps": 1000, "sampler": "ddpm",
-                 "sampling_steps": 100},
+    "diffloss": {
+        "learn_sigma": True,
+        "clip_x0": False,
+        "num_timesteps": 1000,
+        "sampler": "ddpm",
+        "sampling_steps": 100,
+    },
     "ce": {"hidden": 0, "top_k": 0, "top_p": 1.0},
 }
 

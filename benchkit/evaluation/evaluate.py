@@ -59,8 +59,9 @@ def resolve_settings(run: TrainedRun, settings: list[SampleSettings]) -> list[Sa
     diffusion_steps = _config_default(run.generator.head.cfg, "sampling_steps")
     out: list[SampleSettings] = []
     for s in settings:
-        s = dataclasses.replace(s, steps=s.steps if s.steps is not None else steps,
-                                diffusion_steps=s.diffusion_steps or diffusion_steps)
+        s = dataclasses.replace(
+            s, steps=s.steps if s.steps is not None else steps, diffusion_steps=s.diffusion_steps or diffusion_steps
+        )
         if s not in out:
             out.append(s)
     return out
@@ -79,13 +80,25 @@ def next_device(cfg: RunConfig) -> torch.device:
 
 
 def _identity(cfg: RunConfig) -> dict[str, Any]:
-    return {"dataset": cfg.data.name, "seed": cfg.seed, "git_sha": git_state()["git_sha"],
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(next_device(cfg)),
-            "threads": torch.get_num_threads()}
+    return {
+        "dataset": cfg.data.name,
+        "seed": cfg.seed,
+        "git_sha": git_state()["git_sha"],
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "device": str(next_device(cfg)),
+        "threads": torch.get_num_threads(),
+    }
 
 
-def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir: Path,
-                 settings: list[SampleSettings] | None = None, *, skip_done: bool = True) -> list[dict[str, Any]]:
+def evaluate_run(
+    run: TrainedRun,
+    train: ImageData,
+    test: ImageData,
+    results_dir: Path,
+    settings: list[SampleSettings] | None = None,
+    *,
+    skip_done: bool = True,
+) -> list[dict[str, Any]]:
     """Sample, measure quality and cost for each setting, append one row each; returns the rows."""
     cfg = run.cfg
     settings = resolve_settings(run, settings or settings_from(cfg))
@@ -107,8 +120,19 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
             if tuned:
                 chosen.append(row_id)
             with bdist.stage_lock(_row_lock(results_dir, row_id)):  # one writer per row, even across processes
-                row = _measure_generator(run, s, row_id, labels, real, extractor, params, results_dir, skip_done,
-                                         first=s == settings[0], tuned_in=tuned_in if tuned else None)
+                row = _measure_generator(
+                    run,
+                    s,
+                    row_id,
+                    labels,
+                    real,
+                    extractor,
+                    params,
+                    results_dir,
+                    skip_done,
+                    first=s == settings[0],
+                    tuned_in=tuned_in if tuned else None,
+                )
             if row is not None:
                 rows.append(row)
             sweep_bar(i + 1, len(settings))
@@ -116,8 +140,15 @@ def evaluate_run(run: TrainedRun, train: ImageData, test: ImageData, results_dir
         append_row(results_dir, tuning_selection(tuned_in, chosen))
     if bdist.is_main():
         grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
-        grid = generate_images(run.generator, run.tokenizer.module, run.combo.kind, grid_labels, settings[0],
-                               seed=cfg.seed, batch_size=cfg.sample.batch_size)
+        grid = generate_images(
+            run.generator,
+            run.tokenizer.module,
+            run.combo.kind,
+            grid_labels,
+            settings[0],
+            seed=cfg.seed,
+            batch_size=cfg.sample.batch_size,
+        )
         save_grid(grid, run.dir / "samples.png", nrow=cfg.sample.grid_per_class)
     return rows
 
@@ -127,11 +158,23 @@ def _row_lock(results_dir: Path, row_id: str) -> Path:
     return results_dir / f".row-{row_id}.lock"
 
 
-def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: torch.Tensor, real: torch.Tensor,
-                       extractor: Any, params: int, results_dir: Path, skip_done: bool, *,
-                       first: bool, tuned_in: str | None = None) -> dict[str, Any] | None:
+def _measure_generator(
+    run: TrainedRun,
+    s: SampleSettings,
+    row_id: str,
+    labels: torch.Tensor,
+    real: torch.Tensor,
+    extractor: Any,
+    params: int,
+    results_dir: Path,
+    skip_done: bool,
+    *,
+    first: bool,
+    tuned_in: str | None = None,
+) -> dict[str, Any] | None:
     """One generator row (rank 0 returns it; every rank samples its share). Called under the row's lock.
-    ``tuned_in``: the key of the tuned rows this one belongs to (see :func:`benchkit.results.store.tuning_selection`)."""
+    ``tuned_in``: the key of the tuned rows this one belongs to (see
+    :func:`benchkit.results.store.tuning_selection`)."""
     cfg = run.cfg
     if skip_done and bdist.broadcast_object(has_row(results_dir, row_id)):  # rank 0 decides for every rank
         log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
@@ -142,55 +185,127 @@ def _measure_generator(run: TrainedRun, s: SampleSettings, row_id: str, labels: 
 
         with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
             quality: dict[str, Any] = streamed_fid(
-                lambda lab, sd: generate_images(run.generator, run.tokenizer.module, run.combo.kind, lab, s, seed=sd,
-                                                batch_size=cfg.sample.batch_size),
-                labels, extractor, cfg.eval.reference_stats, chunk=4 * cfg.sample.batch_size, seed=cfg.seed)
+                lambda lab, sd: generate_images(
+                    run.generator,
+                    run.tokenizer.module,
+                    run.combo.kind,
+                    lab,
+                    s,
+                    seed=sd,
+                    batch_size=cfg.sample.batch_size,
+                ),
+                labels,
+                extractor,
+                cfg.eval.reference_stats,
+                chunk=4 * cfg.sample.batch_size,
+                seed=cfg.seed,
+            )
         sample_time = time.perf_counter() - t0
         if not bdist.is_main():
             return None
         first = False  # no seed spread: it would sample everything again
     else:
         with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
-            fake = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
-                                   seed=cfg.seed, batch_size=cfg.sample.batch_size, distributed=True, progress=bar)
+            fake = generate_images(
+                run.generator,
+                run.tokenizer.module,
+                run.combo.kind,
+                labels,
+                s,
+                seed=cfg.seed,
+                batch_size=cfg.sample.batch_size,
+                distributed=True,
+                progress=bar,
+            )
         sample_time = time.perf_counter() - t0
         if not bdist.is_main():
             return None
-        quality = generation_metrics(fake, real, extractor, cache_dir=cache_dir(cfg),
-                                     ref_key=reference_key(cfg, len(real)), labels=labels,
-                                     prc=cfg.eval.prc, device=next_device(cfg), fid_inf=True)
+        quality = generation_metrics(
+            fake,
+            real,
+            extractor,
+            cache_dir=cache_dir(cfg),
+            ref_key=reference_key(cfg, len(real)),
+            labels=labels,
+            prc=cfg.eval.prc,
+            device=next_device(cfg),
+            fid_inf=True,
+        )
     if cfg.eval.seed_spread and first:
         quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
     speed = sampling_cost(run, s, cfg)
     row = {
-        "row_id": row_id, "kind": "generator", "run": run.dir.name, "tokenizer": cfg.tokenizer.name,
-        "generator": cfg.generator.name, "head": cfg.head.name, "token_kind": run.combo.kind,
-        "steps": s.steps, "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
+        "row_id": row_id,
+        "kind": "generator",
+        "run": run.dir.name,
+        "tokenizer": cfg.tokenizer.name,
+        "generator": cfg.generator.name,
+        "head": cfg.head.name,
+        "token_kind": run.combo.kind,
+        "steps": s.steps,
+        "cfg": s.cfg,
+        "cfg_schedule": s.cfg_schedule,
+        "temperature": s.temperature,
         "diffusion_steps": s.diffusion_steps,
         "head_deviations": head_deviations(cfg.head.name, cfg.head.options, sampling_steps=s.diffusion_steps),
-        **quality, "params": params, "backbone_params": backbone_params(run.generator), "sample_time_s": sample_time,
+        **quality,
+        "params": params,
+        "backbone_params": backbone_params(run.generator),
+        "sample_time_s": sample_time,
         **speed,
         "train_images_per_s": _train_meta(run).get("train_images_per_s"),
-        "train_time_s": _train_meta(run).get("train_time_s"), "train_lr": cfg.train.lr, "train_steps": cfg.train.steps,
-        "train_flops": run_train_flops(run), **row_fields(run.dir),
-        "config_fingerprint": run_fingerprint(cfg), **_identity(cfg),
+        "train_time_s": _train_meta(run).get("train_time_s"),
+        "train_lr": cfg.train.lr,
+        "train_steps": cfg.train.steps,
+        "train_flops": run_train_flops(run),
+        **row_fields(run.dir),
+        "config_fingerprint": run_fingerprint(cfg),
+        **_identity(cfg),
     }
     if tuned_in is not None:
         row["tuned_in"] = tuned_in
     append_row(results_dir, row)
-    log.info("%s [%s]: FID %.2f  IS %.2f  %.1f img/s", run.dir.name, s.label(), row.get("fid", math.nan),
-             row.get("is_mean", math.nan), row.get("images_per_s", math.nan))
+    log.info(
+        "%s [%s]: FID %.2f  IS %.2f  %.1f img/s",
+        run.dir.name,
+        s.label(),
+        row.get("fid", math.nan),
+        row.get("is_mean", math.nan),
+        row.get("images_per_s", math.nan),
+    )
     return row
 
 
-def _seed_spread(run: TrainedRun, s: SampleSettings, cfg: RunConfig, labels: torch.Tensor, real: torch.Tensor,
-                 extractor: Any, fid: float) -> float:
+def _seed_spread(
+    run: TrainedRun,
+    s: SampleSettings,
+    cfg: RunConfig,
+    labels: torch.Tensor,
+    real: torch.Tensor,
+    extractor: Any,
+    fid: float,
+) -> float:
     """|FID(seed) - FID(seed + 1)| for the same model and setting: differences below this are sampling noise."""
-    other = generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s,
-                            seed=cfg.seed + 1, batch_size=cfg.sample.batch_size)
-    q = generation_metrics(other, real, extractor, cache_dir=cache_dir(cfg),
-                           ref_key=reference_key(cfg, len(real)),
-                           labels=None, prc=False, device=next_device(cfg), clean_fid=False)
+    other = generate_images(
+        run.generator,
+        run.tokenizer.module,
+        run.combo.kind,
+        labels,
+        s,
+        seed=cfg.seed + 1,
+        batch_size=cfg.sample.batch_size,
+    )
+    q = generation_metrics(
+        other,
+        real,
+        extractor,
+        cache_dir=cache_dir(cfg),
+        ref_key=reference_key(cfg, len(real)),
+        labels=None,
+        prc=False,
+        device=next_device(cfg),
+        clean_fid=False,
+    )
     return abs(float(q["fid"]) - fid)
 
 
@@ -205,21 +320,39 @@ def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[st
     cost.reset_peak_memory(device)  # this row's peak only, not training's or an earlier row's
 
     def sample(n: int) -> torch.Tensor:
-        return generate_images(run.generator, run.tokenizer.module, run.combo.kind,
-                               balanced_labels(n, run.generator.num_classes), s,
-                               seed=cfg.seed, batch_size=n)
+        return generate_images(
+            run.generator,
+            run.tokenizer.module,
+            run.combo.kind,
+            balanced_labels(n, run.generator.num_classes),
+            s,
+            seed=cfg.seed,
+            batch_size=n,
+        )
 
     # the counted call doubles as the throughput warm-up; per-image FLOPs at the stated batch (a few ops, such as
     # the diffusion timestep embedding, run once per batch, so batch 1 would count them once per image)
     flops = round(cost.flops_per_call(lambda: sample(bs)) / bs)
     ips = cost.throughput(lambda: sample(bs), batch_size=bs, warmup=0, repeats=cfg.eval.cost_repeats)
     lat = cost.latency(lambda: sample(1), warmup=1, repeats=cfg.eval.cost_repeats)
-    return {"images_per_s": ips, "sample_batch_size": bs, "latency_s": lat, "flops_per_image": flops,
-            "peak_mem_mb": cost.peak_memory_mb(device)}
+    return {
+        "images_per_s": ips,
+        "sample_batch_size": bs,
+        "latency_s": lat,
+        "flops_per_image": flops,
+        "peak_mem_mb": cost.peak_memory_mb(device),
+    }
 
 
-def evaluate_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData,
-                       results_dir: Path, *, skip_done: bool = True) -> dict[str, Any] | None:
+def evaluate_tokenizer(
+    tok: TrainedTokenizer,
+    cfg: RunConfig,
+    train: ImageData,
+    test: ImageData,
+    results_dir: Path,
+    *,
+    skip_done: bool = True,
+) -> dict[str, Any] | None:
     """Reconstruction quality (rFID with the generation features, PSNR, SSIM, LPIPS when its weights are present),
     codebook use, size and speed."""
     row_id = fingerprint("tok-row", tok.fingerprint, cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference)
@@ -242,8 +375,9 @@ def _lpips(recon: torch.Tensor, originals: torch.Tensor, cfg: RunConfig, device:
     return {"lpips": float(lpips_per_image(model, recon, originals).mean())}
 
 
-def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData, results_dir: Path,
-                       row_id: str) -> dict[str, Any]:
+def _measure_tokenizer(
+    tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, test: ImageData, results_dir: Path, row_id: str
+) -> dict[str, Any]:
     """The tokenizer row (rank 0, under the row's lock)."""
     module, device = tok.module, next_device(cfg)
     n = min(cfg.eval.num_reference, len(test))
@@ -258,18 +392,36 @@ def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
                 ids.append(module.encode(x, "discrete").cpu())
     recon = torch.cat(recons)
     extractor = config_extractor(cfg, train)
-    quality = generation_metrics(recon, originals, extractor, cache_dir=cache_dir(cfg),
-                                 ref_key=reference_key(cfg, n), labels=None, prc=False, device=device)
+    quality = generation_metrics(
+        recon,
+        originals,
+        extractor,
+        cache_dir=cache_dir(cfg),
+        ref_key=reference_key(cfg, n),
+        labels=None,
+        prc=False,
+        device=device,
+    )
     native = kinds[0]
     spec = module.specs[native]
     row: dict[str, Any] = {
-        "row_id": row_id, "kind": "tokenizer", "run": tok.dir.name, "tokenizer": cfg.tokenizer.name,
-        "token_kind": "/".join(kinds), "grid": f"{spec.grid[0]}x{spec.grid[1]}x{spec.depth}",
-        "rfid": quality.get("fid"), "rfid_cleanfid": quality.get("fid_cleanfid"), "rfid_invalid": quality.get("fid_invalid"),
+        "row_id": row_id,
+        "kind": "tokenizer",
+        "run": tok.dir.name,
+        "tokenizer": cfg.tokenizer.name,
+        "token_kind": "/".join(kinds),
+        "grid": f"{spec.grid[0]}x{spec.grid[1]}x{spec.depth}",
+        "rfid": quality.get("fid"),
+        "rfid_cleanfid": quality.get("fid_cleanfid"),
+        "rfid_invalid": quality.get("fid_invalid"),
         "features": quality.get("features"),
-        "n_samples": n, "psnr": float(psnr(recon, originals)), "ssim": float(ssim(recon, originals)),
+        "n_samples": n,
+        "psnr": float(psnr(recon, originals)),
+        "ssim": float(ssim(recon, originals)),
         **_lpips(recon, originals, cfg, device),
-        "params": cost.count_params(module), "config_fingerprint": tok.fingerprint, **_identity(cfg),
+        "params": cost.count_params(module),
+        "config_fingerprint": tok.fingerprint,
+        **_identity(cfg),
     }
     if ids:
         dspec = module.specs["discrete"]
@@ -279,10 +431,12 @@ def _measure_tokenizer(tok: TrainedTokenizer, cfg: RunConfig, train: ImageData, 
     x = to_float(originals[: cfg.eval.cost_batch_size]).to(device)
     with torch.no_grad():
         tokens = module.encode(x, native)
-        row["encode_images_per_s"] = cost.throughput(lambda: module.encode(x, native), batch_size=len(x), warmup=1,
-                                                     repeats=cfg.eval.cost_repeats)
-        row["decode_images_per_s"] = cost.throughput(lambda: module.decode(tokens, native), batch_size=len(x),
-                                                     warmup=1, repeats=cfg.eval.cost_repeats)
+        row["encode_images_per_s"] = cost.throughput(
+            lambda: module.encode(x, native), batch_size=len(x), warmup=1, repeats=cfg.eval.cost_repeats
+        )
+        row["decode_images_per_s"] = cost.throughput(
+            lambda: module.decode(tokens, native), batch_size=len(x), warmup=1, repeats=cfg.eval.cost_repeats
+        )
     meta_path = tok.dir / "model.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())

@@ -57,8 +57,9 @@ def pick_best(
     return best, scored
 
 
-def validation_images(data_name: str, data_options: dict[str, Any], test: torch.Tensor, num_reference: int,
-                      n: int, *, image_size: int) -> torch.Tensor:
+def validation_images(
+    data_name: str, data_options: dict[str, Any], test: torch.Tensor, num_reference: int, n: int, *, image_size: int
+) -> torch.Tensor:
     """``n`` uint8 images that are neither training images nor the test reference (see the module docstring)."""
     if data_name == "shapes":
         from benchkit.data.loading import load_dataset
@@ -68,8 +69,10 @@ def validation_images(data_name: str, data_options: dict[str, Any], test: torch.
         return load_dataset("shapes", split="test", image_size=image_size, **opts).images
     spare = len(test) - num_reference
     if spare < n:
-        raise ConfigError(f"eval.tune needs {n} validation images after the {num_reference} test reference images, "
-                          f"but the test split has {len(test)}; lower eval.num_reference or eval.tune_reference")
+        raise ConfigError(
+            f"eval.tune needs {n} validation images after the {num_reference} test reference images, "
+            f"but the test split has {len(test)}; lower eval.num_reference or eval.tune_reference"
+        )
     return test[num_reference : num_reference + n]
 
 
@@ -100,8 +103,15 @@ def tune(
         return cleanfid_kid(feats.double().numpy(), val_feats.double().numpy(), n, seed=0)
 
     best, scored = pick_best(options, score)
-    log.info("%s tuning: %d settings x %d samples against %d validation images in %.1f s; chose %s", what,
-             len(scored), num_samples, len(validation), time.perf_counter() - t0, best.label())
+    log.info(
+        "%s tuning: %d settings x %d samples against %d validation images in %.1f s; chose %s",
+        what,
+        len(scored),
+        num_samples,
+        len(validation),
+        time.perf_counter() - t0,
+        best.label(),
+    )
     for s, v in scored:
         log.info("%s tuning: %-40s validation %s %.4g", what, s.label(), metric.upper(), v)
     return best, scored
@@ -115,8 +125,11 @@ def rows_to_tune(settings: Sequence[SampleSettings]) -> list[bool]:
     return [i == 0 or all(getattr(s, k) == getattr(base, k) for k in TUNABLE) for i, s in enumerate(settings)]
 
 
-def tune_settings(settings: Sequence[SampleSettings], grid: Sequence[dict[str, Any]],
-                  tune_one: Callable[[list[SampleSettings], str], SampleSettings]) -> list[SampleSettings]:
+def tune_settings(
+    settings: Sequence[SampleSettings],
+    grid: Sequence[dict[str, Any]],
+    tune_one: Callable[[list[SampleSettings], str], SampleSettings],
+) -> list[SampleSettings]:
     """``settings`` with each row of :func:`rows_to_tune` replaced by ``tune_one(candidates, row label)``'s pick
     (repeats dropped, order kept)."""
     out: list[SampleSettings] = []
@@ -127,8 +140,9 @@ def tune_settings(settings: Sequence[SampleSettings], grid: Sequence[dict[str, A
     return out
 
 
-def tune_run(run: Any, settings: list[SampleSettings], extractor: Any, test: torch.Tensor,
-             num_classes: int) -> list[SampleSettings]:
+def tune_run(
+    run: Any, settings: list[SampleSettings], extractor: Any, test: torch.Tensor, num_classes: int
+) -> list[SampleSettings]:
     """``settings`` with the base row and the sweep rows of :func:`rows_to_tune` replaced by their best of
     ``eval.tune`` on the validation split.
 
@@ -141,13 +155,26 @@ def tune_run(run: Any, settings: list[SampleSettings], extractor: Any, test: tor
     if not cfg.eval.tune:
         return settings
     n = cfg.eval.tune_samples
-    val = validation_images(cfg.data.name, dict(cfg.data.options), test, cfg.eval.num_reference,
-                            cfg.eval.tune_reference or n, image_size=cfg.data.image_size)
+    val = validation_images(
+        cfg.data.name,
+        dict(cfg.data.options),
+        test,
+        cfg.eval.num_reference,
+        cfg.eval.tune_reference or n,
+        image_size=cfg.data.image_size,
+    )
     labels = balanced_labels(n, num_classes)
 
     def sample(s: SampleSettings) -> torch.Tensor:
-        return generate_images(run.generator, run.tokenizer.module, run.combo.kind, labels, s, seed=cfg.seed + 1,
-                               batch_size=cfg.sample.batch_size)
+        return generate_images(
+            run.generator,
+            run.tokenizer.module,
+            run.combo.kind,
+            labels,
+            s,
+            seed=cfg.seed + 1,
+            batch_size=cfg.sample.batch_size,
+        )
 
     def tune_one(options: list[SampleSettings], row: str) -> SampleSettings:
         return tune(options, sample, extractor.features, val, what=run.dir.name + row, metric=cfg.eval.tune_metric)[0]

@@ -34,16 +34,31 @@ _CPU = torch.device("cpu")
 
 
 def _provenance(kind: str, path: Path, key: str, arch_from: str) -> dict[str, Any]:
-    return {"kind": kind, "source": str(path.resolve()), "sha256": file_sha256(path), "container_key": key,
-            "ema": "ema" in key, "arch_from": arch_from, "benchkit": __version__}
+    return {
+        "kind": kind,
+        "source": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "container_key": key,
+        "ema": "ema" in key,
+        "arch_from": arch_from,
+        "benchkit": __version__,
+    }
 
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1, default=str)))
 
 
-def import_tokenizer(kind: str, path: str | Path, *, out_dir: str | Path = "results", arch: str | None = None,
-                     data: str = DEFAULT_DATA, image_size: int | None = None, container_key: str | None = None) -> Path:
+def import_tokenizer(
+    kind: str,
+    path: str | Path,
+    *,
+    out_dir: str | Path = "results",
+    arch: str | None = None,
+    data: str = DEFAULT_DATA,
+    image_size: int | None = None,
+    container_key: str | None = None,
+) -> Path:
     """Import a released KL-16 (``kl16``) or RQ-VAE (``rqvae``) as a benchkit tokenizer directory; returns it."""
     from benchkit.training.artifacts import MODEL, build_tokenizer, tokenizer_dir, tokenizer_fingerprint
 
@@ -61,8 +76,12 @@ def import_tokenizer(kind: str, path: str | Path, *, out_dir: str | Path = "resu
         options, res = rq.rqvae_options(cfg_arch)
         name, size, keymap = "rq", image_size or res, rq.rqvae_keymap(options["depth"])
         extra = {"scale": torch.tensor(1.0)}
-    cfg = RunConfig(name=f"import-{kind}", out_dir=str(out_dir), data=DataConfig(name=data, image_size=size),
-                    tokenizer=ComponentSpec(name=name, options=options))
+    cfg = RunConfig(
+        name=f"import-{kind}",
+        out_dir=str(out_dir),
+        data=DataConfig(name=data, image_size=size),
+        tokenizer=ComponentSpec(name=name, options=options),
+    )
     module = build_tokenizer(cfg, _CPU)
     load_official(module, state, keymap, f"{kind} checkpoint {str(path)!r}", extra)
     prov = _provenance(kind, path, key, arch_from)
@@ -80,8 +99,10 @@ def _tokenizer_config(tokenizer: Path) -> tuple[RunConfig, Path]:
     from benchkit.training.artifacts import MODEL, tokenizer_dir
 
     if not (tokenizer / "config.json").is_file():
-        raise ConfigError(f"--tokenizer {str(tokenizer)!r} has no config.json; give a directory written by "
-                          f"`benchkit import kl16|rqvae` or a run directory")
+        raise ConfigError(
+            f"--tokenizer {str(tokenizer)!r} has no config.json; give a directory written by "
+            f"`benchkit import kl16|rqvae` or a run directory"
+        )
     cfg = from_dict(RunConfig, json.loads((tokenizer / "config.json").read_text()), "")
     tdir = tokenizer_dir(replace(cfg, out_dir=str(tokenizer.parent.parent)))
     if not (tdir / f"{MODEL}.json").is_file():
@@ -89,8 +110,15 @@ def _tokenizer_config(tokenizer: Path) -> tuple[RunConfig, Path]:
     return cfg, tdir
 
 
-def import_generator(kind: str, path: str | Path, *, tokenizer: str | Path, out_dir: str | Path | None = None,
-                     arch: str | None = None, container_key: str | None = None) -> Path:
+def import_generator(
+    kind: str,
+    path: str | Path,
+    *,
+    tokenizer: str | Path,
+    out_dir: str | Path | None = None,
+    arch: str | None = None,
+    container_key: str | None = None,
+) -> Path:
     """Import a released MAR (``mar``) or RQ-Transformer (``rqtransformer``) as a run directory beside (a copy of)
     ``tokenizer`` (a directory from :func:`import_tokenizer` or a run directory); returns the run directory."""
     from benchkit.training.artifacts import (
@@ -125,8 +153,14 @@ def import_generator(kind: str, path: str | Path, *, tokenizer: str | Path, out_
         gen_opts, head_opts, classes = rq.rqt_options(cfg_arch)
         gen, head, keymap = "rqtransformer", "ce", rq.RQT_KEYMAP
         sample = SampleConfig()
-    cfg = replace(base, name=f"import-{kind}", out_dir=str(root), generator=ComponentSpec(name=gen, options=gen_opts),
-                  head=ComponentSpec(name=head, options=head_opts), sample=sample)
+    cfg = replace(
+        base,
+        name=f"import-{kind}",
+        out_dir=str(root),
+        generator=ComponentSpec(name=gen, options=gen_opts),
+        head=ComponentSpec(name=head, options=head_opts),
+        sample=sample,
+    )
     combo = check(cfg, include_eval=False)
     if kind == "mar":
         _check_mar_tokens(args, combo.spec)
@@ -147,8 +181,10 @@ def _check_mar_tokens(args: dict[str, Any], spec: Any) -> None:
     side = int(args.get("img_size", 256)) // int(args.get("vae_stride", 16))
     want, got = (side, side, int(args["vae_embed_dim"])), (*spec.grid, int(spec.dim or 0))
     if want != got:
-        raise ConfigError(f"this MAR models {want[0]}x{want[1]} tokens of {want[2]} channels but the tokenizer gives "
-                          f"{got[0]}x{got[1]}x{got[2]}; import the matching KL tokenizer")
+        raise ConfigError(
+            f"this MAR models {want[0]}x{want[1]} tokens of {want[2]} channels but the tokenizer gives "
+            f"{got[0]}x{got[1]}x{got[2]}; import the matching KL tokenizer"
+        )
 
 
 def imported_provenance(directory: str | Path) -> dict[str, Any]:

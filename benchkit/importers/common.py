@@ -54,8 +54,9 @@ def read_container(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def pick_weights(container: Mapping[str, Any], names: tuple[str, ...], path: str | Path,
-                 key: str | None = None) -> tuple[StateDict, str]:
+def pick_weights(
+    container: Mapping[str, Any], names: tuple[str, ...], path: str | Path, key: str | None = None
+) -> tuple[StateDict, str]:
     """(state dict, container key used): ``key`` when given, else the first of ``names`` present (EMA first)."""
     order = (key,) if key else names
     for name in order:
@@ -77,17 +78,22 @@ def check_layout(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch
     missing = [k for k in expected if k not in found]
     unknown = [k for k in found if k not in expected]
     if missing:
-        raise CheckpointError(f"{what}: {len(missing)} missing key(s), e.g. {', '.join(missing[:SHOW])}"
-                              + (f"; and {len(unknown)} unknown, e.g. {', '.join(unknown[:SHOW])}" if unknown else "")
-                              + "; is --arch right?")
+        raise CheckpointError(
+            f"{what}: {len(missing)} missing key(s), e.g. {', '.join(missing[:SHOW])}"
+            + (f"; and {len(unknown)} unknown, e.g. {', '.join(unknown[:SHOW])}" if unknown else "")
+            + "; is --arch right?"
+        )
     if unknown:
-        raise CheckpointError(f"{what}: {len(unknown)} unknown key(s), e.g. {', '.join(unknown[:SHOW])}; "
-                              f"is --arch right?")
+        raise CheckpointError(
+            f"{what}: {len(unknown)} unknown key(s), e.g. {', '.join(unknown[:SHOW])}; is --arch right?"
+        )
     wrong = [k for k in expected if _shape(found[k]) != _shape(expected[k])]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"{what}: {len(wrong)} tensor(s) of the wrong shape, first {k}: expected "
-                              f"{list(_shape(expected[k]))}, found {list(_shape(found[k]))}; is --arch right?")
+        raise CheckpointError(
+            f"{what}: {len(wrong)} tensor(s) of the wrong shape, first {k}: expected "
+            f"{list(_shape(expected[k]))}, found {list(_shape(found[k]))}; is --arch right?"
+        )
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,13 @@ class KeyMap:
     to_official: Mapper
 
 
-def load_official(module: nn.Module, official: Mapping[str, torch.Tensor], keymap: KeyMap, what: str,
-                  extra: Mapping[str, torch.Tensor] | None = None) -> None:
+def load_official(
+    module: nn.Module,
+    official: Mapping[str, torch.Tensor],
+    keymap: KeyMap,
+    what: str,
+    extra: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Check ``official`` against the layout ``module`` expects, map it and load it strictly; ``extra`` holds
     benchkit tensors with no official counterpart (scale, null class, codebook copy...)."""
     expected = keymap.to_official(module.state_dict())
@@ -116,7 +127,7 @@ def rename(state: Mapping[str, torch.Tensor], table: list[tuple[str, str]]) -> S
     for k, v in state.items():
         for src, dst in table:
             if k.startswith(src):
-                k = dst + k[len(src):]
+                k = dst + k[len(src) :]
                 break
         out[k] = v
     return out

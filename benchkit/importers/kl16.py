@@ -25,8 +25,14 @@ BENCHKIT_ONLY = ("scale",)
 # The released KL-16 (66.5M parameters): ch 128, ch_mult (1, 1, 2, 2, 4), 2 ResBlocks per level, encoder attention
 # at the 16x16 level, none in the decoder levels, 16 latent channels.
 ARCHS: dict[str, dict[str, Any]] = {
-    "kl16": {"ch": 128, "channel_mult": (1, 1, 2, 2, 4), "num_res_blocks": 2, "attn_levels": (4,),
-             "decoder_attn_levels": (), "z_channels": 16},
+    "kl16": {
+        "ch": 128,
+        "channel_mult": (1, 1, 2, 2, 4),
+        "num_res_blocks": 2,
+        "attn_levels": (4,),
+        "decoder_attn_levels": (),
+        "z_channels": 16,
+    },
 }
 
 
@@ -53,7 +59,8 @@ def _levels(state: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
 
 
 def infer_arch(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Tokenizer options of an LDM autoencoder state dict, read from its shapes (conv_in, down.*, attn, post_quant_conv)."""
+    """Tokenizer options of an LDM autoencoder state dict, read from its shapes (conv_in, down.*, attn,
+    post_quant_conv)."""
     try:
         ch = int(state["encoder.conv_in.weight"].shape[0])
         levels = _levels(state, r"encoder\.down\.(\d+)\.")
@@ -64,9 +71,14 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         raise CheckpointError(f"not an LDM autoencoder state dict: no {e.args[0]!r}") from None
     if not levels or levels != list(range(len(levels))):
         raise CheckpointError("not an LDM autoencoder state dict: encoder.down.* levels are missing or not 0..n-1")
-    return {"ch": ch, "channel_mult": mult, "num_res_blocks": blocks, "z_channels": z,
-            "attn_levels": tuple(_levels(state, r"encoder\.down\.(\d+)\.attn\.")),
-            "decoder_attn_levels": tuple(_levels(state, r"decoder\.up\.(\d+)\.attn\."))}
+    return {
+        "ch": ch,
+        "channel_mult": mult,
+        "num_res_blocks": blocks,
+        "z_channels": z,
+        "attn_levels": tuple(_levels(state, r"encoder\.down\.(\d+)\.attn\.")),
+        "decoder_attn_levels": tuple(_levels(state, r"decoder\.up\.(\d+)\.attn\.")),
+    }
 
 
 def tokenizer_options(arch: str | None, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], str]:
@@ -77,6 +89,10 @@ def tokenizer_options(arch: str | None, state: Mapping[str, torch.Tensor]) -> tu
         opts, source = dict(ARCHS[arch]), arch
     else:
         raise ConfigError(f"unknown KL --arch {arch!r}; valid: {', '.join(ARCHS)} (or omit it: read from the shapes)")
-    opts = {**opts, "channel_mult": list(opts["channel_mult"]), "attn_levels": list(opts["attn_levels"]),
-            "decoder_attn_levels": list(opts["decoder_attn_levels"])}
+    opts = {
+        **opts,
+        "channel_mult": list(opts["channel_mult"]),
+        "attn_levels": list(opts["attn_levels"]),
+        "decoder_attn_levels": list(opts["decoder_attn_levels"]),
+    }
     return {"backbone": "ldm", "encode_mode": "sample", **opts}, source

@@ -25,24 +25,55 @@ CONTAINER_KEYS = ("state_dict_ema", "state_dict")
 
 
 def _rqvae(n_embed: int, attn: int) -> dict[str, Any]:
-    return {"hparams": {"embed_dim": 256, "n_embed": n_embed, "latent_shape": [8, 8, 256], "code_shape": [8, 8, 4],
-                        "shared_codebook": True, "decay": 0.99, "latent_loss_weight": 0.25},
-            "ddconfig": {"double_z": False, "z_channels": 256, "resolution": 256, "ch": 128,
-                         "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [attn]}}
+    return {
+        "hparams": {
+            "embed_dim": 256,
+            "n_embed": n_embed,
+            "latent_shape": [8, 8, 256],
+            "code_shape": [8, 8, 4],
+            "shared_codebook": True,
+            "decay": 0.99,
+            "latent_loss_weight": 0.25,
+        },
+        "ddconfig": {
+            "double_z": False,
+            "z_channels": 256,
+            "resolution": 256,
+            "ch": 128,
+            "ch_mult": [1, 1, 2, 2, 4, 4],
+            "num_res_blocks": 2,
+            "attn_resolutions": [attn],
+        },
+    }
 
 
 def _rqt(width: int, heads: int, body: int, head: int) -> dict[str, Any]:
-    return {"vocab_size": 16384, "block_size": [8, 8, 4], "embed_dim": width, "input_embed_dim": 256,
-            "shared_tok_emb": True, "shared_cls_emb": True, "input_emb_vqvae": True, "head_emb_vqvae": True,
-            "cumsum_depth_ctx": True, "vocab_size_cond": 1000, "block_size_cond": 1,
-            "body": {"n_layer": body, "block": {"n_head": heads}}, "head": {"n_layer": head, "block": {"n_head": heads}},
-            "sample": {"top_k": 16384, "top_p": 0.92}}
+    return {
+        "vocab_size": 16384,
+        "block_size": [8, 8, 4],
+        "embed_dim": width,
+        "input_embed_dim": 256,
+        "shared_tok_emb": True,
+        "shared_cls_emb": True,
+        "input_emb_vqvae": True,
+        "head_emb_vqvae": True,
+        "cumsum_depth_ctx": True,
+        "vocab_size_cond": 1000,
+        "block_size_cond": 1,
+        "body": {"n_layer": body, "block": {"n_head": heads}},
+        "head": {"n_layer": head, "block": {"n_head": heads}},
+        "sample": {"top_k": 16384, "top_p": 0.92},
+    }
 
 
 # The released configs (configs/*/stage1|stage2/*.yaml, ``arch`` section), for checkpoints without config.yaml.
 RQVAE_ARCHS = {"in256-rqvae-8x8x4": _rqvae(16384, 8), "ffhq256-rqvae-8x8x4": _rqvae(2048, 16)}
-RQT_ARCHS = {"in256-480M": _rqt(1536, 24, 12, 4), "in256-800M": _rqt(1536, 24, 24, 4),
-             "in256-1400M": _rqt(1536, 24, 42, 6), "in256-3800M": _rqt(2560, 40, 42, 6)}
+RQT_ARCHS = {
+    "in256-480M": _rqt(1536, 24, 12, 4),
+    "in256-800M": _rqt(1536, 24, 24, 4),
+    "in256-1400M": _rqt(1536, 24, 42, 6),
+    "in256-3800M": _rqt(2560, 40, 42, 6),
+}
 
 
 def read_config(checkpoint: Path, arch: str | None, archs: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
@@ -52,8 +83,10 @@ def read_config(checkpoint: Path, arch: str | None, archs: Mapping[str, dict[str
         return dict(archs[arch]), str(arch)
     path = Path(arch) if arch else checkpoint.parent / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"no config for {str(checkpoint)!r}: {str(path)!r} does not exist; put the release's "
-                          f"config.yaml beside it or pass --arch {'|'.join(archs)}")
+        raise ConfigError(
+            f"no config for {str(checkpoint)!r}: {str(path)!r} does not exist; put the release's "
+            f"config.yaml beside it or pass --arch {'|'.join(archs)}"
+        )
     try:
         import yaml
     except ImportError:
@@ -81,11 +114,21 @@ def rqvae_options(arch: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
         raise ConfigError("latent_shape must equal code_shape on the grid and z_channels equal embed_dim (as released)")
     res = int(dd["resolution"])
     attn = tuple(i for i in range(len(dd["ch_mult"])) if res // 2**i in dd["attn_resolutions"])
-    opts = {"backbone": "ldm", "ch": int(dd["ch"]), "channel_mult": list(dd["ch_mult"]),
-            "num_res_blocks": int(dd["num_res_blocks"]), "attn_levels": list(attn), "decoder_attn_levels": list(attn),
-            "code_dim": int(hp["embed_dim"]), "codebook_size": int(hp["n_embed"]), "depth": int(hp["code_shape"][2]),
-            "decay": float(hp.get("decay", 0.99)), "beta": float(hp.get("latent_loss_weight", 0.25)),
-            "restart_threshold": 1.0, "norm": "group"}
+    opts = {
+        "backbone": "ldm",
+        "ch": int(dd["ch"]),
+        "channel_mult": list(dd["ch_mult"]),
+        "num_res_blocks": int(dd["num_res_blocks"]),
+        "attn_levels": list(attn),
+        "decoder_attn_levels": list(attn),
+        "code_dim": int(hp["embed_dim"]),
+        "codebook_size": int(hp["n_embed"]),
+        "depth": int(hp["code_shape"][2]),
+        "decay": float(hp.get("decay", 0.99)),
+        "beta": float(hp.get("latent_loss_weight", 0.25)),
+        "restart_threshold": 1.0,
+        "norm": "group",
+    }
     return opts, res
 
 
@@ -128,10 +171,15 @@ def rqvae_keymap(depth: int) -> KeyMap:
 # RQ-Transformer ----------------------------------------------------------------------------------------------
 
 _TABLE = [
-    ("pos_emb_cond", "start_pos"), ("pos_emb_hw", "spatial_pos"), ("pos_emb_d", "depth_pos"),
-    ("input_mlp.", "spatial_emb."), ("head_mlp.", "depth_emb."),
-    ("classifier.layer_norm.", "depth.norm."), ("classifier.linear.", "head.net."),
-    ("body_transformer.blocks.", "spatial.blocks."), ("head_transformer.blocks.", "depth.blocks."),
+    ("pos_emb_cond", "start_pos"),
+    ("pos_emb_hw", "spatial_pos"),
+    ("pos_emb_d", "depth_pos"),
+    ("input_mlp.", "spatial_emb."),
+    ("head_mlp.", "depth_emb."),
+    ("classifier.layer_norm.", "depth.norm."),
+    ("classifier.linear.", "head.net."),
+    ("body_transformer.blocks.", "spatial.blocks."),
+    ("head_transformer.blocks.", "depth.blocks."),
 ]
 _BLOCK = [(".ln1.", ".norm1."), (".ln2.", ".norm2."), (".mlp.0.", ".mlp.fc1."), (".mlp.2.", ".mlp.fc2.")]
 BENCHKIT_ONLY = ("codebook",)
@@ -183,14 +231,23 @@ def rqt_options(arch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     needed = ("input_emb_vqvae", "head_emb_vqvae", "cumsum_depth_ctx", "shared_tok_emb", "shared_cls_emb")
     off = [n for n in needed if not arch.get(n, False)]
     if off or int(arch.get("block_size_cond", 1)) != 1:
-        raise ConfigError(f"only class-conditional RQ-Transformers with {', '.join(needed)} and block_size_cond 1 "
-                          f"are supported (the ImageNet/FFHQ/LSUN releases); this one has {', '.join(off) or 'text'}")
+        raise ConfigError(
+            f"only class-conditional RQ-Transformers with {', '.join(needed)} and block_size_cond 1 "
+            f"are supported (the ImageNet/FFHQ/LSUN releases); this one has {', '.join(off) or 'text'}"
+        )
     heads = {int(arch["body"]["block"]["n_head"]), int(arch["head"]["block"]["n_head"])}
     if len(heads) != 1:
         raise ConfigError("benchkit's rqtransformer uses one head count for both stacks; this config differs")
-    gen = {"width": int(arch["embed_dim"]), "spatial_depth": int(arch["body"]["n_layer"]),
-           "depth_depth": int(arch["head"]["n_layer"]), "num_heads": heads.pop(), "dropout": 0.0, "label_drop": 0.0,
-           "code_embedding": "codebook", "codebook_dim": int(arch["input_embed_dim"])}
+    gen = {
+        "width": int(arch["embed_dim"]),
+        "spatial_depth": int(arch["body"]["n_layer"]),
+        "depth_depth": int(arch["head"]["n_layer"]),
+        "num_heads": heads.pop(),
+        "dropout": 0.0,
+        "label_drop": 0.0,
+        "code_embedding": "codebook",
+        "codebook_dim": int(arch["input_embed_dim"]),
+    }
     sample = arch.get("sample", {})
     head = {"top_k": int(sample.get("top_k", 0)), "top_p": float(sample.get("top_p", 1.0))}
     return gen, head, max(int(arch["vocab_size_cond"]), 1)

@@ -56,12 +56,24 @@ DISTORTIONS: dict[str, tuple[str, str, tuple[float, ...], Distort]] = {
     "noise": ("noise", "std", (0.02, 0.05, 0.1), _first_g(D.noise)),
     "shift": ("spatial", "px", (2, 4), lambda d, n, s, g: D.shift(d.images[:n], int(s))),
     "crop-and-resize": ("spatial", "1 - kept side", (0.15, 0.3), lambda d, n, s, g: D.crop_resize(d.images[:n], 1 - s)),
-    "mode drop": ("diversity", "share of classes", (0.3, 0.5),
-                  lambda d, n, s, g: D.mode_drop(d.images, d.labels, n, s, d.num_classes, g)),
-    "mode collapse": ("diversity", "distinct images", (200, 20),
-                      lambda d, n, s, g: D.mode_collapse(d.images, n, int(s), g)),
-    "class imbalance": ("diversity", "share of one class", (0.5, 0.9),
-                        lambda d, n, s, g: D.class_imbalance(d.images, d.labels, n, s, d.num_classes, g)),
+    "mode drop": (
+        "diversity",
+        "share of classes",
+        (0.3, 0.5),
+        lambda d, n, s, g: D.mode_drop(d.images, d.labels, n, s, d.num_classes, g),
+    ),
+    "mode collapse": (
+        "diversity",
+        "distinct images",
+        (200, 20),
+        lambda d, n, s, g: D.mode_collapse(d.images, n, int(s), g),
+    ),
+    "class imbalance": (
+        "diversity",
+        "share of one class",
+        (0.5, 0.9),
+        lambda d, n, s, g: D.class_imbalance(d.images, d.labels, n, s, d.num_classes, g),
+    ),
 }
 BARELY_VISIBLE: tuple[tuple[str, float], ...] = (("noise", 0.02), ("blur", 0.5))
 SEMANTIC: tuple[tuple[str, float], ...] = (("mode drop", 0.5), ("desaturation", 1.0), ("channel permutation", 1.0))
@@ -102,12 +114,24 @@ class Battery:
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
-        return {"rows": self.rows, "n": self.n, "features": self.features, "dataset": self.dataset,
-                "baseline": self.baseline}
+        return {
+            "rows": self.rows,
+            "n": self.n,
+            "features": self.features,
+            "dataset": self.dataset,
+            "baseline": self.baseline,
+        }
 
 
-def run_battery(train: ImageData, test: ImageData, extractor: Extractor, n: int = 2000, *, seed: int = 0,
-                only: tuple[str, ...] | None = None) -> Battery:
+def run_battery(
+    train: ImageData,
+    test: ImageData,
+    extractor: Extractor,
+    n: int = 2000,
+    *,
+    seed: int = 0,
+    only: tuple[str, ...] | None = None,
+) -> Battery:
     """FID of ``n`` distorted training images against ``n`` held-out images, for every row of ``DISTORTIONS``."""
     n = min(n, len(train), len(test))
     if n < 20:
@@ -129,8 +153,16 @@ def run_battery(train: ImageData, test: ImageData, extractor: Extractor, n: int 
             # One seed per distortion: strengths share their random draws (nested dropped classes, one noise field).
             g = torch.Generator().manual_seed(seed)
             value = fid(fn(train, n, s, g))
-            rows.append(BatteryRow(family=family, distortion=name, unit=unit, strength=float(s), fid=value,
-                                   ratio=value / max(base, 1e-12)))
+            rows.append(
+                BatteryRow(
+                    family=family,
+                    distortion=name,
+                    unit=unit,
+                    strength=float(s),
+                    fid=value,
+                    ratio=value / max(base, 1e-12),
+                )
+            )
     return Battery(rows=rows, n=n, features=extractor.tag, dataset=train.name)
 
 
@@ -143,8 +175,9 @@ class Check:
     detail: str
 
 
-def check_requirements(battery: Battery, *, min_ratio: float = 10.0,
-                       symmetries: tuple[str, ...] | None = None) -> list[Check]:
+def check_requirements(
+    battery: Battery, *, min_ratio: float = 10.0, symmetries: tuple[str, ...] | None = None
+) -> list[Check]:
     """The three requirements of the module docstring, one Check per distortion (or pair); ``symmetries`` defaults
     to ``DATASET_SYMMETRIES`` of the battery's dataset."""
     skip = set(DATASET_SYMMETRIES.get(battery.dataset, ()) if symmetries is None else symmetries)
@@ -156,11 +189,21 @@ def check_requirements(battery: Battery, *, min_ratio: float = 10.0,
         if name in skip:
             continue
         strongest = rows[-1]
-        checks.append(Check(f"{name} {strongest['strength']:g} >= {min_ratio:g}x baseline",
-                            strongest["ratio"] >= min_ratio, f"{strongest['ratio']:.1f}x"))
+        checks.append(
+            Check(
+                f"{name} {strongest['strength']:g} >= {min_ratio:g}x baseline",
+                strongest["ratio"] >= min_ratio,
+                f"{strongest['ratio']:.1f}x",
+            )
+        )
         fids = [r["fid"] for r in rows]
-        checks.append(Check(f"{name} grows with strength", all(a < b for a, b in zip(fids, fids[1:])),
-                            " < ".join(f"{f:.3g}" for f in fids)))
+        checks.append(
+            Check(
+                f"{name} grows with strength",
+                all(a < b for a, b in zip(fids, fids[1:])),
+                " < ".join(f"{f:.3g}" for f in fids),
+            )
+        )
     present = {(r["distortion"], r["strength"]) for r in battery.rows}
     for small, s_small in BARELY_VISIBLE:
         for big, s_big in SEMANTIC:
@@ -176,8 +219,13 @@ def battery_table(battery: Battery, checks: list[Check] | None = None) -> list:
     from rich.table import Table
 
     table = Table(title=f"FID battery: {battery.dataset}, features {battery.features}, n={battery.n}")
-    for col, justify in (("family", "left"), ("distortion", "left"), ("strength", "right"), ("FID", "right"),
-                         ("x baseline", "right")):
+    for col, justify in (
+        ("family", "left"),
+        ("distortion", "left"),
+        ("strength", "right"),
+        ("FID", "right"),
+        ("x baseline", "right"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in battery.rows:
         strength = f"{r['strength']:g} {r['unit']}" if r["unit"] else ""

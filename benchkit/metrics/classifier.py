@@ -31,8 +31,13 @@ class ClassifierCNN(nn.Module):
 
     def __init__(self, width: int, num_classes: int) -> None:
         super().__init__()
-        plan = [(3, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 1), (2 * width, 4 * width, 2),
-                (4 * width, 4 * width, 1)]
+        plan = [
+            (3, width, 1),
+            (width, 2 * width, 2),
+            (2 * width, 2 * width, 1),
+            (2 * width, 4 * width, 2),
+            (4 * width, 4 * width, 1),
+        ]
         layers: list[nn.Module] = []
         for cin, cout, stride in plan:
             layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -81,8 +86,14 @@ class DatasetCNNConfig:
 def classifier_fingerprint(data: ImageData, cfg: DatasetCNNConfig) -> str:
     """16 hex digits identifying (dataset name, split, size, image content, classifier config)."""
     train_cfg = {f.name: getattr(cfg, f.name) for f in fields(DatasetCNNConfig)}
-    payload = {"dataset": data.name, "split": data.split, "n": len(data), "version": CACHE_VERSION,
-               "content": content_hash(data.images, data.labels), "config": train_cfg}
+    payload = {
+        "dataset": data.name,
+        "split": data.split,
+        "n": len(data),
+        "version": CACHE_VERSION,
+        "content": content_hash(data.images, data.labels),
+        "config": train_cfg,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,10 +181,23 @@ def train_classifier(data: ImageData, cfg: DatasetCNNConfig, device: torch.devic
         val_acc = _accuracy(net, data.images[n_train:], data.labels[n_train:], device)
     else:
         val_acc = _accuracy(net, data.images, data.labels, device)
-    stats = {"val_acc": val_acc, "n_val": n_val, "n_train": n_train, "train_seconds": seconds,
-             "final_loss": float(loss.detach()), "chance_acc": 1.0 / data.num_classes}
-    log.info("dataset classifier for %s: %d images, %d steps in %.1f s, held-out accuracy %.3f (chance %.3f)",
-             data.name, n_train, cfg.steps, seconds, val_acc, 1.0 / data.num_classes)
+    stats = {
+        "val_acc": val_acc,
+        "n_val": n_val,
+        "n_train": n_train,
+        "train_seconds": seconds,
+        "final_loss": float(loss.detach()),
+        "chance_acc": 1.0 / data.num_classes,
+    }
+    log.info(
+        "dataset classifier for %s: %d images, %d steps in %.1f s, held-out accuracy %.3f (chance %.3f)",
+        data.name,
+        n_train,
+        cfg.steps,
+        seconds,
+        val_acc,
+        1.0 / data.num_classes,
+    )
     if val_acc < min(1.0, 2.0 / data.num_classes):
         log.warning("dataset classifier reached only %.3f held-out accuracy; its FID/IS are weak signals", val_acc)
     return net, stats

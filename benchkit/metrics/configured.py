@@ -19,8 +19,13 @@ def cache_dir(cfg: RunConfig) -> Path:
 
 def config_extractor(cfg: RunConfig, train: ImageData) -> Any:
     """The feature extractor of ``eval.features`` (the ``dataset`` one is trained on ``train`` once and cached)."""
-    return load_extractor(cfg.eval.features, train_data=train, cache_dir=cache_dir(cfg),
-                          device=pick_device(cfg.device), weights_path=cfg.eval.inception_weights)
+    return load_extractor(
+        cfg.eval.features,
+        train_data=train,
+        cache_dir=cache_dir(cfg),
+        device=pick_device(cfg.device),
+        weights_path=cfg.eval.inception_weights,
+    )
 
 
 def reference_key(cfg: RunConfig, n: int) -> str:

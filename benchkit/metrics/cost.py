@@ -70,9 +70,11 @@ class FlopCount(TorchDispatchMode):
 _FORMULAS: dict[Any, Callable[..., int]] = {
     **flop_registry,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(
-        lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v)),
+        lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v)
+    ),
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(
-        lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v)),
+        lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v)
+    ),
 }
 
 

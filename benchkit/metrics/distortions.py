@@ -65,8 +65,9 @@ def colour_cast(images: torch.Tensor, shift: float, channel: int = 0) -> torch.T
     return to_uint8(x)
 
 
-def permute_channels(images: torch.Tensor, fraction: float, g: torch.Generator,
-                     order: tuple[int, int, int] = (2, 0, 1)) -> torch.Tensor:
+def permute_channels(
+    images: torch.Tensor, fraction: float, g: torch.Generator, order: tuple[int, int, int] = (2, 0, 1)
+) -> torch.Tensor:
     """RGB -> BRG (``order``) on a random ``fraction`` of the images, the others unchanged."""
     pick = torch.rand(len(images), generator=g) < fraction
     out = images.clone()
@@ -111,8 +112,9 @@ def _take(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return order[:n]
 
 
-def mode_drop(images: torch.Tensor, labels: torch.Tensor, n: int, fraction: float, num_classes: int,
-              g: torch.Generator) -> torch.Tensor:
+def mode_drop(
+    images: torch.Tensor, labels: torch.Tensor, n: int, fraction: float, num_classes: int, g: torch.Generator
+) -> torch.Tensor:
     """``n`` images from the classes that remain after dropping ``round(fraction * num_classes)`` of them."""
     dropped = torch.randperm(num_classes, generator=g)[: round(fraction * num_classes)]
     keep = torch.nonzero(~torch.isin(labels, dropped)).flatten()
@@ -125,8 +127,9 @@ def mode_collapse(images: torch.Tensor, n: int, k: int, g: torch.Generator) -> t
     return images[distinct[torch.arange(n) % len(distinct)]]
 
 
-def class_imbalance(images: torch.Tensor, labels: torch.Tensor, n: int, share: float, num_classes: int,
-                    g: torch.Generator) -> torch.Tensor:
+def class_imbalance(
+    images: torch.Tensor, labels: torch.Tensor, n: int, share: float, num_classes: int, g: torch.Generator
+) -> torch.Tensor:
     """``n`` images of which a ``share`` come from one class and the rest from all classes evenly."""
     major = int(torch.randint(num_classes, (1,), generator=g))
     n_major = round(share * n)

@@ -74,9 +74,21 @@ class Extractor:
     Inception, whose 1008 ImageNet logits say nothing about the dataset's labels).
     """
 
-    def __init__(self, *, tag: str, fidelity_name: str, fidelity_class: type, weights_path: Path,
-                 feature_layer: str, logits_layer: str, num_classes: int | None, device: torch.device,
-                 batch_size: int, info: dict | None = None, weights_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tag: str,
+        fidelity_name: str,
+        fidelity_class: type,
+        weights_path: Path,
+        feature_layer: str,
+        logits_layer: str,
+        num_classes: int | None,
+        device: torch.device,
+        batch_size: int,
+        info: dict | None = None,
+        weights_hash: str | None = None,
+    ) -> None:
         self.tag, self.fidelity_name, self.fidelity_class = tag, fidelity_name, fidelity_class
         self.weights_path = Path(weights_path)
         self.weights_hash = weights_hash or sha256_file(self.weights_path)
@@ -99,8 +111,11 @@ class Extractor:
         """The torch-fidelity module (loaded on first use), in eval mode on ``device``."""
         if self._module is None:
             try:
-                m = self.fidelity_class(self.fidelity_name, [self.feature_layer, self.logits_layer],
-                                        feature_extractor_weights_path=str(self.weights_path))
+                m = self.fidelity_class(
+                    self.fidelity_name,
+                    [self.feature_layer, self.logits_layer],
+                    feature_extractor_weights_path=str(self.weights_path),
+                )
             except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
                 raise ConfigError(
                     f"could not load feature weights {self.weights_path} ({type(e).__name__}: {e}); the file may be "
@@ -111,9 +126,14 @@ class Extractor:
 
     def fidelity_kwargs(self) -> dict[str, Any]:
         """The torch-fidelity keyword arguments that select this network, its weights and layers."""
-        return {"feature_extractor": self.fidelity_name, "feature_extractor_weights_path": str(self.weights_path),
-                "feature_layer_isc": self.logits_layer, "feature_layer_fid": self.feature_layer,
-                "feature_layer_kid": self.feature_layer, "feature_layer_prc": self.feature_layer}
+        return {
+            "feature_extractor": self.fidelity_name,
+            "feature_extractor_weights_path": str(self.weights_path),
+            "feature_layer_isc": self.logits_layer,
+            "feature_layer_fid": self.feature_layer,
+            "feature_layer_kid": self.feature_layer,
+            "feature_layer_prc": self.feature_layer,
+        }
 
     @torch.inference_mode()
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,8 @@ has total variance one, then multiplied by its weight (``colour_weight``, ``edge
 ``FEATURE_SCALE``. A block that barely varies on the training images (total variance below ``MIN_BLOCK_VARIANCE``,
 e.g. edges when every image has the same layout) is divided by the floor's square root instead, with a warning:
 otherwise the first sample that differs there gets features of 1e5 and an FID of 1e11, whose covariance square
-root no longer holds in float64. The network, its standardisation and its config are cached on disk (safetensors + json) under a
-fingerprint of (dataset, split, size, image content, config).
+root no longer holds in float64. The network, its standardisation and its config are cached on disk (safetensors + json)
+under a fingerprint of (dataset, split, size, image content, config).
 
 The ``features`` tag (``dataset-fused@<sha8>``) is ``feature_digest`` of the cached tensors: what fixes the features
 and nothing else, so a rebuild that gives the same weights gives the same tag and reuses reference statistics. The
@@ -70,8 +70,11 @@ class DatasetFeatureNet(nn.Module):
     @property
     def blocks(self) -> dict[str, slice]:
         """Which feature columns hold which block."""
-        return {"colour": slice(0, COLOUR_DIM), "edges": slice(COLOUR_DIM, COLOUR_DIM + EDGE_DIM),
-                "cnn": slice(COLOUR_DIM + EDGE_DIM, None)}
+        return {
+            "colour": slice(0, COLOUR_DIM),
+            "edges": slice(COLOUR_DIM, COLOUR_DIM + EDGE_DIM),
+            "cnn": slice(COLOUR_DIM + EDGE_DIM, None),
+        }
 
     def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(unstandardised blocks concatenated [B,D], logits [B,K])."""
@@ -87,15 +90,25 @@ class DatasetFeatureNet(nn.Module):
     def fit_standardisation(self, images: torch.Tensor, weights: dict[str, float], batch_size: int = 500) -> None:
         """Centre each block and give it total variance ``(FEATURE_SCALE * weight)**2`` on uint8 ``images``."""
         device = self.shift.device
-        raw = torch.cat([self.raw(to_float(images[i : i + batch_size].to(device)))[0].double()
-                         for i in range(0, len(images), batch_size)])
+        raw = torch.cat(
+            [
+                self.raw(to_float(images[i : i + batch_size].to(device)))[0].double()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
         mean, var = raw.mean(0), raw.var(0)
         scale = torch.ones_like(mean)
         for name, cols in self.blocks.items():
             total = float(var[cols].sum())
             if total < MIN_BLOCK_VARIANCE:
-                log.warning("feature block %r barely varies on the %d training images (total variance %.3g); "
-                            "scaling it as if it were %.0e", name, len(images), total, MIN_BLOCK_VARIANCE)
+                log.warning(
+                    "feature block %r barely varies on the %d training images (total variance %.3g); "
+                    "scaling it as if it were %.0e",
+                    name,
+                    len(images),
+                    total,
+                    MIN_BLOCK_VARIANCE,
+                )
             scale[cols] = FEATURE_SCALE * weights[name] / max(total, MIN_BLOCK_VARIANCE) ** 0.5
         self.shift.copy_(mean.float())
         self.scale.copy_(scale.float())
@@ -179,10 +192,18 @@ def cached_feature_net(
         tmp = wpath.with_name(f".{wpath.name}.{os.getpid()}.tmp")
         save_file(state, str(tmp), metadata={"width": str(cfg.width), "num_classes": str(data.num_classes)})
         os.replace(tmp, wpath)
-        meta = {"fingerprint": fp, "dataset": data.name, "split": data.split, "n_images": len(data),
-                "class_names": list(data.class_names), "image_size": data.image_size,
-                "config": asdict(cfg), "weights_sha256": sha256_file(wpath),
-                "feature_sha256": feature_digest(state, block_weights(cfg)), **stats}
+        meta = {
+            "fingerprint": fp,
+            "dataset": data.name,
+            "split": data.split,
+            "n_images": len(data),
+            "class_names": list(data.class_names),
+            "image_size": data.image_size,
+            "config": asdict(cfg),
+            "weights_sha256": sha256_file(wpath),
+            "feature_sha256": feature_digest(state, block_weights(cfg)),
+            **stats,
+        }
         atomic_write_text(jpath, json.dumps(meta, indent=2))
     return wpath, meta
 
@@ -196,8 +217,9 @@ def fidelity_feature_class() -> type:
     class FidelityDatasetFeatures(FeatureExtractorBase):
         """DatasetFeatureNet for torch-fidelity: features 'feat' (FID/KID/PRC) and 'logits' (ISC)."""
 
-        def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs: Any
+        ) -> None:
             super().__init__(name, features_list)
             if feature_extractor_weights_path is None:
                 raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path")

@@ -69,10 +69,14 @@ class AutoConfig(DatasetCNNConfig):
     weights_path: str | None = None
 
 
-
 @FEATURES.register("dataset", config=DatasetCNNConfig)
-def dataset_features(cfg: DatasetCNNConfig, *, train_data: ImageData | None = None, cache_dir: Path | None = None,
-                     device: torch.device | None = None) -> Extractor:
+def dataset_features(
+    cfg: DatasetCNNConfig,
+    *,
+    train_data: ImageData | None = None,
+    cache_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> Extractor:
     """Classifier features + colour statistics + edge layout, fitted to the train split (cached); offline FID/IS."""
     if train_data is None:
         raise ConfigError("features 'dataset' needs the training split (train_data) to train its classifier")
@@ -81,18 +85,32 @@ def dataset_features(cfg: DatasetCNNConfig, *, train_data: ImageData | None = No
     device = device or torch.device("cpu")
     path, meta = cached_feature_net(train_data, cfg, Path(cache_dir), device)
     digest = stored_feature_digest(path, cfg)  # the tensors, not the file's bytes: equal weights, equal tag
-    return Extractor(tag=f"dataset-fused@{digest[:8]}", fidelity_name=f"benchkit-dataset-fused-{digest[:16]}",
-                     fidelity_class=fidelity_feature_class(), weights_path=path, feature_layer="feat",
-                     logits_layer="logits", num_classes=train_data.num_classes, device=device, batch_size=256,
-                     info=meta, weights_hash=digest)
+    return Extractor(
+        tag=f"dataset-fused@{digest[:8]}",
+        fidelity_name=f"benchkit-dataset-fused-{digest[:16]}",
+        fidelity_class=fidelity_feature_class(),
+        weights_path=path,
+        feature_layer="feat",
+        logits_layer="logits",
+        num_classes=train_data.num_classes,
+        device=device,
+        batch_size=256,
+        info=meta,
+        weights_hash=digest,
+    )
 
 
 _FALLBACK_NOTED: set[str] = set()
 
 
 @FEATURES.register("auto", config=AutoConfig)
-def auto_features(cfg: AutoConfig, *, train_data: ImageData | None = None, cache_dir: Path | None = None,
-                  device: torch.device | None = None) -> Extractor:
+def auto_features(
+    cfg: AutoConfig,
+    *,
+    train_data: ImageData | None = None,
+    cache_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> Extractor:
     """Inception-V3 when its weights are on disk, else the dataset classifier (the table names which)."""
     path, where = find_inception_weights(cfg.weights_path)
     if path is not None:
@@ -106,8 +124,15 @@ def auto_features(cfg: AutoConfig, *, train_data: ImageData | None = None, cache
     return dataset_features(dataset_cfg, train_data=train_data, cache_dir=cache_dir, device=device)
 
 
-def load_extractor(name: str, *, train_data: ImageData | None, cache_dir: Path, device: torch.device,
-                   weights_path: str | None = None, options: dict[str, Any] | None = None) -> Extractor:
+def load_extractor(
+    name: str,
+    *,
+    train_data: ImageData | None,
+    cache_dir: Path,
+    device: torch.device,
+    weights_path: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Extractor:
     """Build the feature network ``name`` (inception, dataset, auto or a plugin) with its ``options``.
 
     ``weights_path`` is the Inception weights file; it is ignored (with a debug note) by networks without that option.
@@ -120,5 +145,4 @@ def load_extractor(name: str, *, train_data: ImageData | None, cache_dir: Path, 
             opts.setdefault("weights_path", str(weights_path))
         else:
             log.debug("features %r has no weights_path option; ignoring %s", name, weights_path)
-    return FEATURES.create(name, train_data=train_data, cache_dir=Path(cache_dir), device=torch.device(device),
-                           **opts)
+    return FEATURES.create(name, train_data=train_data, cache_dir=Path(cache_dir), device=torch.device(device), **opts)

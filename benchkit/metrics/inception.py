@@ -32,7 +32,6 @@ def _inception_class() -> type:
     return FeatureExtractorInceptionV3
 
 
-
 @dataclass(frozen=True)
 class InceptionConfig:
     """Options of the ``inception`` feature network."""
@@ -43,7 +42,6 @@ class InceptionConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
 
 
 def hub_inception_path() -> Path:
@@ -71,8 +69,13 @@ def _missing_inception(where: str) -> ConfigError:
 
 
 @FEATURES.register("inception", config=InceptionConfig)
-def inception_features(cfg: InceptionConfig, *, train_data: ImageData | None = None, cache_dir: Path | None = None,
-                       device: torch.device | None = None) -> Extractor:
+def inception_features(
+    cfg: InceptionConfig,
+    *,
+    train_data: ImageData | None = None,
+    cache_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> Extractor:
     """Inception-V3 of torch-fidelity (pool3 2048-d, logits for IS) from a local weights file; never downloads."""
     del train_data, cache_dir
     path, where = find_inception_weights(cfg.weights_path)
@@ -81,6 +84,15 @@ def inception_features(cfg: InceptionConfig, *, train_data: ImageData | None = N
     digest = sha256_file(path)
     # The standard file's sha256 starts with the prefix in its name; other weights are marked in the tag.
     tag = "inception-v3" if digest.startswith(INCEPTION_SHA256_PREFIX) else f"inception-v3@{digest[:8]}"
-    return Extractor(tag=tag, fidelity_name=f"benchkit-inception-v3-{digest[:16]}", fidelity_class=_inception_class(),
-                     weights_path=path, feature_layer="2048", logits_layer="logits_unbiased", num_classes=None,
-                     device=device or torch.device("cpu"), batch_size=cfg.batch_size, info={"weights": str(path)})
+    return Extractor(
+        tag=tag,
+        fidelity_name=f"benchkit-inception-v3-{digest[:16]}",
+        fidelity_class=_inception_class(),
+        weights_path=path,
+        feature_layer="2048",
+        logits_layer="logits_unbiased",
+        num_classes=None,
+        device=device or torch.device("cpu"),
+        batch_size=cfg.batch_size,
+        info={"weights": str(path)},
+    )

@@ -31,14 +31,19 @@ def _kind(generator: nn.Module) -> str:
 
 
 def influence_by_distance(
-    generator: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, *, queries: int = 3, n_masked: int | None = None,
+    generator: nn.Module,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    queries: int = 3,
+    n_masked: int | None = None,
     seed: int = 0,
 ) -> dict[int, float]:
     """Mean gradient influence of a visible token on a query's condition, per Chebyshev grid distance.
 
     tokens float [B, h, w, C] (one token per position), labels [B]. ``ar``: queries are ``queries`` positions per
-    image from the grid centre diagonally up-left; ``mar``: the first ``queries`` unknown positions of a random order with
-    ``n_masked`` unknown (default: 3/4 of the positions).
+    image from the grid centre diagonally up-left; ``mar``: the first ``queries`` unknown positions of a random order
+    with ``n_masked`` unknown (default: 3/4 of the positions).
     """
     kind = _kind(generator)
     if queries < 1:
@@ -70,7 +75,7 @@ def influence_by_distance(
             p = int(query[b, j])
             (grad,) = torch.autograd.grad(z[b, p].pow(2).sum(), x, retain_graph=True)
             norms = grad[b].norm(dim=-1)
-            for q in (range(p) if kind == "ar" else known[b]):
+            for q in range(p) if kind == "ar" else known[b]:
                 d = max(abs(q // w - p // w), abs(q % w - p % w))
                 sums[d] += float(norms[q])
                 counts[d] += 1

@@ -45,8 +45,10 @@ def lpips_unavailable(net: str = "alex", path: str | None = None) -> str | None:
         return "LPIPS needs the lpips package: pip install 'benchkit[lpips]'"
     file = backbone_path(net, path)
     if not file.is_file():
-        return (f"LPIPS needs torchvision's ImageNet {net} weights and benchkit never downloads: put "
-                f"{BACKBONE_FILES[net]} at {file}" + ("" if path else " (or set eval.lpips_weights to its path)"))
+        return (
+            f"LPIPS needs torchvision's ImageNet {net} weights and benchkit never downloads: put "
+            f"{BACKBONE_FILES[net]} at {file}" + ("" if path else " (or set eval.lpips_weights to its path)")
+        )
     return None
 
 
@@ -101,8 +103,10 @@ def lpips_loss(weight: float, net: str = "alex", path: str | None = None) -> Cal
     def loss(tokenizer: Any, images: torch.Tensor) -> LossOutput:
         out = tokenizer.loss(images)
         if out.recon is None:
-            raise ConfigError(f"{type(tokenizer).__name__}.loss returns no reconstruction (LossOutput.recon), "
-                              "so it cannot be trained with an LPIPS loss; set tokenizer_train.lpips_weight = 0")
+            raise ConfigError(
+                f"{type(tokenizer).__name__}.loss returns no reconstruction (LossOutput.recon), "
+                "so it cannot be trained with an LPIPS loss; set tokenizer_train.lpips_weight = 0"
+            )
         perceptual = model.to(images.device)(out.recon, images).mean()
         total = out.loss + weight * perceptual
         return LossOutput(total, {**out.logs, "lpips": perceptual.item(), "loss": total.item()}, out.recon)

@@ -110,8 +110,15 @@ class FIDInfinity(NamedTuple):
     fids: tuple[float, ...]
 
 
-def fid_infinity(fake_feats: torch.Tensor, ref_mu: np.ndarray, ref_sigma: np.ndarray, *, num_points: int = 15,
-                 min_n: int | None = None, seed: int = 0) -> FIDInfinity:
+def fid_infinity(
+    fake_feats: torch.Tensor,
+    ref_mu: np.ndarray,
+    ref_sigma: np.ndarray,
+    *,
+    num_points: int = 15,
+    min_n: int | None = None,
+    seed: int = 0,
+) -> FIDInfinity:
     """FID-infinity of Chong & Forsyth (2020, Sec. 3.1) against fixed reference statistics.
 
     The reference term of the bias (c / N_ref) stays in the intercept: compare FID-infinity only at equal N_ref.
@@ -169,8 +176,12 @@ def reference_stats(real: torch.Tensor, extractor: Extractor, *, cache_dir: Path
             log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
     feats = extractor.features(real)
     mu, sigma = feature_stats(feats)
-    meta = {"ref_key": ref_key, "features": extractor.tag, "weights_sha256": extractor.weights_hash,
-            "n": str(len(real))}
+    meta = {
+        "ref_key": ref_key,
+        "features": extractor.tag,
+        "weights_sha256": extractor.weights_hash,
+        "n": str(len(real)),
+    }
     tensors = {"feats": feats.contiguous(), "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
     return RefStats(feats, mu, sigma, path, False)
@@ -194,8 +205,9 @@ def cleanfid_fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: n
     return cleanfid_fid_or_reason(mu1, sigma1, mu2, sigma2)[0]
 
 
-def cleanfid_fid_or_reason(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                           sigma2: np.ndarray) -> tuple[float, str]:
+def cleanfid_fid_or_reason(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> tuple[float, str]:
     """(clean-fid's FID, "") or (NaN, why it failed); its warnings and prints go to the debug log."""
     from cleanfid import fid as cfid
     from scipy.linalg import LinAlgWarning
@@ -224,13 +236,14 @@ def compare_fids(fid: float, cleanfid: tuple[float, str]) -> dict[str, float | s
     row are untrustworthy (degenerate statistics, or a bug); one warning line says so.
     """
     value, reason = cleanfid
-    out: dict[str, float | str] = {"fid_cleanfid": value,
-                                   "fid_rel_diff": abs(fid - value) / max(abs(fid), 1e-12)}
+    out: dict[str, float | str] = {"fid_cleanfid": value, "fid_rel_diff": abs(fid - value) / max(abs(fid), 1e-12)}
     if not reason and not (math.isfinite(fid) and math.isfinite(value)):
         reason = f"non-finite FID (torch-fidelity {fid:.6g}, clean-fid {value:.6g})"
     elif not reason and not abs(fid - value) <= 1e-3 * abs(fid) + 1e-6:
-        reason = (f"torch-fidelity FID {fid:.6g} and clean-fid FID {value:.6g} disagree "
-                  f"(relative difference {out['fid_rel_diff']:.2g})")
+        reason = (
+            f"torch-fidelity FID {fid:.6g} and clean-fid FID {value:.6g} disagree "
+            f"(relative difference {out['fid_rel_diff']:.2g})"
+        )
     if reason:
         out["fid_invalid"] = reason
         log.warning("FID not valid: %s (torch-fidelity gave %.6g)", reason, fid)
@@ -261,28 +274,45 @@ def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, l
     return float(hit.mean()), per_class
 
 
-def bootstrap_fid_std(fake_feats: torch.Tensor | np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, *,
-                      rounds: int = 20, seed: int = 0) -> float:
+def bootstrap_fid_std(
+    fake_feats: torch.Tensor | np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, *, rounds: int = 20, seed: int = 0
+) -> float:
     """Standard deviation of FID over ``rounds`` resamplings (with replacement) of the generated features."""
-    feats = np.asarray(fake_feats.detach().cpu().numpy() if isinstance(fake_feats, torch.Tensor) else fake_feats,
-                       dtype=np.float64)
+    feats = np.asarray(
+        fake_feats.detach().cpu().numpy() if isinstance(fake_feats, torch.Tensor) else fake_feats, dtype=np.float64
+    )
     if feats.ndim != 2 or len(feats) < 2:
         raise ConfigError(f"fake_feats must be [N >= 2, D], got shape {feats.shape}")
     if rounds < 2:
         raise ConfigError(f"rounds must be >= 2, got {rounds}")
     rng = np.random.default_rng(seed)
-    fids = [frechet_distance(*feature_stats(feats[rng.integers(0, len(feats), len(feats))]), ref_mu, ref_sigma)
-            for _ in range(rounds)]
+    fids = [
+        frechet_distance(*feature_stats(feats[rng.integers(0, len(feats), len(feats))]), ref_mu, ref_sigma)
+        for _ in range(rounds)
+    ]
     return float(np.std(fids, ddof=1))
 
 
 # ---------------------------------------------------------------------------------------------- main entry
 
 
-def generation_metrics(fake: torch.Tensor, real: torch.Tensor, extractor: Extractor, *, cache_dir: Path,
-                       ref_key: str, labels: torch.Tensor | None = None, kid_subset_size: int | None = None,
-                       prc: bool = True, device: torch.device, isc_splits: int = 10, kid_subsets: int = 100,
-                       fid_inf: bool = False, clean_fid: bool = True, seed: int = 2020) -> dict[str, float | str]:
+def generation_metrics(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    extractor: Extractor,
+    *,
+    cache_dir: Path,
+    ref_key: str,
+    labels: torch.Tensor | None = None,
+    kid_subset_size: int | None = None,
+    prc: bool = True,
+    device: torch.device,
+    isc_splits: int = 10,
+    kid_subsets: int = 100,
+    fid_inf: bool = False,
+    clean_fid: bool = True,
+    seed: int = 2020,
+) -> dict[str, float | str]:
     """FID, IS, KID, precision/recall (torch-fidelity), FID/KID (clean-fid), class accuracy of uint8 samples.
 
     ``fake`` uint8 [N,3,H,W] are the samples, ``real`` uint8 [M,3,H,W] the held-out reference, named ``ref_key`` in
@@ -307,10 +337,23 @@ def generation_metrics(fake: torch.Tensor, real: torch.Tensor, extractor: Extrac
         # 1. torch-fidelity on in-memory uint8 Datasets; the reference's cache name holds its content hash and the
         #    network's name holds the weights hash, so no cached entry can belong to other images or weights.
         tf = fidelity_metrics(
-            input1=_Uint8Images(fake), input2=_Uint8Images(real), isc=True, fid=True, kid=True, prc=prc,
-            **extractor.fidelity_kwargs(), cuda=device.type == "cuda", batch_size=extractor.batch_size,
-            save_cpu_ram=True, verbose=False, isc_splits=splits, kid_subsets=kid_subsets, kid_subset_size=kid_size,
-            cache=True, cache_root=str(cache_dir / "fidelity"), rng_seed=seed,
+            input1=_Uint8Images(fake),
+            input2=_Uint8Images(real),
+            isc=True,
+            fid=True,
+            kid=True,
+            prc=prc,
+            **extractor.fidelity_kwargs(),
+            cuda=device.type == "cuda",
+            batch_size=extractor.batch_size,
+            save_cpu_ram=True,
+            verbose=False,
+            isc_splits=splits,
+            kid_subsets=kid_subsets,
+            kid_subset_size=kid_size,
+            cache=True,
+            cache_root=str(cache_dir / "fidelity"),
+            rng_seed=seed,
             input2_cache_name=f"benchkit-{ref_cache_name(real, ref_key)}",
         )
         out: dict[str, float | str] = {"features": extractor.tag, "n_samples": n, "n_ref": m}

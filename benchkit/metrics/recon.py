@@ -97,7 +97,7 @@ def codebook_usage(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
         raise ValueError(f"ids must be [B,h,w] or [B,h,w,D], got {tuple(ids.shape)}")
     if ids.numel() == 0:
         raise ValueError("codebook_usage needs at least one id")
-    if (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
         raise ValueError(f"ids outside [0, {vocab_size})")
     per_depth = ids.long().reshape(-1, 1) if ids.ndim == 3 else ids.long().reshape(-1, ids.shape[-1])
     usage, perplexity = [], []

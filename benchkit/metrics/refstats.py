@@ -95,7 +95,9 @@ def save_reference_stats(images: torch.Tensor, extractor: Any, path: str | Path,
     return p
 
 
-def fid_from_stats(mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> dict[str, float | str]:
+def fid_from_stats(
+    mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray
+) -> dict[str, float | str]:
     """FID of two Gaussians by torch-fidelity and by clean-fid, checked against each other (``compare_fids``)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
@@ -106,8 +108,15 @@ def fid_from_stats(mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_si
     return {"fid": fid, **compare_fids(fid, cleanfid_fid_or_reason(mu, sigma, ref_mu, ref_sigma))}
 
 
-def streamed_fid(make_images: Callable[[torch.Tensor, int], torch.Tensor], labels: torch.Tensor, extractor: Any,
-                 stats_path: str | Path, *, chunk: int, seed: int) -> dict[str, float | str]:
+def streamed_fid(
+    make_images: Callable[[torch.Tensor, int], torch.Tensor],
+    labels: torch.Tensor,
+    extractor: Any,
+    stats_path: str | Path,
+    *,
+    chunk: int,
+    seed: int,
+) -> dict[str, float | str]:
     """FID of the images ``make_images(labels_chunk, chunk_seed)`` (uint8) for all ``labels`` against the file.
 
     Every rank must call under torchrun; all ranks return the same numbers.
@@ -119,8 +128,10 @@ def streamed_fid(make_images: Callable[[torch.Tensor, int], torch.Tensor], label
         images = make_images(labels[c * chunk : (c + 1) * chunk], seed * 1_000_003 + c)
         feats = extractor.features(images)
         if feats.shape[1] != len(ref_mu):
-            raise ConfigError(f"features have {feats.shape[1]} dimensions, {str(stats_path)!r} has {len(ref_mu)}: "
-                              f"set eval.features to the network the statistics were made with")
+            raise ConfigError(
+                f"features have {feats.shape[1]} dimensions, {str(stats_path)!r} has {len(ref_mu)}: "
+                f"set eval.features to the network the statistics were made with"
+            )
         moments.update(feats)
     moments.all_reduce()
     mu, sigma = moments.stats()

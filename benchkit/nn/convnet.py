@@ -196,5 +196,10 @@ class ConvDecoder(nn.Module):
 
 def conv_kwargs(cfg: Any) -> dict[str, Any]:
     """The ConvEncoder/ConvDecoder keyword arguments taken from a tokenizer config."""
-    return {"ch": cfg.ch, "channel_mult": cfg.channel_mult, "num_res_blocks": cfg.num_res_blocks,
-            "attention": cfg.attention, "norm": cfg.norm}
+    return {
+        "ch": cfg.ch,
+        "channel_mult": cfg.channel_mult,
+        "num_res_blocks": cfg.num_res_blocks,
+        "attention": cfg.attention,
+        "norm": cfg.norm,
+    }

@@ -141,8 +141,16 @@ class MidBlock(nn.Module):
 class LDMEncoder(nn.Module):
     """Images [B, in_ch, H, W] -> [B, out_ch, H/f, W/f], f = 2 ** (len(channel_mult) - 1)."""
 
-    def __init__(self, *, out_ch: int, ch: int, channel_mult: tuple[int, ...], num_res_blocks: int,
-                 attn_levels: tuple[int, ...] = (), in_ch: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        out_ch: int,
+        ch: int,
+        channel_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_levels: tuple[int, ...] = (),
+        in_ch: int = 3,
+    ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
         levels, width = [], ch
@@ -166,8 +174,16 @@ class LDMEncoder(nn.Module):
 class LDMDecoder(nn.Module):
     """Latents [B, in_ch, h, w] -> images [B, out_ch, h*f, w*f]; levels run from the lowest resolution up."""
 
-    def __init__(self, *, in_ch: int, ch: int, channel_mult: tuple[int, ...], num_res_blocks: int,
-                 attn_levels: tuple[int, ...] = (), out_ch: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        in_ch: int,
+        ch: int,
+        channel_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_levels: tuple[int, ...] = (),
+        out_ch: int = 3,
+    ) -> None:
         super().__init__()
         width = ch * channel_mult[-1]
         self.conv_in = nn.Conv2d(in_ch, width, 3, padding=1)

@@ -78,7 +78,13 @@ def cfg_at(cfg: float, schedule: str, progress: float) -> float:
 
 
 def check_sampling_args(
-    labels: torch.Tensor, num_classes: int, *, steps: int | None, cfg: float, cfg_schedule: str, temperature: float,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    steps: int | None,
+    cfg: float,
+    cfg_schedule: str,
+    temperature: float,
     diffusion_steps: int | None = None,
 ) -> None:
     """Raise ConfigError on bad ``generate`` arguments (labels may use the null class ``num_classes``)."""
@@ -86,5 +92,6 @@ def check_sampling_args(
         raise ConfigError(f"labels must be a long tensor [B], got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
         raise ConfigError(f"labels must be in [0, {num_classes}] ({num_classes} = unconditional)")
-    SampleSettings(steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
-                   diffusion_steps=diffusion_steps)
+    SampleSettings(
+        steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, diffusion_steps=diffusion_steps
+    )

@@ -31,8 +31,14 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_tokens(
-    generator: nn.Module, labels: torch.Tensor, settings: SampleSettings, *, seed: int, batch_size: int,
-    progress: Callable[[int, int], None] | None = None, distributed: bool = False,
+    generator: nn.Module,
+    labels: torch.Tensor,
+    settings: SampleSettings,
+    *,
+    seed: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> list[torch.Tensor]:
     """Tokens for ``labels`` in batches, generated under autocast in ``settings.precision``: all of them, or with
     ``distributed`` (every rank must call) this rank's batches (index i for i % world == rank)."""
@@ -44,9 +50,17 @@ def generate_tokens(
         for b in range(rank, nb, world):
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
             lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
-            out.append(generator.generate(lab, steps=settings.steps, cfg=settings.cfg,
-                                          cfg_schedule=settings.cfg_schedule, temperature=settings.temperature,
-                                          diffusion_steps=settings.diffusion_steps, generator=g))
+            out.append(
+                generator.generate(
+                    lab,
+                    steps=settings.steps,
+                    cfg=settings.cfg,
+                    cfg_schedule=settings.cfg_schedule,
+                    temperature=settings.temperature,
+                    diffusion_steps=settings.diffusion_steps,
+                    generator=g,
+                )
+            )
             if progress is not None:
                 progress(min((b + 1) * batch_size, len(labels)), len(labels))
     return out
@@ -54,14 +68,25 @@ def generate_tokens(
 
 @torch.no_grad()
 def generate_images(
-    generator: nn.Module, tokenizer: nn.Module, kind: TokenKind, labels: torch.Tensor, settings: SampleSettings,
-    *, seed: int, batch_size: int, progress: Callable[[int, int], None] | None = None, distributed: bool = False,
+    generator: nn.Module,
+    tokenizer: nn.Module,
+    kind: TokenKind,
+    labels: torch.Tensor,
+    settings: SampleSettings,
+    *,
+    seed: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> torch.Tensor:
     """uint8 images [N, 3, H, W] for ``labels``; with ``distributed`` under torchrun, every rank must call, each
     generates its share of the batches and all ranks receive all images in label order."""
-    parts = [to_uint8(tokenizer.decode(t, kind)).cpu()
-             for t in generate_tokens(generator, labels, settings, seed=seed, batch_size=batch_size, progress=progress,
-                                      distributed=distributed)]
+    parts = [
+        to_uint8(tokenizer.decode(t, kind)).cpu()
+        for t in generate_tokens(
+            generator, labels, settings, seed=seed, batch_size=batch_size, progress=progress, distributed=distributed
+        )
+    ]
     if not distributed or bdist.world_size() == 1:
         return torch.cat(parts)
     return _gather_batches(parts, len(labels), batch_size)

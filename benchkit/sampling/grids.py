@@ -63,8 +63,9 @@ def save_grid(images_uint8: torch.Tensor, path: Path, nrow: int = 8, padding: in
     return _write_png(grid_tensor(images_uint8, nrow=nrow, padding=padding), path)
 
 
-def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, nrow: int = 8,
-                        padding: int = 2) -> Path:
+def reconstruction_grid(
+    originals: torch.Tensor, recons: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2
+) -> Path:
     """Save originals and reconstructions [N,3,H,W] as a PNG whose rows alternate: originals, then the
     reconstructions of those same images directly below, ``nrow`` pairs per row pair."""
     originals, recons = _as_uint8(originals, "originals"), _as_uint8(recons, "recons")
@@ -77,7 +78,7 @@ def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor, path: Pat
     for start in range(0, n, nrow):
         # 1. One row of originals, then the matching row of reconstructions; a short last row is blank-padded.
         for src in (originals, recons):
-            chunk = src[start:start + nrow]
+            chunk = src[start : start + nrow]
             tiles += [chunk, blank.expand(nrow - chunk.shape[0], -1, -1, -1)]
     stacked = torch.cat(tiles)
     assert stacked.shape[0] == 2 * nrow * math.ceil(n / nrow), "every row must hold nrow tiles"

@@ -3,8 +3,9 @@
 The parent starts N copies of the same command (``python -m benchkit ... --jobs 1 --claim-dir DIR``) and waits;
 each copy goes through every job of the sweep in the same order and runs the ones it *claims* first (an exclusive
 file per job in DIR), so a process that finishes early takes the next job instead of idling. The stage locks of
-the file locks of :mod:`benchkit.training` make a tokenizer shared by two jobs train once (the other job waits and reuses it); the
-order interleaves tokenizers so that processes started together train different ones first. The parent then writes
+the file locks of :mod:`benchkit.training` make a tokenizer shared by two jobs train once (the other job waits and
+reuses it); the order interleaves tokenizers so that processes started together train different ones first. The parent
+then writes
 the tables, plots and report once, from every row.
 
 Why on a CPU: the ``tiny`` models' matrix products are small, and two threads in one process use two cores worse
@@ -98,8 +99,10 @@ def run_job_processes(args: Sequence[str], n: int, claims: Path) -> None:
         raise
     failed = [f"process {i} exited with {c}" for i, c in enumerate(codes) if c != 0]
     if failed:
-        raise BenchkitError(f"{len(failed)} of {n} job processes failed ({'; '.join(failed)}); their errors are in "
-                            "the log above, and finished jobs are kept: the same command resumes")
+        raise BenchkitError(
+            f"{len(failed)} of {n} job processes failed ({'; '.join(failed)}); their errors are in "
+            "the log above, and finished jobs are kept: the same command resumes"
+        )
 
 
 @contextlib.contextmanager

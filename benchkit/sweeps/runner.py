@@ -26,8 +26,15 @@ class SweepReport:
     wall_s: float = 0.0
 
 
-def execute(jobs: list[Job], results_dir: Path, *, progress: bool = True, resume: bool = True,
-            shards: int = 1, claims: Path | None = None) -> SweepReport:
+def execute(
+    jobs: list[Job],
+    results_dir: Path,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    shards: int = 1,
+    claims: Path | None = None,
+) -> SweepReport:
     """Run the valid jobs in order; tokenizer rows once per tokenizer; tables and plots at the end.
 
     Before each job torch's thread count is set from the job's ``threads`` (default: the cores divided among the

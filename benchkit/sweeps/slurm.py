@@ -15,9 +15,18 @@ from pathlib import Path
 from benchkit.core.errors import ConfigError
 
 
-def render_sbatch(sweep_file: str | Path, shards: int, *, sets: Sequence[str] = (), out_dir: str | Path | None = None,
-                  preset: str | None = None, gpus: int = 1, cpus: int = 8, time: str = "24:00:00",
-                  extra: Sequence[str] = ()) -> str:
+def render_sbatch(
+    sweep_file: str | Path,
+    shards: int,
+    *,
+    sets: Sequence[str] = (),
+    out_dir: str | Path | None = None,
+    preset: str | None = None,
+    gpus: int = 1,
+    cpus: int = 8,
+    time: str = "24:00:00",
+    extra: Sequence[str] = (),
+) -> str:
     """The sbatch script: ``#SBATCH`` header (``extra`` adds ``--KEY=VALUE`` lines), then the shard's command."""
     if shards < 1:
         raise ConfigError(f"--slurm needs a number of array tasks >= 1, got {shards}")
@@ -30,7 +39,8 @@ def render_sbatch(sweep_file: str | Path, shards: int, *, sets: Sequence[str] = 
     logs = Path(out_dir or "results") / "slurm"
     header = [
         "#!/bin/bash",
-        f"# submit with: mkdir -p {shlex.quote(str(logs))} && sbatch THIS_FILE  (Slurm opens --output before the job runs)",
+        f"# submit with: mkdir -p {shlex.quote(str(logs))} && sbatch THIS_FILE"
+        "  (Slurm opens --output before the job runs)",
         f"#SBATCH --job-name=benchkit-{name}",
         f"#SBATCH --array=0-{shards - 1}",
         "#SBATCH --nodes=1",
@@ -50,7 +60,7 @@ def render_sbatch(sweep_file: str | Path, shards: int, *, sets: Sequence[str] = 
     if preset is not None:
         args += ["--preset", preset]
     quoted = " ".join(a if a.startswith("${SLURM") else shlex.quote(a) for a in args)
-    launcher = (f"torchrun --standalone --nproc_per_node={gpus} -m benchkit" if gpus > 1 else "benchkit")
+    launcher = f"torchrun --standalone --nproc_per_node={gpus} -m benchkit" if gpus > 1 else "benchkit"
     body = [
         "set -euo pipefail",
         f"export OMP_NUM_THREADS={max(1, cpus // max(1, gpus))}",

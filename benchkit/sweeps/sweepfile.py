@@ -65,8 +65,10 @@ def _read_sweep(path_or_name: str | Path) -> tuple[dict[str, Any], Path | None]:
         return load_file(p), p.resolve().parent
     names = shipped_sweeps()
     if str(path_or_name) not in names:
-        raise ConfigError(f"unknown sweep {str(path_or_name)!r}; valid: {', '.join(names)} or a path to a .toml file"
-                          + suggest(str(path_or_name), names))
+        raise ConfigError(
+            f"unknown sweep {str(path_or_name)!r}; valid: {', '.join(names)} or a path to a .toml file"
+            + suggest(str(path_or_name), names)
+        )
     from benchkit.core.options import toml_loads
 
     text = resources.files("benchkit.configs").joinpath("sweeps").joinpath(f"{path_or_name}.toml").read_text()

@@ -57,22 +57,25 @@ class TrainedRun:
     result: TrainResult | None
 
 
-# Bumped when code changes what stored tokenizer weights compute (2: GroupNorm groups of >= 8 channels, norm option), so that
-# weights trained by older code are not loaded into a module that would read them differently.
+# Bumped when code changes what stored tokenizer weights compute (2: GroupNorm groups of >= 8 channels, norm option), so
+# that weights trained by older code are not loaded into a module that would read them differently.
 TOKENIZER_REVISION = 2
 
 
 def tokenizer_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained tokenizer: code revision, data, tokenizer options, its training stage, seed."""
-    return fingerprint("tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), cfg.seed)
+    return fingerprint(
+        "tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), cfg.seed
+    )
 
 
 def run_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained generator: its tokenizer plus generator (options with defaults filled in, so a changed
     default size is a new run), head, training (``TrainConfig.identity``: no speed switches) and seed."""
     generator = GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
-    return fingerprint("run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train.identity(),
-                       cfg.seed)
+    return fingerprint(
+        "run", tokenizer_fingerprint(cfg), cfg.generator, generator, cfg.head, cfg.train.identity(), cfg.seed
+    )
 
 
 def tokenizer_dir(cfg: RunConfig) -> Path:
@@ -94,8 +97,12 @@ def build_tokenizer(cfg: RunConfig, device: torch.device) -> nn.Module:
 def build_generator(cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device) -> nn.Module:
     """An untrained generator (with its head) of this config."""
     return GENERATORS.create(
-        cfg.generator.name, spec=combo.spec, head=cfg.head.name, head_options=dict(cfg.head.options),
-        num_classes=num_classes, **cfg.generator.options,
+        cfg.generator.name,
+        spec=combo.spec,
+        head=cfg.head.name,
+        head_options=dict(cfg.head.options),
+        num_classes=num_classes,
+        **cfg.generator.options,
     ).to(device)
 
 

@@ -36,21 +36,28 @@ def check(cfg: RunConfig, *, include_eval: bool = True) -> Combination:
     if colon:  # NAME:PATH, as load_dataset reads it
         config = DATASETS.get(base).config
         if config is None or "path" not in {f.name for f in dataclasses.fields(config)}:
-            raise ConfigError(f"dataset {base!r} takes no path, so {cfg.data.name!r} is invalid; "
-                              f"a folder of your own images is imagefolder:PATH")
+            raise ConfigError(
+                f"dataset {base!r} takes no path, so {cfg.data.name!r} is invalid; "
+                f"a folder of your own images is imagefolder:PATH"
+            )
         options["path"] = path
     DATASETS.make_config(base, options)
     TOKENIZERS.make_config(cfg.tokenizer.name, cfg.tokenizer.options)
     GENERATORS.make_config(cfg.generator.name, cfg.generator.options)
     combo = check_combination(
-        cfg.tokenizer.name, cfg.generator.name, cfg.head.name,
-        tokenizer_options=cfg.tokenizer.options, image_size=cfg.data.image_size,
+        cfg.tokenizer.name,
+        cfg.generator.name,
+        cfg.head.name,
+        tokenizer_options=cfg.tokenizer.options,
+        image_size=cfg.data.image_size,
     )
     HEADS.make_config(cfg.head.name, cfg.head.options)
     t = cfg.tokenizer_train
     if t.budget_flops or t.budget_images or t.convergence_points:
-        raise ConfigError("training budgets and convergence points apply to generators: set train.budget_flops, "
-                          "train.budget_images or train.convergence_points, not the tokenizer_train ones")
+        raise ConfigError(
+            "training budgets and convergence points apply to generators: set train.budget_flops, "
+            "train.budget_images or train.convergence_points, not the tokenizer_train ones"
+        )
     if include_eval:
         check_eval(cfg)
     return combo
@@ -67,8 +74,10 @@ def check_eval(cfg: RunConfig) -> None:
             raise ConfigError(f"eval.sweep[{i}]: {e}") from None
     candidates(cfg.sample, cfg.eval.tune)  # eval.tune keys and values, before any training
     if cfg.data.options.get("lazy") and cfg.eval.features != "inception":
-        raise ConfigError('data.options.lazy = true needs eval.features = "inception": the "dataset" feature network '
-                          'is trained on every training image held in memory')
+        raise ConfigError(
+            'data.options.lazy = true needs eval.features = "inception": the "dataset" feature network '
+            "is trained on every training image held in memory"
+        )
     if cfg.eval.reference_stats:  # a missing or malformed file is reported before training
         from benchkit.metrics.refstats import load_reference_stats
 
@@ -80,7 +89,7 @@ def check_eval(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"eval.features = {cfg.eval.features!r} needs Inception-V3 weights, not found ({where}); benchkit "
                 f"never downloads: set eval.inception_weights or ${INCEPTION_ENV} to the file, or use "
-                f"eval.features = \"dataset\""
+                f'eval.features = "dataset"'
             )
 
 

@@ -31,8 +31,9 @@ COUNT_BATCH = 8
 _STEP_CACHE: dict[str, int] = {}
 
 
-def random_batch(spec: TokenSpec, batch_size: int, num_classes: int, *, device: torch.device,
-                 generator: torch.Generator) -> Batch:
+def random_batch(
+    spec: TokenSpec, batch_size: int, num_classes: int, *, device: torch.device, generator: torch.Generator
+) -> Batch:
     """Random tokens [B, *token_shape] of ``spec`` and labels in [0, num_classes)."""
     shape = (batch_size, *spec.token_shape)
     if spec.kind == "discrete":
@@ -43,8 +44,9 @@ def random_batch(spec: TokenSpec, batch_size: int, num_classes: int, *, device: 
     return Batch(tokens.to(device), labels.to(device))
 
 
-def train_step_flops(generator: nn.Module, spec: TokenSpec, batch_size: int, num_classes: int, *,
-                     draws: int = 2, seed: int = 0) -> int:
+def train_step_flops(
+    generator: nn.Module, spec: TokenSpec, batch_size: int, num_classes: int, *, draws: int = 2, seed: int = 0
+) -> int:
     """Mean FLOPs of one training step (loss forward + backward) over ``draws`` random batches."""
     if batch_size < 1 or draws < 1:
         raise ConfigError(f"batch_size and draws must be >= 1, got {batch_size}, {draws}")
@@ -60,7 +62,7 @@ def train_step_flops(generator: nn.Module, spec: TokenSpec, batch_size: int, num
         try:
             for _ in range(draws):
                 batch = random_batch(spec, counted, num_classes, device=device, generator=g)
-                total += flops_per_call(lambda: generator.loss(batch).loss.backward())
+                total += flops_per_call(lambda: generator.loss(batch).loss.backward())  # noqa: B023 - called at once
         finally:
             generator.train(was_training)
             for p, grad in grads.items():
@@ -73,8 +75,9 @@ def config_step_flops(cfg: RunConfig, generator: nn.Module, spec: TokenSpec) -> 
     (data, tokenizer, generator, head, batch size, seed)."""
     key = fingerprint("step-flops", cfg.data, cfg.tokenizer, cfg.generator, cfg.head, cfg.train.batch_size, cfg.seed)
     if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = train_step_flops(generator, spec, cfg.train.batch_size,
-                                            int(getattr(generator, "num_classes", 1)), seed=cfg.seed)
+        _STEP_CACHE[key] = train_step_flops(
+            generator, spec, cfg.train.batch_size, int(getattr(generator, "num_classes", 1)), seed=cfg.seed
+        )
     return _STEP_CACHE[key]
 
 
@@ -114,8 +117,15 @@ def apply_budget(cfg: RunConfig, generator: nn.Module, spec: TokenSpec) -> RunCo
         return cfg
     per_step = config_step_flops(cfg, generator, spec)
     steps = budget_steps(train, per_step)
-    log.info("%s+%s+%s: %s FLOPs per step, budget %s -> %d steps (%.4g FLOPs; train.steps = %d not used)",
-             cfg.tokenizer.name, cfg.generator.name, cfg.head.name, f"{per_step:.4g}",
-             f"{train.budget_flops:.4g} FLOPs" if train.budget_flops else f"{train.budget_images} images", steps,
-             steps * per_step, train.steps)
+    log.info(
+        "%s+%s+%s: %s FLOPs per step, budget %s -> %d steps (%.4g FLOPs; train.steps = %d not used)",
+        cfg.tokenizer.name,
+        cfg.generator.name,
+        cfg.head.name,
+        f"{per_step:.4g}",
+        f"{train.budget_flops:.4g} FLOPs" if train.budget_flops else f"{train.budget_images} images",
+        steps,
+        steps * per_step,
+        train.steps,
+    )
     return dataclasses.replace(cfg, train=dataclasses.replace(train, steps=steps))

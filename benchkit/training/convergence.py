@@ -8,8 +8,8 @@ the run's feature network: FID (:func:`benchkit.metrics.quality.frechet_distance
 statistics), KID (clean-fid's, as in the table) and a bootstrap standard deviation of that FID
 (:func:`benchkit.metrics.quality.bootstrap_fid_std`). Each point is a row of ``<run dir>/convergence.json``
 (step, images_seen, train_flops, fid, kid, fid_bootstrap_std, n_samples, seconds); a resumed run keeps the points
-it already has. The evaluation runs on a copy of the model under a forked RNG (``benchkit.training.trainer.fit``), so the
-trained weights are bitwise those of a run without convergence points.
+it already has. The evaluation runs on a copy of the model under a forked RNG (``benchkit.training.trainer.fit``), so
+the trained weights are bitwise those of a run without convergence points.
 
 Deviations:
 - These FIDs use far fewer samples than the table's (FID is biased upwards at small N), so they are comparable with
@@ -66,8 +66,16 @@ def store_point(run_dir: Path, point: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
-def convergence_hook(cfg: RunConfig, tokenizer: nn.Module, kind: str, num_classes: int, train: Any,
-                     test: Any, run_dir: Path, step_flops: int) -> Callable[[nn.Module, int], None]:
+def convergence_hook(
+    cfg: RunConfig,
+    tokenizer: nn.Module,
+    kind: str,
+    num_classes: int,
+    train: Any,
+    test: Any,
+    run_dir: Path,
+    step_flops: int,
+) -> Callable[[nn.Module, int], None]:
     """``evaluate(model, step)`` for :func:`benchkit.training.trainer.fit`: scores one point and stores it."""
     extractor = config_extractor(cfg, train)
     real = test.images[: cfg.eval.num_reference]
@@ -78,18 +86,40 @@ def convergence_hook(cfg: RunConfig, tokenizer: nn.Module, kind: str, num_classe
 
     def evaluate(model: nn.Module, step: int) -> None:
         t0 = time.perf_counter()
-        fake = generate_images(model, tokenizer, kind, labels, setting, seed=cfg.seed,  # type: ignore[arg-type]
-                               batch_size=cfg.sample.batch_size)
+        fake = generate_images(
+            model,
+            tokenizer,
+            kind,
+            labels,
+            setting,
+            seed=cfg.seed,  # type: ignore[arg-type]
+            batch_size=cfg.sample.batch_size,
+        )
         feats = extractor.features(fake)
         fid = frechet_distance(*feature_stats(feats), ref.mu, ref.sigma)
         kid = cleanfid_kid(feats.numpy(), ref.feats.numpy(), min(1000, n, len(real)), cfg.seed)
         spread = bootstrap_fid_std(feats, ref.mu, ref.sigma, seed=cfg.seed)
-        point = {"step": step, "images_seen": step * cfg.train.batch_size, "train_flops": step * step_flops,
-                 "fid": fid, "kid": kid, "fid_bootstrap_std": spread,
-                 "n_samples": n, "features": extractor.tag, "seconds": round(time.perf_counter() - t0, 3)}
+        point = {
+            "step": step,
+            "images_seen": step * cfg.train.batch_size,
+            "train_flops": step * step_flops,
+            "fid": fid,
+            "kid": kid,
+            "fid_bootstrap_std": spread,
+            "n_samples": n,
+            "features": extractor.tag,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         store_point(run_dir, point)
-        log.info("%s: step %d, FID %.2f  KID %.4f (%d samples, %.1f s)", Path(run_dir).name, step, fid, kid, n,
-                 point["seconds"])
+        log.info(
+            "%s: step %d, FID %.2f  KID %.4f (%d samples, %.1f s)",
+            Path(run_dir).name,
+            step,
+            fid,
+            kid,
+            n,
+            point["seconds"],
+        )
 
     return evaluate
 
@@ -101,5 +131,8 @@ def row_fields(run_dir: Path) -> dict[str, Any]:
         return {}
     last, prev = points[-1], points[-2] if len(points) > 1 else None
     noise = max(float(p.get("fid_bootstrap_std", math.nan)) for p in points[-2:])
-    return {"convergence_fid": last["fid"], "convergence_fid_prev": prev["fid"] if prev else None,
-            "convergence_fid_noise": noise}
+    return {
+        "convergence_fid": last["fid"],
+        "convergence_fid_prev": prev["fid"] if prev else None,
+        "convergence_fid_noise": noise,
+    }

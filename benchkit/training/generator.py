@@ -32,8 +32,9 @@ from benchkit.training.trainer import fit
 log = logging.getLogger(__name__)
 
 
-def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = True,
-                    splits: tuple[ImageData, ImageData] | None = None) -> TrainedRun:
+def train_generator(
+    cfg: RunConfig, *, resume: bool = True, progress: bool = True, splits: tuple[ImageData, ImageData] | None = None
+) -> TrainedRun:
     """The whole training path of one config: checks, data, tokenizer, token cache, generator."""
     combo = check(cfg)
     soft = soft_codes_of(cfg, combo.kind)  # None unless generator.options.soft_target_temperature > 0
@@ -73,15 +74,46 @@ def train_generator(cfg: RunConfig, *, resume: bool = True, progress: bool = Tru
 
         at = convergence_steps(cfg.train.steps, cfg.train.convergence_points)
         # only rank 0 scores the points (the others wait at the barrier), so only it loads the feature network
-        hook = convergence_hook(cfg, tok.module, combo.kind, train.num_classes, train, test, rdir,
-                                config_step_flops(cfg, gen, combo.spec)) if at and is_main() else None
-        result = fit(gen, lambda m, b: m.loss(b), get_batch, len(train), cfg.train, rdir, seed=cfg.seed,
-                     fingerprint=fp, desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}", resume=resume,
-                     show_progress=progress, preview=sample_preview(tok.module, combo.kind, train.num_classes, cfg.sample,
-                                                                    seed=cfg.seed) if cfg.train.tensorboard else None,
-                     evaluate_at=at, evaluate=hook)
+        hook = (
+            convergence_hook(
+                cfg,
+                tok.module,
+                combo.kind,
+                train.num_classes,
+                train,
+                test,
+                rdir,
+                config_step_flops(cfg, gen, combo.spec),
+            )
+            if at and is_main()
+            else None
+        )
+        result = fit(
+            gen,
+            lambda m, b: m.loss(b),
+            get_batch,
+            len(train),
+            cfg.train,
+            rdir,
+            seed=cfg.seed,
+            fingerprint=fp,
+            desc=f"{combo.tokenizer}+{combo.generator}+{combo.head}",
+            resume=resume,
+            show_progress=progress,
+            preview=sample_preview(tok.module, combo.kind, train.num_classes, cfg.sample, seed=cfg.seed)
+            if cfg.train.tensorboard
+            else None,
+            evaluate_at=at,
+            evaluate=hook,
+        )
         if is_main():
-            meta = {"fingerprint": fp, "train_images_per_s": result.images_per_s, "train_time_s": result.time_s,
-                    "steps": result.steps, "final_loss": result.final_loss, "num_classes": train.num_classes}
+            meta = {
+                "fingerprint": fp,
+                "train_images_per_s": result.images_per_s,
+                "train_time_s": result.time_s,
+                "steps": result.steps,
+                "final_loss": result.final_loss,
+                "num_classes": train.num_classes,
+            }
             save_checkpoint(rdir / MODEL, {f"model.{k}": v for k, v in gen.state_dict().items()}, meta)
     return TrainedRun(cfg, gen.eval(), tok, combo, rdir, result)

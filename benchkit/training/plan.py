@@ -89,8 +89,9 @@ def _meta_batch(spec: TokenSpec, dtype: torch.dtype, soft_targets: bool = False)
     return Batch(tokens, torch.zeros(1, dtype=torch.long, device="meta"), targets)
 
 
-def measure_step(gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpointed: bool,
-                 soft_targets: bool = False) -> tuple[float, float]:
+def measure_step(
+    gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpointed: bool, soft_targets: bool = False
+) -> tuple[float, float]:
     """(FLOPs, bytes of saved activations) of one training step on one image, averaged over ``DRAWS`` draws."""
     set_grad_checkpointing(gen, checkpointed)
     batch = _meta_batch(spec, dtype, soft_targets)
@@ -105,7 +106,7 @@ def measure_step(gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpo
             # kernel that runs on meta, not by the flash / memory-efficient kernels of GPUs
             attention = base.ndim == 4 and base.shape[-1] == base.shape[-2]
             if id(base) not in params and not attention:
-                seen[id(base)] = base.numel() * base.element_size()
+                seen[id(base)] = base.numel() * base.element_size()  # noqa: B023 - used within this draw
             return t
 
         def step() -> None:
@@ -145,8 +146,19 @@ def make_plan(cfg: RunConfig, *, gpus: int, utilisation: float = 0.4, num_classe
     steps = planned_steps(cfg, flops)
     total = flops * steps * cfg.train.batch_size
     hours = {name: total / (peak * utilisation) / 3600 for name, peak in GPU_PEAKS.items()}
-    return Plan(cfg.name, n_params, count_params(tok), flops, act, act_ckpt, steps,
-                cfg.train.batch_size, gpus, utilisation, hours)
+    return Plan(
+        cfg.name,
+        n_params,
+        count_params(tok),
+        flops,
+        act,
+        act_ckpt,
+        steps,
+        cfg.train.batch_size,
+        gpus,
+        utilisation,
+        hours,
+    )
 
 
 def planned_steps(cfg: RunConfig, flops_per_image: float) -> int:

@@ -35,8 +35,10 @@ def tensorboard_available() -> bool:
 def require_tensorboard(where: str = "train.tensorboard") -> None:
     """Raise ConfigError, naming the switch and the install command, when TensorBoard is asked for but missing."""
     if not tensorboard_available():
-        raise ConfigError(f"{where} = true needs the tensorboard package, which is not installed; install it with "
-                          f"{INSTALL_HINT}, or set {where}=false")
+        raise ConfigError(
+            f"{where} = true needs the tensorboard package, which is not installed; install it with "
+            f"{INSTALL_HINT}, or set {where}=false"
+        )
 
 
 class TensorBoardLog:
@@ -76,8 +78,14 @@ class TensorBoardLog:
 
         self.writer.add_image(tag, grid_tensor(images, nrow=nrow), global_step=step, dataformats="CHW")
 
-    def preview(self, model: nn.Module, make: Callable[[nn.Module], torch.Tensor] | None, step: int,
-                tag: str = "samples", nrow: int = 8) -> None:
+    def preview(
+        self,
+        model: nn.Module,
+        make: Callable[[nn.Module], torch.Tensor] | None,
+        step: int,
+        tag: str = "samples",
+        nrow: int = 8,
+    ) -> None:
         """Log ``make(model)`` (images [N, 3, H, W]) as a grid, run in eval mode without grad, leaving the torch RNG
         streams as they were, so that training goes on exactly as it would without the log."""
         if self.writer is None or make is None:
@@ -113,8 +121,9 @@ def reconstruction_preview(originals: torch.Tensor) -> Callable[[nn.Module], tor
     return make
 
 
-def sample_preview(tokenizer: nn.Module, kind: str, num_classes: int, sample: Any, *,
-                   seed: int) -> Callable[[nn.Module], torch.Tensor]:
+def sample_preview(
+    tokenizer: nn.Module, kind: str, num_classes: int, sample: Any, *, seed: int
+) -> Callable[[nn.Module], torch.Tensor]:
     """For a generator stage: 32 images (labels 0, 1, ..., K-1, 0, ...) at the base sampling settings of
     ``sample`` (a ``SampleConfig``), seeded, decoded by the frozen tokenizer."""
     from benchkit.sampling.generate import balanced_labels, generate_images
@@ -122,7 +131,14 @@ def sample_preview(tokenizer: nn.Module, kind: str, num_classes: int, sample: An
     labels = balanced_labels(32, num_classes)
 
     def make(generator: nn.Module) -> torch.Tensor:
-        return generate_images(generator, tokenizer, kind, labels, sample, seed=seed,  # type: ignore[arg-type]
-                               batch_size=sample.batch_size)
+        return generate_images(
+            generator,
+            tokenizer,
+            kind,
+            labels,
+            sample,
+            seed=seed,  # type: ignore[arg-type]
+            batch_size=sample.batch_size,
+        )
 
     return make

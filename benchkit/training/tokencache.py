@@ -53,9 +53,18 @@ def _shard_path(root: Path, i: int) -> Path:
     return root / f"shard-{i:05d}.npy"
 
 
-def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], torch.Tensor], out_dir: str | Path, *,
-                      key: str, shard_size: int = 10_000, batch_size: int = 256, workers: int = 4,
-                      mirrored: bool = False, progress: bool = True) -> ShardedTokenCache:
+def build_token_cache(
+    data: LazyImageFolder,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    out_dir: str | Path,
+    *,
+    key: str,
+    shard_size: int = 10_000,
+    batch_size: int = 256,
+    workers: int = 4,
+    mirrored: bool = False,
+    progress: bool = True,
+) -> ShardedTokenCache:
     """Encode every image of ``data`` (uint8 batches [B, 3, H, W] -> ``encode`` -> [B, ...]) into shards.
 
     ``key`` identifies the tokenizer and data: an existing directory built with another key is refused.
@@ -68,8 +77,9 @@ def build_token_cache(data: LazyImageFolder, encode: Callable[[torch.Tensor], to
     if (root / INDEX).is_file():
         found = json.loads((root / INDEX).read_text())
         if found != index:
-            raise CheckpointError(f"token cache {str(root)!r} was built for {found}, not {index}; delete it or use "
-                                  f"another directory")
+            raise CheckpointError(
+                f"token cache {str(root)!r} was built for {found}, not {index}; delete it or use another directory"
+            )
     else:
         (root / INDEX).write_text(json.dumps(index))
     n_shards = (len(data) + shard_size - 1) // shard_size
@@ -123,8 +133,11 @@ class _ShardWriter:
         self.index, self.tmp = shard, self.root / f".shard-{shard:05d}.{os.getpid()}.tmp.npy"
         self.dtype, self.row_shape = values.dtype, tuple(values.shape[1:])
         self.file = open(self.tmp, "w+b")  # noqa: SIM115 (closed by close() or abandon())
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.rows, *self.row_shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.rows, *self.row_shape),
+        }
         np.lib.format.write_array_header_1_0(self.file, header)
         self.offset = self.file.tell()
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape))
@@ -138,8 +151,10 @@ class _ShardWriter:
         assert self.file is not None
         start = first_row - shard * self.shard_size
         if tuple(values.shape[1:]) != self.row_shape or start + len(values) > self.rows:
-            raise CheckpointError(f"rows {first_row}..{first_row + len(values) - 1} of shape {tuple(values.shape[1:])} "
-                                  f"do not fit shard {shard} ({self.rows} rows of shape {self.row_shape})")
+            raise CheckpointError(
+                f"rows {first_row}..{first_row + len(values) - 1} of shape {tuple(values.shape[1:])} "
+                f"do not fit shard {shard} ({self.rows} rows of shape {self.row_shape})"
+            )
         self.file.seek(self.offset + start * self.row_bytes)
         self.file.write(np.ascontiguousarray(values, dtype=self.dtype).data)
         self.filled += len(values)
@@ -179,8 +194,10 @@ class ShardedTokenCache:
         paths = [_shard_path(self.root, i) for i in range((n + size - 1) // size)]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
-            raise CheckpointError(f"token cache {str(self.root)!r} is unfinished ({len(missing)} shards missing, first "
-                                  f"{missing[0]}); build it again to complete it")
+            raise CheckpointError(
+                f"token cache {str(self.root)!r} is unfinished ({len(missing)} shards missing, first "
+                f"{missing[0]}); build it again to complete it"
+            )
         self.shards = [np.load(p, mmap_mode="r") for p in paths]
         self.n, self.shard_size = n, size
 
@@ -200,15 +217,21 @@ def _progress(enabled: bool, total: int, done: int, mirrored: bool) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("[bold]caching tokens" + (" (mirrored)" if mirrored else "")), BarColumn(),
-                 MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+    p = Progress(
+        TextColumn("[bold]caching tokens" + (" (mirrored)" if mirrored else "")),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
     p.add_task("cache", total=total, completed=done)
     p.start()
     return p
 
 
-def sharded_token_cache(tok: Any, kind: str, folder: LazyImageFolder, path: Path, batch_size: int,
-                        mirrored: bool, workers: int = 4) -> ShardedTokenCache:
+def sharded_token_cache(
+    tok: Any, kind: str, folder: LazyImageFolder, path: Path, batch_size: int, mirrored: bool, workers: int = 4
+) -> ShardedTokenCache:
     """The pipeline's token cache of a lazy folder: built once by rank 0 (under the tokenizer's lock), read by all."""
     from benchkit.core import distributed as bdist
     from benchkit.data.base import to_float
@@ -218,8 +241,16 @@ def sharded_token_cache(tok: Any, kind: str, folder: LazyImageFolder, path: Path
     root = Path(f"{path}-shards")
     with bdist.stage_lock(tok.dir / ".lock"):
         if bdist.is_main():
-            build_token_cache(folder, lambda x: tok.module.encode_for_cache(to_float(x).to(device), kind), root,
-                              key=f"{tok.fingerprint}-{kind}", shard_size=batch_size * 40, batch_size=batch_size,
-                              workers=workers, mirrored=mirrored, progress=True)
+            build_token_cache(
+                folder,
+                lambda x: tok.module.encode_for_cache(to_float(x).to(device), kind),
+                root,
+                key=f"{tok.fingerprint}-{kind}",
+                shard_size=batch_size * 40,
+                batch_size=batch_size,
+                workers=workers,
+                mirrored=mirrored,
+                progress=True,
+            )
         bdist.barrier()
     return ShardedTokenCache(root)

@@ -29,7 +29,9 @@ from benchkit.training.trainer import fit
 log = logging.getLogger(__name__)
 
 
-def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, progress: bool = True) -> TrainedTokenizer:
+def train_tokenizer(
+    cfg: RunConfig, train: ImageData, *, resume: bool = True, progress: bool = True
+) -> TrainedTokenizer:
     """Train the tokenizer once (or load it), calibrate its continuous scale, and save final weights."""
     device = pick_device(cfg.device)
     bdist.init_distributed(device)
@@ -44,6 +46,7 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
                 raise CheckpointError(f"{str(tdir)!r} holds a tokenizer of another config")
             return TrainedTokenizer(module.eval(), tdir, fp, None)
         check_sizes(cfg, train)
+
         def get_images(idx: torch.Tensor) -> torch.Tensor:
             images = to_float(train.images[idx]).to(device)
             return random_mirror(images, images.flip(-1)) if cfg.tokenizer_train.hflip else images
@@ -65,8 +68,14 @@ def train_tokenizer(cfg: RunConfig, train: ImageData, *, resume: bool = True, pr
         with torch.no_grad():
             module.calibrate(to_float(train.images[:2048]).to(device))
         if is_main():
-            meta = {"fingerprint": fp, "tokenizer": cfg.tokenizer.name, "options": cfg.tokenizer.options,
-                    "train_images_per_s": result.images_per_s, "train_time_s": result.time_s, "steps": result.steps}
+            meta = {
+                "fingerprint": fp,
+                "tokenizer": cfg.tokenizer.name,
+                "options": cfg.tokenizer.options,
+                "train_images_per_s": result.images_per_s,
+                "train_time_s": result.time_s,
+                "steps": result.steps,
+            }
             save_checkpoint(tdir / MODEL, {f"model.{k}": v for k, v in module.state_dict().items()}, meta)
     return TrainedTokenizer(module.eval(), tdir, fp, result)
 

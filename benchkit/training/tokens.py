@@ -39,8 +39,9 @@ def _read_cache(path: Path, tok: TrainedTokenizer, n: int) -> torch.Tensor | Non
 
 
 @torch.no_grad()
-def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_size: int = 256, *,
-                mirrored: bool = False) -> torch.Tensor:
+def token_cache(
+    tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_size: int = 256, *, mirrored: bool = False
+) -> torch.Tensor:
     """What the tokenizer's ``encode_for_cache`` gives for every training image (with ``mirrored``, for its
     horizontal mirror image), computed once (by rank 0) and stored."""
     path = tok.dir / f"tokens-{kind}{'-hflip' if mirrored else ''}"
@@ -61,8 +62,11 @@ def token_cache(tok: TrainedTokenizer, kind: TokenKind, data: ImageData, batch_s
                     parts.append(tok.module.encode_for_cache(x.flip(-1) if mirrored else x, kind).cpu())
                     bar(min(i + batch_size, len(data)), len(data))
             cache = torch.cat(parts)
-            save_checkpoint(path, {"cache": cache}, {"n": len(data), "kind": kind, "fingerprint": tok.fingerprint,
-                                                     "mirrored": mirrored})
+            save_checkpoint(
+                path,
+                {"cache": cache},
+                {"n": len(data), "kind": kind, "fingerprint": tok.fingerprint, "mirrored": mirrored},
+            )
             log.info("cached %s tokens of %d %simages in %s", kind, len(data), "mirrored " if mirrored else "", path)
         bdist.barrier()
         if cache is None:  # the other ranks read what rank 0 wrote

@@ -3,8 +3,9 @@
 AdamW (fused on CUDA), linear warm-up then cosine or constant learning rate, gradient clipping, EMA weights,
 fp32 / bf16 / fp16 autocast (a gradient scaler for fp16), optional torch.compile and gradient checkpointing of
 the transformer blocks, a rich progress bar with loss and images/s, periodic safetensors checkpoints, resume, a
-CSV log, NaN/inf detection, and DDP when launched by torchrun. Batches are a pure function of (seed, step), so a resumed run sees exactly the batches an
-uninterrupted one would have seen, and the torch RNG state is checkpointed for the losses' own randomness.
+CSV log, NaN/inf detection, and DDP when launched by torchrun. Batches are a pure function of (seed, step), so a resumed
+run sees exactly the batches an uninterrupted one would have seen, and the torch RNG state is checkpointed for the
+losses' own randomness.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
-def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _state_tensors(
+    model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
@@ -105,7 +108,13 @@ def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None
     return tensors, {"param_groups": sd["param_groups"], "optim_scalars": scalars}
 
 
-def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None) -> None:
+def _restore(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: EMA | None,
+) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         for k, v in ema.shadow.items():
@@ -219,8 +228,15 @@ def _evaluate_copy(loop: _Loop, evaluate: Callable[[nn.Module, int], None], done
     return time.perf_counter() - t
 
 
-def _setup(model: nn.Module, loss_fn: Callable[[nn.Module, Any], LossOutput], cfg: TrainConfig, run_dir: Path,
-           fingerprint: str, desc: str, resume: bool) -> _Loop:
+def _setup(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], LossOutput],
+    cfg: TrainConfig,
+    run_dir: Path,
+    fingerprint: str,
+    desc: str,
+    resume: bool,
+) -> _Loop:
     """Optimizer, EMA, gradient scaler, the checkpoint to resume from, checkpointing, DDP and compile."""
     from benchkit.core.precision import grad_scaler
     from benchkit.nn.transformer import set_grad_checkpointing
@@ -265,8 +281,11 @@ def _train_step(loop: _Loop, step: int, batch: Any, run_dir: Path, desc: str) ->
         good = _ckpt_step(loop.ckpt) if checkpoint_exists(loop.ckpt) else None
         raise TrainingDivergedError(
             f"{desc}: loss became {out.loss.item()} at step {step}; "
-            + (f"last good checkpoint (step {good}) kept in {run_dir}" if good is not None
-               else f"no checkpoint was written yet (checkpoint_every = {cfg.checkpoint_every})")
+            + (
+                f"last good checkpoint (step {good}) kept in {run_dir}"
+                if good is not None
+                else f"no checkpoint was written yet (checkpoint_every = {cfg.checkpoint_every})"
+            )
             + "; lower the learning rate or raise warmup_steps"
         )
     opt.zero_grad(set_to_none=True)
@@ -287,13 +306,21 @@ def _train_step(loop: _Loop, step: int, batch: Any, run_dir: Path, desc: str) ->
     return out
 
 
-def _log_row(rows: list[dict[str, Any]], out: LossOutput, loss: float, done: int, opt: torch.optim.Optimizer,
-             ips: float) -> float:
+def _log_row(
+    rows: list[dict[str, Any]], out: LossOutput, loss: float, done: int, opt: torch.optim.Optimizer, ips: float
+) -> float:
     """Append the log row of step ``done``; returns the loss of the global batch (mean over ranks under DDP)."""
     numeric = {k: float(v) for k, v in out.logs.items() if isinstance(v, (int, float))}
     logs = {**out.logs, **bdist.mean_floats({**numeric, "loss": loss})}
-    rows.append({"step": done, "loss": logs["loss"], "lr": opt.param_groups[0]["lr"], "images_per_s": ips,
-                 **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")}})
+    rows.append(
+        {
+            "step": done,
+            "loss": logs["loss"],
+            "lr": opt.param_groups[0]["lr"],
+            "images_per_s": ips,
+            **{k: v for k, v in logs.items() if k not in ("step", "loss", "lr", "images_per_s")},
+        }
+    )
     return float(logs["loss"])
 
 
@@ -305,8 +332,9 @@ def _show(progress: Any, desc: str, done: int, cfg: TrainConfig, loss: float, ip
         log.info("%s: step %d/%d  loss %.4f  %.0f img/s", desc, done, cfg.steps, loss, ips)
 
 
-def _finish(loop: _Loop, rows: list[dict[str, Any]], log_path: Path, last_loss: float, images_done: int,
-            elapsed: float) -> TrainResult:
+def _finish(
+    loop: _Loop, rows: list[dict[str, Any]], log_path: Path, last_loss: float, images_done: int, elapsed: float
+) -> TrainResult:
     """Switch to the EMA weights and eval mode; report the stage (from the log when nothing was left to train)."""
     cfg, start = loop.cfg, loop.start
     if start >= cfg.steps and not rows:

@@ -24,9 +24,21 @@ def _tiny_args(data: str, per_class_test: int) -> list[str]:
         if key.startswith(("data.", "eval.num_", "tokenizer_train.steps", "train.steps")):
             continue
         args += TINY[i : i + 2]
-    return [*args, "--set", f'data.name="{data}"', "--set", "data.options={}",
-            "--set", "tokenizer_train.steps=8", "--set", "train.steps=8",
-            "--set", f"eval.num_samples={max(8, 2 * per_class_test)}", "--set", f"eval.num_reference={per_class_test}"]
+    return [
+        *args,
+        "--set",
+        f'data.name="{data}"',
+        "--set",
+        "data.options={}",
+        "--set",
+        "tokenizer_train.steps=8",
+        "--set",
+        "train.steps=8",
+        "--set",
+        f"eval.num_samples={max(8, 2 * per_class_test)}",
+        "--set",
+        f"eval.num_reference={per_class_test}",
+    ]
 
 
 def make_folder(root: Path, classes: int, per_class: int) -> Path:

@@ -37,8 +37,9 @@ def test_every_command_prints_json(reference_run: Path, tmp_path: Path) -> None:
     assert isinstance(rows, list) and len(rows) == 1 and rows[0]["fid"] > 0
 
     sweep_file = tmp_path / "one.toml"
-    sweep_file.write_text('preset = "tiny"\nname = "tiny"\nset = [' + ", ".join(
-        json.dumps(v) for v in TINY[1::2]) + "]\n")
+    sweep_file.write_text(
+        'preset = "tiny"\nname = "tiny"\nset = [' + ", ".join(json.dumps(v) for v in TINY[1::2]) + "]\n"
+    )
     for command in (["sweep", str(sweep_file)], ["run", "--sweep", str(sweep_file)]):
         report = _json(*command, "--out-dir", str(out), "--no-progress")
         assert report["done"] == ["vq+ar+ce"] and report["results_dir"] == str(results)

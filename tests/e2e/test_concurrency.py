@@ -15,8 +15,14 @@ pytestmark = pytest.mark.slow
 
 def _sweep_file(path: Path) -> Path:
     sets = [TINY[i + 1] for i in range(0, len(TINY), 2)]
-    lines = ['preset = "tiny"', 'name = "conc"', "set = [" + ", ".join(json.dumps(s) for s in sets) + "]",
-             "[grid]", '"train.lr" = [0.001, 0.002]', '"generator.options.depth" = [1, 2]']
+    lines = [
+        'preset = "tiny"',
+        'name = "conc"',
+        "set = [" + ", ".join(json.dumps(s) for s in sets) + "]",
+        "[grid]",
+        '"train.lr" = [0.001, 0.002]',
+        '"generator.options.depth" = [1, 2]',
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -26,8 +32,13 @@ def test_two_shards_on_one_results_directory(tmp_path: Path, feature_cache: Path
     seed_cache(feature_cache, out)
     sweep = _sweep_file(tmp_path / "conc.toml")
     procs = [
-        subprocess.Popen(bk_cmd("sweep", str(sweep), "--shard", f"{i}/2", "--out-dir", str(out), "--no-progress"),
-                         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            bk_cmd("sweep", str(sweep), "--shard", f"{i}/2", "--out-dir", str(out), "--no-progress"),
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=600) for p in procs]
@@ -47,8 +58,13 @@ def test_two_shards_on_one_results_directory(tmp_path: Path, feature_cache: Path
 
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 4 and all((r / "model.safetensors").is_file() for r in runs)
-    configs = {(json.loads((r / "config.json").read_text())["train"]["lr"],
-                json.loads((r / "config.json").read_text())["generator"]["options"]["depth"]) for r in runs}
+    configs = {
+        (
+            json.loads((r / "config.json").read_text())["train"]["lr"],
+            json.loads((r / "config.json").read_text())["generator"]["options"]["depth"],
+        )
+        for r in runs
+    }
     assert configs == {(0.001, 1), (0.001, 2), (0.002, 1), (0.002, 2)}
 
     # One tokenizer, trained by one shard only: its log has each step once, and only one process calibrated it.
@@ -65,12 +81,19 @@ def test_jobs_runs_the_sweep_in_two_processes_each_job_once(tmp_path: Path, feat
     out = tmp_path / "out"
     seed_cache(feature_cache, out)
     sweep = _sweep_file(tmp_path / "conc.toml")
-    proc = subprocess.run(bk_cmd("sweep", str(sweep), "--jobs", "2", "--out-dir", str(out), "--no-progress"),
-                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        bk_cmd("sweep", str(sweep), "--jobs", "2", "--out-dir", str(out), "--no-progress"),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     err = " ".join(proc.stderr.split())
     assert "4 valid jobs in 2 processes of 1 thread(s) each" in err
-    pids = {line.split("[job process ")[1].split("]")[0] for line in proc.stderr.splitlines() if "[job process " in line}
+    pids = {
+        line.split("[job process ")[1].split("]")[0] for line in proc.stderr.splitlines() if "[job process " in line
+    }
     assert len(pids) == 2, pids  # both processes ran jobs
 
     rows = [json.loads(line) for line in (out / "conc" / "rows.jsonl").read_text().splitlines() if line.strip()]

@@ -32,8 +32,17 @@ from benchkit.training.convergence import read_points
 pytestmark = pytest.mark.slow
 
 TOL = 1e-4
-DETERMINISTIC = [*TINY, "--set", "generator.options.label_drop=0.0", "--set", "train.log_every=1",
-                 "--set", "train.convergence_points=2", "--set", "train.convergence_samples=20"]
+DETERMINISTIC = [
+    *TINY,
+    "--set",
+    "generator.options.label_drop=0.0",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.convergence_points=2",
+    "--set",
+    "train.convergence_samples=20",
+]
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -156,8 +165,9 @@ def test_sharded_sampling_gathers_every_image_in_label_order(tmp_path: Path) -> 
         gen = GENERATORS.create("ar", spec=tok.specs["discrete"], head="ce", num_classes=10, width=32).eval()
         for name, n, batch in (("many", 7, 2), ("fewer_batches_than_ranks", 3, 4)):
             labels = torch.arange(n) % 10
-            single = generate_images(gen, tok, "discrete", labels, SampleSettings(temperature=1.0), seed=5,
-                                     batch_size=batch)
+            single = generate_images(
+                gen, tok, "discrete", labels, SampleSettings(temperature=1.0), seed=5, batch_size=batch
+            )
             assert gathered[name].shape == (n, 3, 32, 32) and gathered[name].dtype == torch.uint8
             assert torch.equal(gathered[name], single), name
     finally:

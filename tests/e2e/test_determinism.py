@@ -92,8 +92,13 @@ def test_another_seed_gives_other_weights_samples_and_metrics(
 
 PAIR = {"ar": ['generator.name="ar"'], "mar": ['generator.name="mar"', "generator.options.steps=4"]}
 PAIR_SETS = [TINY[i + 1] for i in range(0, len(TINY), 2)] + [
-    'tokenizer.name="kl"', 'head.name="diffloss"', "tokenizer_train.steps=24", "train.steps=24",
-    "sample.diffusion_steps=8", "eval.num_samples=60", "eval.num_reference=100",
+    'tokenizer.name="kl"',
+    'head.name="diffloss"',
+    "tokenizer_train.steps=24",
+    "train.steps=24",
+    "sample.diffusion_steps=8",
+    "eval.num_samples=60",
+    "eval.num_reference=100",
 ]
 
 
@@ -129,8 +134,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory, feature_cache: Path) -> dict[
     for copy, order in (("ab", ["ar", "mar"]), ("ba", ["mar", "ar"])):
         out = root / copy
         seed_cache(feature_cache, out)
-        bk("sweep", str(_pair_sweep(root / f"{copy}.toml", order)), "--out-dir", str(out), "--no-progress",
-           "--threads", threads)
+        bk(
+            "sweep",
+            str(_pair_sweep(root / f"{copy}.toml", order)),
+            "--out-dir",
+            str(out),
+            "--no-progress",
+            "--threads",
+            threads,
+        )
         got[copy] = out, _gen_rows(out / "pair")
     for gen in PAIR:
         out = root / f"alone-{gen}"
@@ -174,13 +186,23 @@ def test_shard_gives_the_rows_of_the_unsharded_sweep(pair: dict) -> None:
 
 
 # ------------------------------------------------------- a tokenizer and token cache from disk train the same way
-@pytest.mark.parametrize(("tokenizer", "generator", "head", "extra"), [
-    ("kl", "mar", "diffloss", ["train.hflip=true"]),  # continuous: posterior samples of cached moments, mirrored cache
-    ("vq", "mar", "ce", []),
-    ("rq", "rqtransformer", "ce", []),
-], ids=["kl+mar+diffloss+hflip", "vq+mar+ce", "rq+rqtransformer+ce"])
-def test_tokenizer_and_cache_from_disk_train_like_in_memory(tmp_path: Path, tokenizer: str, generator: str,
-                                                            head: str, extra: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("tokenizer", "generator", "head", "extra"),
+    [
+        (
+            "kl",
+            "mar",
+            "diffloss",
+            ["train.hflip=true"],
+        ),  # continuous: posterior samples of cached moments, mirrored cache
+        ("vq", "mar", "ce", []),
+        ("rq", "rqtransformer", "ce", []),
+    ],
+    ids=["kl+mar+diffloss+hflip", "vq+mar+ce", "rq+rqtransformer+ce"],
+)
+def test_tokenizer_and_cache_from_disk_train_like_in_memory(
+    tmp_path: Path, tokenizer: str, generator: str, head: str, extra: list[str]
+) -> None:
     """(d) in memory (tokenizer just trained, cache just encoded), from disk (both loaded), and the cache encoded
     by the tokenizer loaded from disk: the generator weights are bit-identical."""
     import shutil
@@ -188,9 +210,20 @@ def test_tokenizer_and_cache_from_disk_train_like_in_memory(tmp_path: Path, toke
     from benchkit.core.config import resolve
     from benchkit.training.generator import train_generator
 
-    sets = [*DATA[1::2], f'tokenizer.name="{tokenizer}"', f'generator.name="{generator}"', f'head.name="{head}"',
-            "tokenizer.options.ch=8", "generator.options.width=32", "tokenizer_train.steps=12", "train.steps=12",
-            "tokenizer_train.batch_size=16", "train.batch_size=16", "train.warmup_steps=2", *extra]
+    sets = [
+        *DATA[1::2],
+        f'tokenizer.name="{tokenizer}"',
+        f'generator.name="{generator}"',
+        f'head.name="{head}"',
+        "tokenizer.options.ch=8",
+        "generator.options.width=32",
+        "tokenizer_train.steps=12",
+        "train.steps=12",
+        "tokenizer_train.batch_size=16",
+        "train.batch_size=16",
+        "train.warmup_steps=2",
+        *extra,
+    ]
 
     def train(out: Path) -> Path:
         run = train_generator(resolve("tiny", None, [*sets, f'out_dir="{out}"', 'device="cpu"']), progress=False)
@@ -200,8 +233,11 @@ def test_tokenizer_and_cache_from_disk_train_like_in_memory(tmp_path: Path, toke
     in_memory = train(tmp_path / "memory")
     shutil.copytree(tmp_path / "memory" / "tokenizers", tmp_path / "disk" / "tokenizers")
     from_disk = train(tmp_path / "disk")
-    shutil.copytree(tmp_path / "memory" / "tokenizers", tmp_path / "recached" / "tokenizers",
-                    ignore=shutil.ignore_patterns("tokens-*"))
+    shutil.copytree(
+        tmp_path / "memory" / "tokenizers",
+        tmp_path / "recached" / "tokenizers",
+        ignore=shutil.ignore_patterns("tokens-*"),
+    )
     assert not list((tmp_path / "recached").rglob("tokens-*"))
     recached = train(tmp_path / "recached")
     assert len(list((tmp_path / "recached").rglob("tokens-*.safetensors"))) == (2 if extra else 1)

@@ -33,13 +33,25 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_inception(tmp_path_factory.mktemp("inception") / INCEPTION_FILE)
 
 
-def test_cli_sanity_on_inception_weights(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         run_cli) -> None:
+def test_cli_sanity_on_inception_weights(
+    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: only the option can find it
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     out = tmp_path / "out"
-    args = ["eval", "--sanity", "--out-dir", str(out), "--no-progress", "--set", DATA,
-            "--set", "eval.features=inception", "--set", f"eval.inception_weights={weights}"]  # as in docs/features.md
+    args = [
+        "eval",
+        "--sanity",
+        "--out-dir",
+        str(out),
+        "--no-progress",
+        "--set",
+        DATA,
+        "--set",
+        "eval.features=inception",
+        "--set",
+        f"eval.inception_weights={weights}",
+    ]  # as in docs/features.md
     kept = {name: B.DISTORTIONS[name] for name in ("desaturation", "mode drop")}  # 5 of the 25 rows, to stay fast
     with mock.patch.dict(B.DISTORTIONS, kept, clear=True):
         code, stdout, stderr = run_cli(args)
@@ -51,21 +63,30 @@ def test_cli_sanity_on_inception_weights(weights: Path, tmp_path: Path, monkeypa
     assert record["n"] == N and record["dataset"] == "shapes"
     rows = record["rows"]
     assert [(r["distortion"], r["strength"]) for r in rows] == [
-        ("baseline", 0.0), ("desaturation", 0.5), ("desaturation", 1.0), ("mode drop", 0.3), ("mode drop", 0.5)]
+        ("baseline", 0.0),
+        ("desaturation", 0.5),
+        ("desaturation", 1.0),
+        ("mode drop", 0.3),
+        ("mode drop", 0.5),
+    ]
     assert all(math.isfinite(r["fid"]) and r["fid"] > 0 for r in rows)
     assert all(r["ratio"] == pytest.approx(r["fid"] / record["baseline"]) for r in rows)
     assert len({r["fid"] for r in rows}) == len(rows)  # every distortion moved the features
     assert [c["requirement"] for c in record["checks"]] == [
-        "desaturation 1 >= 10x baseline", "desaturation grows with strength",
-        "mode drop 0.5 >= 10x baseline", "mode drop grows with strength"]  # no noise/blur rows: no pair checks
+        "desaturation 1 >= 10x baseline",
+        "desaturation grows with strength",
+        "mode drop 0.5 >= 10x baseline",
+        "mode drop grows with strength",
+    ]  # no noise/blur rows: no pair checks
     assert "FID battery" in stdout and record["features"] in stdout
     # Exit 0 when every requirement holds, 1 (with one line saying how many fail) when not: random weights may fail.
     assert code == (0 if record["passed"] else 1), stderr
     assert record["passed"] or "battery requirement(s) fail" in stderr
 
     # Without the file: one error line naming where to put it, and nothing is fetched.
-    code, _, stderr = run_cli(["eval", "--sanity", "--out-dir", str(out), "--set", DATA,
-                               "--set", "eval.features=inception"])
+    code, _, stderr = run_cli(
+        ["eval", "--sanity", "--out-dir", str(out), "--set", DATA, "--set", "eval.features=inception"]
+    )
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     hub = tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE
     assert code != 0 and len(errors) == 1 and str(hub) in errors[0] and "eval.inception_weights" in errors[0]

@@ -96,8 +96,9 @@ class _Killed(BaseException):
 
 
 @pytest.mark.parametrize("where", ["_write_log", "_save"])
-def test_a_kill_between_log_and_checkpoint_loses_no_log_row(where: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kill_between_log_and_checkpoint_loses_no_log_row(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The training log and the checkpoint are two files; dying after either one still resumes to the full log."""
     from torch import nn
 
@@ -111,8 +112,17 @@ def test_a_kill_between_log_and_checkpoint_loses_no_log_row(where: str, tmp_path
         torch.manual_seed(0)
         model = nn.Linear(4, 1)
         cfg = TrainConfig(steps=12, batch_size=8, lr=0.01, warmup_steps=1, checkpoint_every=4, log_every=2)
-        trainer.fit(model, lambda m, idx: LossOutput((m(x[idx]) ** 2).mean(), {}), lambda idx: idx, len(x), cfg, d,
-                    seed=1, fingerprint="fp", show_progress=False)
+        trainer.fit(
+            model,
+            lambda m, idx: LossOutput((m(x[idx]) ** 2).mean(), {}),
+            lambda idx: idx,
+            len(x),
+            cfg,
+            d,
+            seed=1,
+            fingerprint="fp",
+            show_progress=False,
+        )
         return model
 
     whole = run(tmp_path / "whole")
@@ -137,8 +147,12 @@ def test_a_kill_between_log_and_checkpoint_loses_no_log_row(where: str, tmp_path
 def test_no_pickle_is_loaded_without_weights_only() -> None:
     """Checkpoints are safetensors + JSON; any torch.load in benchkit must pass weights_only=True."""
     offenders = []
-    for path in [*REPO.glob("benchkit/**/*.py"), *REPO.glob("tokenizers/*.py"), *REPO.glob("generators/*.py"),
-                 *REPO.glob("heads/*.py")]:
+    for path in [
+        *REPO.glob("benchkit/**/*.py"),
+        *REPO.glob("tokenizers/*.py"),
+        *REPO.glob("generators/*.py"),
+        *REPO.glob("heads/*.py"),
+    ]:
         text = path.read_text()
         for m in re.finditer(r"torch\.load\(", text):
             call = text[m.start() : text.find(")", m.start()) + 1]
@@ -236,7 +250,7 @@ def test_kill_during_training_resumes_to_identical_weights(tmp_path: Path, refer
         (lambda: advanced(tok_ck), rng.uniform(0.0, 0.4)),
         (lambda: advanced(run_ck), 0.0),
         (lambda: advanced(run_ck), rng.uniform(0.0, 0.3)),
-        (lambda: (lambda t: t > anywhere), 0.0),
+        (lambda: lambda t: t > anywhere, 0.0),
     ]
     stages = []
     for make_trigger, delay in plan:
@@ -260,8 +274,9 @@ def test_kill_during_training_resumes_to_identical_weights(tmp_path: Path, refer
 
 
 @pytest.mark.slow
-def test_kill_during_sampling_and_evaluation(tmp_path: Path, reference_run: Path, reference_row: dict,
-                                             feature_cache: Path) -> None:
+def test_kill_during_sampling_and_evaluation(
+    tmp_path: Path, reference_run: Path, reference_row: dict, feature_cache: Path
+) -> None:
     """Kill -9 during ``sample`` and ``eval`` (several times, at random moments); the reruns give the same PNG
     bytes and the same metrics as uninterrupted commands, and no half-written file is ever read."""
     out = tmp_path / "out"
@@ -298,8 +313,8 @@ def test_kill_during_sampling_and_evaluation(tmp_path: Path, reference_run: Path
     # and just after it appended a row
     early, late = rng.uniform(0.3, 0.8) * sample_s, rng.uniform(0.8, 1.3) * sample_s
     for make_trigger, delay in (
-        (lambda: (lambda t: t > early), 0.0),
-        (lambda: (lambda t: t > late), 0.0),
+        (lambda: lambda t: t > early, 0.0),
+        (lambda: lambda t: t > late, 0.0),
         (after_next_row, rng.uniform(0, 0.3) * sample_s),
     ):
         kills += _kill_when(bk_cmd("eval", str(run), "--results", str(results)), make_trigger(), delay) == "killed"

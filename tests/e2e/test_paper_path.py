@@ -32,13 +32,28 @@ def test_lazy_sharded_bf16_mar_with_reference_stats(tmp_path: Path, monkeypatch:
     # stands in for them here (it needs the training images in memory, which this small folder allows)
     monkeypatch.setattr(checks, "check_eval", lambda cfg: None)
     root = make_folder(tmp_path / "imagenet", classes=4, per_class=16, size=(48, 40))
-    cfg = resolve("tiny", overrides=[
-        f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
-        "data.options.test_fraction=0.25", 'tokenizer.name="kl"', 'generator.name="mar"', 'head.name="diffloss"',
-        "tokenizer_train.steps=4", "tokenizer_train.batch_size=16", "train.steps=6", "train.batch_size=16",
-        "train.hflip=true", 'train.precision="bf16"', 'sample.precision="bf16"', f'out_dir="{tmp_path / "out"}"',
-        "generator.options.width=32", "head.options.width=32",
-    ])
+    cfg = resolve(
+        "tiny",
+        overrides=[
+            f'data.name="imagefolder:{root}"',
+            "data.image_size=16",
+            "data.options.lazy=true",
+            "data.options.test_fraction=0.25",
+            'tokenizer.name="kl"',
+            'generator.name="mar"',
+            'head.name="diffloss"',
+            "tokenizer_train.steps=4",
+            "tokenizer_train.batch_size=16",
+            "train.steps=6",
+            "train.batch_size=16",
+            "train.hflip=true",
+            'train.precision="bf16"',
+            'sample.precision="bf16"',
+            f'out_dir="{tmp_path / "out"}"',
+            "generator.options.width=32",
+            "head.options.width=32",
+        ],
+    )
     run = train_generator(cfg, progress=False)
     train, test = load_splits(cfg)
     assert isinstance(train.images, LazyImages) and len(train) == 48
@@ -48,13 +63,25 @@ def test_lazy_sharded_bf16_mar_with_reference_stats(tmp_path: Path, monkeypatch:
     log = (run.dir / "log.csv").read_text().splitlines()
     assert len(log) > 1 and run.result is not None and torch.isfinite(torch.tensor(run.result.final_loss))
     eager = ImageData(train.name, "train", train.images[:], train.labels, train.class_names)
-    ext = load_extractor("dataset", train_data=eager, cache_dir=tmp_path / "features", device=torch.device("cpu"),
-                         options={"width": 8, "steps": 20, "batch_size": 16})
+    ext = load_extractor(
+        "dataset",
+        train_data=eager,
+        cache_dir=tmp_path / "features",
+        device=torch.device("cpu"),
+        options={"width": 8, "steps": 20, "batch_size": 16},
+    )
     stats = save_reference_stats(test.images[:], ext, tmp_path / "ref.npz")
     s = SampleSettings(steps=4, cfg=2.0, diffusion_steps=5)
-    fid = streamed_fid(lambda lab, seed: generate_images(run.generator, run.tokenizer.module, run.combo.kind, lab, s,
-                                                         seed=seed, batch_size=8),
-                       balanced_labels(24, 4), ext, stats, chunk=8, seed=0)
+    fid = streamed_fid(
+        lambda lab, seed: generate_images(
+            run.generator, run.tokenizer.module, run.combo.kind, lab, s, seed=seed, batch_size=8
+        ),
+        balanced_labels(24, 4),
+        ext,
+        stats,
+        chunk=8,
+        seed=0,
+    )
     assert fid["n_samples"] == 24 and fid["fid"] > 0
     # every training image is the same ramp, so the edge block is scaled by its floor (not by 1/1e-6): the statistics
     # stay sane, and on sane statistics the two libraries give one number on any CPU

@@ -15,8 +15,9 @@ def _with_eval(run, **changes):  # the run with other eval options (they are not
     return dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, eval=dataclasses.replace(run.cfg.eval, **changes)))
 
 
-def test_a_retuned_model_keeps_only_its_latest_tuned_row(reference_run: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retuned_model_keeps_only_its_latest_tuned_row(
+    reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from benchkit.evaluation import evaluate
     from benchkit.results.store import read_rows, write_tables
     from benchkit.training.checks import load_splits

@@ -12,9 +12,22 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--set", "tokenizer_train.steps=120", "--set", "train.steps=120", "--set", "eval.num_samples=300",
-        "--set", "eval.num_reference=600", "--set", "eval.cost_repeats=1", "--set", "eval.prc=false",
-        "--set", "data.options={num_train = 4000, num_test = 1000}"]
+FAST = [
+    "--set",
+    "tokenizer_train.steps=120",
+    "--set",
+    "train.steps=120",
+    "--set",
+    "eval.num_samples=300",
+    "--set",
+    "eval.num_reference=600",
+    "--set",
+    "eval.cost_repeats=1",
+    "--set",
+    "eval.prc=false",
+    "--set",
+    "data.options={num_train = 4000, num_test = 1000}",
+]
 
 
 def bk(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -55,8 +68,19 @@ def test_vertical_path_writes_every_file(tmp_path: Path) -> None:
     rows = json.loads(p.stdout)
     assert len(rows) == 1
     row = rows[0]
-    for key in ("fid", "fid_cleanfid", "is_mean", "kid_mean", "class_acc", "params", "images_per_s", "latency_s",
-                "flops_per_image", "n_samples", "features"):
+    for key in (
+        "fid",
+        "fid_cleanfid",
+        "is_mean",
+        "kid_mean",
+        "class_acc",
+        "params",
+        "images_per_s",
+        "latency_s",
+        "flops_per_image",
+        "n_samples",
+        "features",
+    ):
         assert row.get(key) is not None, key
     assert row["n_samples"] == 300 and row["params"] > 10_000 and row["images_per_s"] > 0
     assert abs(row["fid"] - row["fid_cleanfid"]) <= 1e-3 * max(1.0, abs(row["fid"]))
@@ -64,8 +88,10 @@ def test_vertical_path_writes_every_file(tmp_path: Path) -> None:
     results = out / "tiny"
     p = bk("table", str(results))
     table = list(csv.DictReader(open(results / "table.csv")))
-    assert any(r["generator"] == "ar" and r["head"] == "ce" and float(r["fid"]) == pytest.approx(row["fid"], rel=1e-2)
-               for r in table)
+    assert any(
+        r["generator"] == "ar" and r["head"] == "ce" and float(r["fid"]) == pytest.approx(row["fid"], rel=1e-2)
+        for r in table
+    )
     assert (results / "table.md").read_text().count("|") > 10 and "tabular" in (results / "table.tex").read_text()
     tok_rows = list(csv.DictReader(open(results / "tokenizers.csv")))
     assert tok_rows and float(tok_rows[0]["psnr"]) > 15 and float(tok_rows[0]["codebook_usage"]) > 0

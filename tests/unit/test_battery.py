@@ -96,16 +96,26 @@ def _battery(fids: dict[tuple[str, float], float], dataset: str = "toy") -> Batt
 
 
 def test_check_requirements_pass_fail_and_symmetries() -> None:
-    good = {("noise", 0.02): 2.0, ("noise", 0.1): 20.0, ("blur", 0.5): 1.5, ("blur", 2.0): 30.0,
-            ("mode drop", 0.3): 8.0, ("mode drop", 0.5): 15.0, ("desaturation", 1.0): 12.0,
-            ("channel permutation", 0.5): 1.0, ("channel permutation", 1.0): 1.1}
+    good = {
+        ("noise", 0.02): 2.0,
+        ("noise", 0.1): 20.0,
+        ("blur", 0.5): 1.5,
+        ("blur", 2.0): 30.0,
+        ("mode drop", 0.3): 8.0,
+        ("mode drop", 0.5): 15.0,
+        ("desaturation", 1.0): 12.0,
+        ("channel permutation", 0.5): 1.0,
+        ("channel permutation", 1.0): 1.1,
+    }
     by_req = {c.requirement: c.passed for c in check_requirements(_battery(good), symmetries=("channel permutation",))}
     assert all(by_req.values()) and "channel permutation 1 >= 10x baseline" not in by_req
     assert "noise 0.02 < desaturation 1" in by_req and "blur 0.5 < mode drop 0.5" in by_req
     failing = check_requirements(_battery(good), symmetries=())
     assert {c.requirement for c in failing if not c.passed} == {
-        "channel permutation 1 >= 10x baseline", "noise 0.02 < channel permutation 1",
-        "blur 0.5 < channel permutation 1"}
+        "channel permutation 1 >= 10x baseline",
+        "noise 0.02 < channel permutation 1",
+        "blur 0.5 < channel permutation 1",
+    }
     # ``shapes`` draws hues uniformly: a channel permutation is one of its symmetries by default.
     assert all(c.passed for c in check_requirements(_battery(good, dataset="shapes")))
     weak = {**good, ("noise", 0.1): 1.5}

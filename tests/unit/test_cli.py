@@ -35,19 +35,28 @@ def test_compat_table_marks_ce_on_kl_invalid(capsys, monkeypatch, run_cli: CliRu
     assert rows[("kl", "ar", "ce")] != "ok" and rows[("vq", "rqtransformer", "ce")] != "ok"
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["components", "headz"], r"unknown family 'headz'; valid: tokenizers.*did you mean 'heads'"),
-    (["train", "--set", "head.name=difloss"], r"unknown head 'difloss'; valid: ce, diffloss; did you mean 'diffloss'"),
-    (["train", "--set", "tokenizer.name=kl"], r"kl \+ ar \+ ce cannot work.*valid heads for kl \+ ar: diffloss"),
-    (["train", "--set", "generator.name=rqtransformer"], r"valid heads for vq \+ rqtransformer: none"),
-    (["train", "--set", "train.lrr=1"], r"unknown config key 'train.lrr'"),
-    (["train", "--preset", "huge"], r"unknown preset 'huge'"),
-    (["train", "--set", "tokenizer.options.codebok_size=3"], r"unknown option tokenizer.vq.codebok_size.*did you mean 'codebook_size'"),
-    (["train", "--set", "data.name=shapez"], r"unknown dataset 'shapez'.*did you mean 'shapes'"),
-    (["train", "--device", "tpu"], r"device = 'tpu' is not valid"),
-    (["sweep", "missing.toml"], r"sweep file 'missing.toml' does not exist"),
-    (["run", "--shard", "3/2"], r"--shard '3/2'"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["components", "headz"], r"unknown family 'headz'; valid: tokenizers.*did you mean 'heads'"),
+        (
+            ["train", "--set", "head.name=difloss"],
+            r"unknown head 'difloss'; valid: ce, diffloss; did you mean 'diffloss'",
+        ),
+        (["train", "--set", "tokenizer.name=kl"], r"kl \+ ar \+ ce cannot work.*valid heads for kl \+ ar: diffloss"),
+        (["train", "--set", "generator.name=rqtransformer"], r"valid heads for vq \+ rqtransformer: none"),
+        (["train", "--set", "train.lrr=1"], r"unknown config key 'train.lrr'"),
+        (["train", "--preset", "huge"], r"unknown preset 'huge'"),
+        (
+            ["train", "--set", "tokenizer.options.codebok_size=3"],
+            r"unknown option tokenizer.vq.codebok_size.*did you mean 'codebook_size'",
+        ),
+        (["train", "--set", "data.name=shapez"], r"unknown dataset 'shapez'.*did you mean 'shapes'"),
+        (["train", "--device", "tpu"], r"device = 'tpu' is not valid"),
+        (["sweep", "missing.toml"], r"sweep file 'missing.toml' does not exist"),
+        (["run", "--shard", "3/2"], r"--shard '3/2'"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(args, pattern, capsys, monkeypatch, tmp_path, run_cli: CliRunner) -> None:
     code, out, err = run_cli([*args, "--no-progress"] if args[0] in ("train", "run", "sweep") else args)
     assert code == 2, err

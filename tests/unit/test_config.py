@@ -25,27 +25,40 @@ def test_presets_ship_and_resolve() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = resolve("tiny", None, ["train.lr=3e-4", "train.steps=7", "sample.cfg=2", "tokenizer.options.codebook_size=64",
-                                 'eval.sweep=[{steps = 4}]', "data.root=/tmp/x"])
+    cfg = resolve(
+        "tiny",
+        None,
+        [
+            "train.lr=3e-4",
+            "train.steps=7",
+            "sample.cfg=2",
+            "tokenizer.options.codebook_size=64",
+            "eval.sweep=[{steps = 4}]",
+            "data.root=/tmp/x",
+        ],
+    )
     assert cfg.train.lr == 3e-4 and cfg.train.steps == 7 and cfg.sample.cfg == 2.0 and isinstance(cfg.sample.cfg, float)
     assert cfg.tokenizer.options == {"codebook_size": 64} and cfg.eval.sweep == [{"steps": 4}]
     assert cfg.data.root == "/tmp/x"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", r"unknown config key 'train.lrr'; valid: steps, batch_size, lr.*did you mean 'lr'"),
-    ("train.lr=fast", r"train.lr = 'fast' has the wrong type; expected float"),
-    ("train.steps=1.5", r"expected int"),
-    ("train.steps=0", r"steps must be >= 1"),
-    ("train.batch_size=0", r"batch_size must be >= 1"),
-    ("sample.temperature=-1", r"temperature must be >= 0 \(0 = greedy\)"),
-    ("sample.cfg=-1", r"cfg must be >= 0"),
-    ("sample.cfg_schedule=cosine", r"valid: 'constant', 'linear'"),
-    ("device=tpu", r"valid: 'auto', 'cpu', 'cuda', 'mps'"),
-    ("bogus=1", r"unknown config key 'bogus'; valid: name, seed"),
-    ("train=1", r"'train' is a section"),
-    ("train.lr", r"must look like key.path=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", r"unknown config key 'train.lrr'; valid: steps, batch_size, lr.*did you mean 'lr'"),
+        ("train.lr=fast", r"train.lr = 'fast' has the wrong type; expected float"),
+        ("train.steps=1.5", r"expected int"),
+        ("train.steps=0", r"steps must be >= 1"),
+        ("train.batch_size=0", r"batch_size must be >= 1"),
+        ("sample.temperature=-1", r"temperature must be >= 0 \(0 = greedy\)"),
+        ("sample.cfg=-1", r"cfg must be >= 0"),
+        ("sample.cfg_schedule=cosine", r"valid: 'constant', 'linear'"),
+        ("device=tpu", r"valid: 'auto', 'cpu', 'cuda', 'mps'"),
+        ("bogus=1", r"unknown config key 'bogus'; valid: name, seed"),
+        ("train=1", r"'train' is a section"),
+        ("train.lr", r"must look like key.path=value"),
+    ],
+)
 def test_bad_overrides(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve("tiny", None, [override])

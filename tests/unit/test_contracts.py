@@ -45,8 +45,9 @@ def test_head_contract(name: str) -> None:
     factory = HEADS.get(name).factory
     assert {"spec", "cond_dim"} <= _keywords(factory) and factory.kinds
     for kind in factory.kinds:
-        spec = TokenSpec(kind, (1, 1), vocab_size=8 if kind == "discrete" else None,
-                         dim=4 if kind == "continuous" else None)
+        spec = TokenSpec(
+            kind, (1, 1), vocab_size=8 if kind == "discrete" else None, dim=4 if kind == "continuous" else None
+        )
         head = HEADS.create(name, spec=spec, cond_dim=16).eval()
         assert isinstance(head, Head)
         cond = torch.randn(5, 16)
@@ -70,8 +71,13 @@ def test_generator_contract(tokenizer: str, generator: str, head: str) -> None:
     assert isinstance(model, Generator) and model.num_classes == 3 and model.spec == spec
     labels = torch.tensor([0, 2])
     seen: list[tuple[int, int]] = []
-    tokens = model.generate(labels, cfg=2.0, diffusion_steps=2, generator=torch.Generator().manual_seed(0),
-                            progress=lambda done, total: seen.append((done, total)))
+    tokens = model.generate(
+        labels,
+        cfg=2.0,
+        diffusion_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        progress=lambda done, total: seen.append((done, total)),
+    )
     spec.check(tokens)
     assert len(tokens) == 2 and seen and seen[-1][0] == seen[-1][1]
     model.train()

@@ -82,14 +82,16 @@ def test_resumed_run_keeps_earlier_points(tmp_path: Path) -> None:
 
 
 def test_still_improving_uses_the_larger_noise() -> None:
-    df = pd.DataFrame({
-        "run": ["a", "a", "b", "c", "d"],
-        "fid": [10.0, 12.0, 20.0, 30.0, 40.0],
-        "seed_spread_fid": [1.0, None, 5.0, None, None],
-        "convergence_fid": [20.0, 20.0, 30.0, 40.0, 50.0],
-        "convergence_fid_prev": [22.0, 22.0, 33.0, 44.0, None],
-        "convergence_fid_noise": [0.5, 0.5, 1.0, 5.0, 1.0],
-    })
+    df = pd.DataFrame(
+        {
+            "run": ["a", "a", "b", "c", "d"],
+            "fid": [10.0, 12.0, 20.0, 30.0, 40.0],
+            "seed_spread_fid": [1.0, None, 5.0, None, None],
+            "convergence_fid": [20.0, 20.0, 30.0, 40.0, 50.0],
+            "convergence_fid_prev": [22.0, 22.0, 33.0, 44.0, None],
+            "convergence_fid_noise": [0.5, 0.5, 1.0, 5.0, 1.0],
+        }
+    )
     # a: drop 2 > max(spread 1, boot 0.5), on the row without its own spread too; b: drop 3 < spread 5;
     # c: drop 4 < bootstrap 5 (no spread); d: a single point
     assert improving_marks(df).tolist() == ["yes", "yes", "no", "no", None]
@@ -102,12 +104,20 @@ def test_fid_vs_train_flops_plot_and_series(tmp_path: Path) -> None:
     for run, scale in (("r1", 1.0), ("r2", 3.0)):
         for step in (10, 20, 40):
             store_point(tmp_path / "runs" / run, {"step": step, "train_flops": step * 1e9 * scale, "fid": 500.0 / step})
-    df = pd.DataFrame({"run": ["r1", "r1", "r2", "tok"], "kind": ["generator", "generator", "generator", "tokenizer"],
-                       "tokenizer": ["vq", "vq", "kl", "vq"], "generator": ["ar", "ar", "mar", None],
-                       "head": ["ce", "ce", "diffloss", None]})
+    df = pd.DataFrame(
+        {
+            "run": ["r1", "r1", "r2", "tok"],
+            "kind": ["generator", "generator", "generator", "tokenizer"],
+            "tokenizer": ["vq", "vq", "kl", "vq"],
+            "generator": ["ar", "ar", "mar", None],
+            "head": ["ce", "ce", "diffloss", None],
+        }
+    )
     series = convergence_series(df, tmp_path)
-    assert series == {"vq+ar+ce": [(1e10, 50.0), (2e10, 25.0), (4e10, 12.5)],
-                      "kl+mar+diffloss": [(3e10, 50.0), (6e10, 25.0), (1.2e11, 12.5)]}
+    assert series == {
+        "vq+ar+ce": [(1e10, 50.0), (2e10, 25.0), (4e10, 12.5)],
+        "kl+mar+diffloss": [(3e10, 50.0), (6e10, 25.0), (1.2e11, 12.5)],
+    }
     out = tmp_path / "fid_vs_train_flops.png"
     assert fid_vs_train_flops_plot(series, out) == series
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000

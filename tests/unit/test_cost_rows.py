@@ -37,8 +37,9 @@ class FlatTokenizer(nn.Module):
 
 def _row(mib: int, device: str, num_classes: int = 3) -> tuple[dict, HungryGenerator]:
     gen = HungryGenerator(mib, num_classes, device)
-    run = SimpleNamespace(generator=gen, tokenizer=SimpleNamespace(module=FlatTokenizer()),
-                          combo=SimpleNamespace(kind="discrete"))
+    run = SimpleNamespace(
+        generator=gen, tokenizer=SimpleNamespace(module=FlatTokenizer()), combo=SimpleNamespace(kind="discrete")
+    )
     cfg = RunConfig(device=device, eval=EvalConfig(cost_batch_size=5, cost_repeats=1))
     return sampling_cost(run, SampleSettings(), cfg), gen  # type: ignore[arg-type]
 

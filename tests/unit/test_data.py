@@ -75,6 +75,7 @@ def test_shapes_vary_within_classes_and_differ_between_classes() -> None:
         assert x[data.labels == k].std() > 40, CLASS_NAMES[k]  # colours, placement and backgrounds vary
     assert (x.flatten(1).std(1) > 3).all()  # every image shows its shape against the background
     assert x[:, :, 0, 0].std(0).min() > 40  # background colours vary continuously
+
     # Classes differ in structure, not just colour: a nearest-centroid classifier on colour- and
     # translation-invariant features (log |FFT| of standardized grayscale) is far above chance (0.1).
     def features(images: torch.Tensor) -> torch.Tensor:

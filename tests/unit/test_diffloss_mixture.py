@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from benchkit.heads.diffloss import DiffLossHead
 
 from benchkit.core.interfaces import TokenSpec
 from benchkit.core.registry import HEADS
+from benchkit.heads.diffloss import DiffLossHead
 
 
 def gen(seed: int) -> torch.Generator:
@@ -81,8 +81,9 @@ def mixture_head() -> DiffLossHead:
 
 
 def sample_mixture(head: DiffLossHead, steps: int, n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    x0, x1 = (head.sample(mixture_cond(torch.full((n,), c)), generator=gen(1 + c), diffusion_steps=steps)
-              for c in (0, 1))
+    x0, x1 = (
+        head.sample(mixture_cond(torch.full((n,), c)), generator=gen(1 + c), diffusion_steps=steps) for c in (0, 1)
+    )
     return x0, x1
 
 
@@ -99,8 +100,7 @@ def test_diffloss_fits_a_multimodal_mixture_where_regression_collapses(mixture_h
 @pytest.mark.slow
 def test_diffloss_ddim_few_steps_covers_the_modes(mixture_head: DiffLossHead) -> None:
     ddim = dataclasses.replace(mixture_head.cfg, sampler="ddim")
-    head = HEADS.create("diffloss", spec=TokenSpec("continuous", (1, 1), dim=2), cond_dim=2,
-                        **dataclasses.asdict(ddim))
+    head = HEADS.create("diffloss", spec=TokenSpec("continuous", (1, 1), dim=2), cond_dim=2, **dataclasses.asdict(ddim))
     head.load_state_dict(mixture_head.state_dict())  # the same weights (and x0 range), sampled by DDIM
     # deterministic DDIM at 4x fewer steps: the same coverage, spreads within 40% (measured 12-28% over 5 seeds)
     assert check_mixture(*sample_mixture(head.eval(), 25), std_tol=0.4) == []

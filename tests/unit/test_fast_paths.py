@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchkit.generators.mar import MARGenerator
-from benchkit.heads import diffloss
-from benchkit.heads.diffloss import DiffLossConfig, DiffLossHead
 
 from benchkit.core.interfaces import TokenSpec
 from benchkit.core.registry import GENERATORS
+from benchkit.generators.mar import MARGenerator
+from benchkit.heads import diffloss
+from benchkit.heads.diffloss import DiffLossConfig, DiffLossHead
 from benchkit.nn.diffusion import GaussianDiffusion
 from benchkit.nn.embed import modulate
 from benchkit.nn.transformer import Transformer

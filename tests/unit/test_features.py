@@ -21,8 +21,6 @@ TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
 CPU = torch.device("cpu")
 
 
-
-
 def _patterns(n: int, seed: int, split: str, size: int = 16) -> ImageData:
     """Three classes: horizontal stripes, vertical stripes, a disk; random colours, phases and noise."""
     g = torch.Generator().manual_seed(seed)
@@ -32,8 +30,13 @@ def _patterns(n: int, seed: int, split: str, size: int = 16) -> ImageData:
     phase = torch.randint(0, 6, (n, 1, 1), generator=g)
     centre = torch.randint(5, size - 5, (2, n, 1, 1), generator=g)
     radius = torch.randint(3, 5, (n, 1, 1), generator=g)
-    masks = torch.stack([((yy + phase) % period) * 2 < period, ((xx + phase) % period) * 2 < period,
-                         (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2])
+    masks = torch.stack(
+        [
+            ((yy + phase) % period) * 2 < period,
+            ((xx + phase) % period) * 2 < period,
+            (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2,
+        ]
+    )
     mask = masks[labels, torch.arange(n)].float()[:, None]  # [n, 1, size, size]
     fg, bg = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=g), 0.4 * torch.rand(n, 3, 1, 1, generator=g)
     img = bg + (fg - bg) * mask + 0.05 * torch.randn(n, 3, size, size, generator=g)
@@ -84,8 +87,13 @@ def test_fidelity_contract_requested_order(train_data: ImageData, cache: Path) -
     from torch_fidelity.utils import create_feature_extractor
 
     ext = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
-    fe = create_feature_extractor(ext.fidelity_name, ["logits", "feat"], cuda=False,
-                                  feature_extractor_weights_path=str(ext.weights_path), verbose=False)
+    fe = create_feature_extractor(
+        ext.fidelity_name,
+        ["logits", "feat"],
+        cuda=False,
+        feature_extractor_weights_path=str(ext.weights_path),
+        verbose=False,
+    )
     out = fe(train_data.images[:4])
     assert isinstance(out, tuple) and out[0].shape == (4, 3) and out[1].shape == (4, 72 + 16 + 32)
     assert torch.allclose(out[1], ext.features(train_data.images[:4]), atol=1e-6)
@@ -113,9 +121,13 @@ def test_inception_missing_weights_is_one_clear_error(tmp_path: Path, monkeypatc
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE).exists()  # nothing fetched
 
 
-def test_auto_falls_back_to_dataset_with_notice(train_data: ImageData, cache: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_falls_back_to_dataset_with_notice(
+    train_data: ImageData,
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     with caplog.at_level(logging.INFO, logger="benchkit.metrics.features"):
@@ -132,22 +144,25 @@ def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
-def test_inception_loads_offline_from_file(random_inception: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inception_loads_offline_from_file(
+    random_inception: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torch_fidelity.utils import create_feature_extractor
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
-    ext = load_extractor("inception", train_data=None, cache_dir=tmp_path, device=CPU,
-                         weights_path=str(random_inception))
+    ext = load_extractor(
+        "inception", train_data=None, cache_dir=tmp_path, device=CPU, weights_path=str(random_inception)
+    )
     assert re.fullmatch(r"inception-v3@[0-9a-f]{8}", ext.tag)  # not the standard weights: the tag says so
     assert ext.num_classes is None and ext.weights_hash[:16] in ext.fidelity_name
     images = _patterns(2, 1, "test").images
     feats, logits = ext.features_and_logits(images)
     assert feats.shape == (2, 2048) and logits.shape == (2, 1008) and torch.isfinite(feats).all()
     # torch-fidelity builds the same network under the registered name from the same file.
-    fe = create_feature_extractor(ext.fidelity_name, ["2048"], cuda=False,
-                                  feature_extractor_weights_path=str(random_inception), verbose=False)
+    fe = create_feature_extractor(
+        ext.fidelity_name, ["2048"], cuda=False, feature_extractor_weights_path=str(random_inception), verbose=False
+    )
     with torch.no_grad():
         assert torch.allclose(fe(images)[0], feats, rtol=1e-4, atol=1e-5)
 

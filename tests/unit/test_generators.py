@@ -50,8 +50,6 @@ COMBOS = [  # (generator, head, token layout): every valid combination
 IDS = [f"{g}-{h}-{s}" for g, h, s in COMBOS]
 
 
-
-
 def build(name: str, head: str, layout: str, **options: Any) -> Any:
     torch.manual_seed(0)
     opts = {**SMALL[name], **options}
@@ -398,8 +396,9 @@ def test_eval_settings_resolve_defaults_and_drop_repeats() -> None:
 
     run: Any = SimpleNamespace(generator=build("mar", "diffloss", "continuous-d1"))
     base = SampleSettings()
-    out = resolve_settings(run, [base, SampleSettings(steps=4), SampleSettings(diffusion_steps=3),
-                                 SampleSettings(steps=2, cfg=2.0)])
+    out = resolve_settings(
+        run, [base, SampleSettings(steps=4), SampleSettings(diffusion_steps=3), SampleSettings(steps=2, cfg=2.0)]
+    )
     assert out == [SampleSettings(steps=4, diffusion_steps=3), SampleSettings(steps=2, cfg=2.0, diffusion_steps=3)]
     ar: Any = SimpleNamespace(generator=build("ar", "ce", "discrete-d1"))
     assert resolve_settings(ar, [base, SampleSettings(cfg=2.0)]) == [base, SampleSettings(cfg=2.0)]

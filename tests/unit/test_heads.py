@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-from benchkit.heads.ce import CEHead, filter_top_k, filter_top_p
-from benchkit.heads.common import masked_mean
-from benchkit.heads.diffloss import DiffLossHead
 
 from benchkit.core.errors import ConfigError, IncompatibleComponentsError
 from benchkit.core.interfaces import Head, TokenSpec
 from benchkit.core.registry import HEADS
+from benchkit.heads.ce import CEHead, filter_top_k, filter_top_p
+from benchkit.heads.common import masked_mean
+from benchkit.heads.diffloss import DiffLossHead
 from benchkit.nn.diffusion import GaussianDiffusion, cosine_betas, respaced_timesteps
 from benchkit.nn.embed import TimestepEmbedding, modulate, sinusoidal_embedding
 

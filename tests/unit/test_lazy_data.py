@@ -69,15 +69,17 @@ def test_token_cache_resumes_after_a_kill_and_reads_memory_mapped(tmp_path: Path
         return x.float().mean((2, 3))
 
     with pytest.raises(Killed):
-        build_token_cache(data, encode, tmp_path / "cache", key="k", shard_size=4, batch_size=2, workers=0,
-                          progress=False)
+        build_token_cache(
+            data, encode, tmp_path / "cache", key="k", shard_size=4, batch_size=2, workers=0, progress=False
+        )
     assert sorted(p.name for p in (tmp_path / "cache").glob("shard-*")) == ["shard-00000.npy", "shard-00001.npy"]
     with pytest.raises(CheckpointError, match="unfinished \\(4 shards missing, first shard-00002.npy\\)"):
         ShardedTokenCache(tmp_path / "cache")
     calls.clear()
     kill_at[0] = -1
-    cache = build_token_cache(data, encode, tmp_path / "cache", key="k", shard_size=4, batch_size=2, workers=0,
-                              progress=False)
+    cache = build_token_cache(
+        data, encode, tmp_path / "cache", key="k", shard_size=4, batch_size=2, workers=0, progress=False
+    )
     assert len(calls) == 8  # only the 4 missing shards of 2 batches each
     expected = torch.stack([data.load(i).float().mean((1, 2)) for i in range(len(data))])
     idx = torch.tensor([23, 0, 5, 5, 12])
@@ -85,8 +87,17 @@ def test_token_cache_resumes_after_a_kill_and_reads_memory_mapped(tmp_path: Path
     assert isinstance(cache.shards[0], np.memmap)
     with pytest.raises(CheckpointError, match="was built for"):
         build_token_cache(data, encode, tmp_path / "cache", key="other", shard_size=4, batch_size=2, workers=0)
-    mirror = build_token_cache(data, lambda x: x[:, :, 0, :2].float(), tmp_path / "mirror", key="k", shard_size=8,
-                               batch_size=4, workers=0, mirrored=True, progress=False)
+    mirror = build_token_cache(
+        data,
+        lambda x: x[:, :, 0, :2].float(),
+        tmp_path / "mirror",
+        key="k",
+        shard_size=8,
+        batch_size=4,
+        workers=0,
+        mirrored=True,
+        progress=False,
+    )
     assert torch.equal(mirror[torch.tensor([3])][0], data.load(3).flip(-1)[:, 0, :2].float())
 
 
@@ -97,8 +108,12 @@ def test_lazy_imagefolder_in_the_pipeline(tmp_path: Path) -> None:
     from benchkit.training.checks import check_eval, load_splits
 
     root = make_folder(tmp_path / "data")
-    sets = [f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
-            "data.options.test_fraction=0.25"]
+    sets = [
+        f'data.name="imagefolder:{root}"',
+        "data.image_size=16",
+        "data.options.lazy=true",
+        "data.options.test_fraction=0.25",
+    ]
     train, test = load_splits(resolve("tiny", overrides=sets))
     assert isinstance(train.images, LazyImages) and len(train) == 18 and len(test) == 6
     batch = train.images[torch.tensor([3, 1])]

@@ -16,10 +16,13 @@ HEAD = {"width": 16, "depth": 1, "batch_mul": 1}
 
 def _model(name: str, **options: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    small = {"ar": {"width": 32, "depth": 2, "num_heads": 2},
-             "mar": {"width": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 2}}[name]
-    return GENERATORS.create(name, spec=SPEC, head="diffloss", head_options=HEAD, num_classes=3,
-                             **{**small, **options}).eval()
+    small = {
+        "ar": {"width": 32, "depth": 2, "num_heads": 2},
+        "mar": {"width": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 2},
+    }[name]
+    return GENERATORS.create(
+        name, spec=SPEC, head="diffloss", head_options=HEAD, num_classes=3, **{**small, **options}
+    ).eval()
 
 
 def _tokens(B: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +64,17 @@ def test_mar_profile_is_seeded_and_unknown_tokens_have_no_influence() -> None:
 
 def test_bad_inputs_are_refused_with_the_valid_choices() -> None:
     tokens, labels = _tokens()
-    rq = GENERATORS.create("rqtransformer", spec=TokenSpec("continuous", (2, 2), 2, dim=3), head="diffloss",
-                           head_options=HEAD, num_classes=3, width=32, spatial_depth=1, depth_depth=1, num_heads=2)
+    rq = GENERATORS.create(
+        "rqtransformer",
+        spec=TokenSpec("continuous", (2, 2), 2, dim=3),
+        head="diffloss",
+        head_options=HEAD,
+        num_classes=3,
+        width=32,
+        spatial_depth=1,
+        depth_depth=1,
+        num_heads=2,
+    )
     with pytest.raises(ConfigError, match="ar, mar"):
         influence_by_distance(rq, tokens, labels)
     with pytest.raises(ConfigError, match="continuous tokens"):

@@ -20,8 +20,6 @@ CPU = torch.device("cpu")
 TINY = {"width": 8, "steps": 40, "batch_size": 64, "lr": 5e-3}
 
 
-
-
 def _stripes_and_disks(n: int, seed: int, split: str, size: int = 16) -> ImageData:
     """Three classes (horizontal stripes, vertical stripes, disk) with random colours, phase, position and noise."""
     g = torch.Generator().manual_seed(seed)
@@ -30,8 +28,9 @@ def _stripes_and_disks(n: int, seed: int, split: str, size: int = 16) -> ImageDa
     period, phase = torch.randint(3, 6, (n, 1, 1), generator=g), torch.randint(0, 6, (n, 1, 1), generator=g)
     cy, cx = torch.randint(5, size - 5, (2, n, 1, 1), generator=g)
     r2 = torch.randint(3, 5, (n, 1, 1), generator=g) ** 2
-    kinds = torch.stack([(yy + phase) % period < period / 2, (xx + phase) % period < period / 2,
-                         (yy - cy) ** 2 + (xx - cx) ** 2 < r2])
+    kinds = torch.stack(
+        [(yy + phase) % period < period / 2, (xx + phase) % period < period / 2, (yy - cy) ** 2 + (xx - cx) ** 2 < r2]
+    )
     mask = kinds[labels, torch.arange(n)][:, None].float()
     fg, bg = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=g), 0.4 * torch.rand(n, 3, 1, 1, generator=g)
     x = (bg + (fg - bg) * mask + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
@@ -59,8 +58,17 @@ def extractor(data: tuple[ImageData, ImageData], cache: Path):
 def test_fidelity_and_cleanfid_agree(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:
     train, test = data
     fake, labels = train.images[:150], train.labels[:150]
-    m = quality.generation_metrics(fake, test.images, extractor, cache_dir=cache, ref_key="stripes-test",
-                                   labels=labels, kid_subset_size=5000, kid_subsets=5, device=CPU)
+    m = quality.generation_metrics(
+        fake,
+        test.images,
+        extractor,
+        cache_dir=cache,
+        ref_key="stripes-test",
+        labels=labels,
+        kid_subset_size=5000,
+        kid_subsets=5,
+        device=CPU,
+    )
     assert m["features"] == extractor.tag and m["n_samples"] == 150 and m["n_ref"] == 150
     assert m["kid_subset_size"] == 150  # clamped to the sample count instead of torch-fidelity's ValueError
     # FID: torch-fidelity (eigenvalues) vs clean-fid (scipy sqrtm) vs benchkit's own, on the same features.
@@ -83,12 +91,12 @@ def test_fidelity_refuses_unknown_options() -> None:
 
 def test_rejects_float_images(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:
     with pytest.raises(ValueError, match="uint8"):
-        quality.generation_metrics(data[0].images[:10].float(), data[1].images, extractor, cache_dir=cache,
-                                   ref_key="x", device=CPU)
+        quality.generation_metrics(
+            data[0].images[:10].float(), data[1].images, extractor, cache_dir=cache, ref_key="x", device=CPU
+        )
 
 
-def test_reference_cache_reused_and_keyed_by_weights(data: tuple[ImageData, ImageData], extractor,
-                                                      cache: Path) -> None:
+def test_reference_cache_reused_and_keyed_by_weights(data: tuple[ImageData, ImageData], extractor, cache: Path) -> None:
     train, test = data
     first = quality.reference_stats(test.images, extractor, cache_dir=cache, ref_key="ref-test")
     assert first.path.is_file() and extractor.weights_hash[:16] in first.path.name
@@ -105,8 +113,17 @@ def test_reference_cache_reused_and_keyed_by_weights(data: tuple[ImageData, Imag
     third = quality.reference_stats(test.images, other, cache_dir=cache, ref_key="ref-test")
     assert not third.loaded and third.path != first.path and not np.allclose(third.mu, first.mu)
     # torch-fidelity's cache entries carry the weights hash through the registered name.
-    quality.generation_metrics(train.images[:20], test.images, other, cache_dir=cache, ref_key="ref-test",
-                               prc=False, clean_fid=False, kid_subsets=5, device=CPU)
+    quality.generation_metrics(
+        train.images[:20],
+        test.images,
+        other,
+        cache_dir=cache,
+        ref_key="ref-test",
+        prc=False,
+        clean_fid=False,
+        kid_subsets=5,
+        device=CPU,
+    )
     names = [p.name for p in (cache / "fidelity").iterdir()]
     assert names and all("benchkit-" in n for n in names)
     assert any(other.fidelity_name in n for n in names)

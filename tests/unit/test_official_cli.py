@@ -64,8 +64,9 @@ def official_kl_file(path: Path) -> Path:
     """A KL autoencoder in the released container and layout that yields MAR-fixture tokens (128 px -> 8x8x16);
     seeded random weights: it only gives the MAR fixture a tokenizer to sample through."""
     torch.manual_seed(0)
-    tok = TOKENIZERS.create("kl", image_size=128, backbone="ldm", ch=32, channel_mult=(1, 1, 1, 1, 1),
-                            num_res_blocks=1, z_channels=16)
+    tok = TOKENIZERS.create(
+        "kl", image_size=128, backbone="ldm", ch=32, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=16
+    )
     torch.save({"model": kl16.to_official(tok.state_dict())}, path)
     return path
 
@@ -78,7 +79,9 @@ def test_kl_and_mar_import_then_sample(tmp_path: Path, run_cli) -> None:  # type
     tok = imported(run_cli, ["kl16", str(ckpt), "--image-size", "128", "--out-dir", str(tmp_path / "res")])
     assert json.loads((tok / "import.json").read_text())["arch_from"] == "checkpoint shapes"
     mar_file = FIX / "mar" / "checkpoint-last.pth"
-    run = imported(run_cli, ["mar", str(mar_file), "--tokenizer", str(tok), "--arch", str(FIX / "mar" / "fixture.json")])
+    run = imported(
+        run_cli, ["mar", str(mar_file), "--tokenizer", str(tok), "--arch", str(FIX / "mar" / "fixture.json")]
+    )
     prov = imported_provenance(run)
     assert (prov["container_key"], prov["ema"], prov["sha256"]) == ("model_ema", True, sha256(mar_file))
     r = load_run(run)
@@ -99,8 +102,10 @@ def test_import_errors_are_one_line(tmp_path: Path, run_cli) -> None:  # type: i
         (["import", "vqgan", mar_file], r"unknown import kind 'vqgan'; valid: mar, rqtransformer, kl16, rqvae"),
         (["import", "mar", mar_file], r"needs --tokenizer DIR"),
         (["import", "kl16", mar_file, "--out-dir", str(tmp_path)], r"not an LDM autoencoder state dict"),
-        (["import", "kl16", str(FIX / "kl16" / "kl16.ckpt"), "--container-key", "ema", "--out-dir", str(tmp_path)],
-         r"has no 'ema' entry; it holds: model"),
+        (
+            ["import", "kl16", str(FIX / "kl16" / "kl16.ckpt"), "--container-key", "ema", "--out-dir", str(tmp_path)],
+            r"has no 'ema' entry; it holds: model",
+        ),
     ]
     for args, pattern in cases:
         code, _, err = run_cli(args)

@@ -24,8 +24,10 @@ TOL_MAR, TOL = 1e-5, 1e-4  # fixture.json: "float32, max abs diff <= 1e-5" (mar)
 
 
 def test_fixture_tolerances_are_the_stated_ones() -> None:
-    texts = {d: json.loads((FIX / d / "fixture.json").read_text())["tolerance"] for d in
-             ("mar", "kl16", "rq/stage1", "rq/stage2")}
+    texts = {
+        d: json.loads((FIX / d / "fixture.json").read_text())["tolerance"]
+        for d in ("mar", "kl16", "rq/stage1", "rq/stage2")
+    }
     assert "1e-5" in texts["mar"] and all("1e-4" in texts[d] for d in ("kl16", "rq/stage1", "rq/stage2"))
     assert "codes exactly equal" in texts["rq/stage1"]
 
@@ -36,8 +38,14 @@ def load_mar(file: str = "checkpoint-last.pth", key: str | None = None, arch: st
     state, _ = common.pick_weights(container, mar.CONTAINER_KEYS, path, key)
     args, _ = mar.resolve_arch(arch, container, path)
     gen, head = mar.component_options(args)
-    model = GENERATORS.create("mar", spec=TokenSpec("continuous", (8, 8), dim=16), head="diffloss",
-                              head_options=head, num_classes=int(args["class_num"]), **gen)
+    model = GENERATORS.create(
+        "mar",
+        spec=TokenSpec("continuous", (8, 8), dim=16),
+        head="diffloss",
+        head_options=head,
+        num_classes=int(args["class_num"]),
+        **gen,
+    )
     common.load_official(model, state, mar.KEYMAP, "mar", mar.extra_tensors(16))
     return model.eval()
 
@@ -88,9 +96,11 @@ def load_kl() -> torch.nn.Module:
 def kl_diffs(tok: torch.nn.Module) -> dict[str, float]:
     io = load_file(FIX / "kl16" / "io.safetensors")
     mean, logvar = tok.moments(io["images"])
-    return {"posterior_mean": (mean.permute(0, 3, 1, 2) - io["posterior_mean"]).abs().max().item(),
-            "posterior_logvar": (logvar.permute(0, 3, 1, 2) - io["posterior_logvar"]).abs().max().item(),
-            "decoded_mean": (tok.decode_raw(mean) - io["decoded_mean"]).abs().max().item()}
+    return {
+        "posterior_mean": (mean.permute(0, 3, 1, 2) - io["posterior_mean"]).abs().max().item(),
+        "posterior_logvar": (logvar.permute(0, 3, 1, 2) - io["posterior_logvar"]).abs().max().item(),
+        "decoded_mean": (tok.decode_raw(mean) - io["decoded_mean"]).abs().max().item(),
+    }
 
 
 def test_kl16_reproduces_every_official_output() -> None:
@@ -139,8 +149,9 @@ def load_rqt(tok: torch.nn.Module) -> torch.nn.Module:
     path = FIX / "rq" / "stage2" / "model.pt"
     state, _ = common.pick_weights(common.read_container(path), rq.CONTAINER_KEYS, path)
     gen, head, classes = rq.rqt_options(rq.read_config(path, None, rq.RQT_ARCHS)[0])
-    model = GENERATORS.create("rqtransformer", spec=tok.specs["discrete"], head="ce", head_options=head,
-                              num_classes=classes, **gen)
+    model = GENERATORS.create(
+        "rqtransformer", spec=tok.specs["discrete"], head="ce", head_options=head, num_classes=classes, **gen
+    )
     common.load_official(model, state, rq.RQT_KEYMAP, "rqtransformer", {"codebook": tok.codebook.embed})
     return model.eval()
 

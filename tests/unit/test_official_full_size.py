@@ -32,8 +32,9 @@ def params(module: torch.nn.Module) -> float:
     return round(sum(p.numel() for p in module.parameters()) / 1e6, 1)
 
 
-def covered(module: torch.nn.Module, off: dict[str, torch.Tensor], keymap: common.KeyMap,
-            extra: Mapping[str, torch.Tensor]) -> None:
+def covered(
+    module: torch.nn.Module, off: dict[str, torch.Tensor], keymap: common.KeyMap, extra: Mapping[str, torch.Tensor]
+) -> None:
     """Both directions: benchkit -> official gives exactly the official keys and shapes, and official -> benchkit
     (plus the benchkit-only tensors) exactly benchkit's."""
     common.check_layout(keymap.to_official(module.state_dict()), off, "benchkit -> official")
@@ -44,8 +45,14 @@ def covered(module: torch.nn.Module, off: dict[str, torch.Tensor], keymap: commo
 def test_mar_full_size(name: str, count: float) -> None:
     gen, head = mar.component_options(mar.ARCHS[name])
     with torch.device("meta"):
-        model = GENERATORS.create("mar", spec=TokenSpec("continuous", (16, 16), dim=16), head="diffloss",
-                                  head_options=head, num_classes=1000, **gen)
+        model = GENERATORS.create(
+            "mar",
+            spec=TokenSpec("continuous", (16, 16), dim=16),
+            head="diffloss",
+            head_options=head,
+            num_classes=1000,
+            **gen,
+        )
     off = official("full_size_keys_mar.json", name)
     covered(model, off, mar.KEYMAP, mar.extra_tensors(16))
     assert millions(off) == params(model) == count
@@ -75,14 +82,14 @@ def test_rqvae_full_size(name: str) -> None:
         assert millions(off) == 133.8
 
 
-@pytest.mark.parametrize("name,count", [("in256-480M", 480.9), ("in256-800M", 820.9), ("in256-1400M", 1387.5),
-                                        ("in256-3800M", 3822.5)])
+@pytest.mark.parametrize(
+    "name,count", [("in256-480M", 480.9), ("in256-800M", 820.9), ("in256-1400M", 1387.5), ("in256-3800M", 3822.5)]
+)
 def test_rqtransformer_full_size(name: str, count: float) -> None:
     gen, head, classes = rq.rqt_options(rq.RQT_ARCHS[name])
     spec = TokenSpec("discrete", (8, 8), depth=4, vocab_size=16384)
     with torch.device("meta"):
-        model = GENERATORS.create("rqtransformer", spec=spec, head="ce", head_options=head, num_classes=classes,
-                                  **gen)
+        model = GENERATORS.create("rqtransformer", spec=spec, head="ce", head_options=head, num_classes=classes, **gen)
     off = official("full_size_keys_rq.json", name)
     covered(model, off, rq.RQT_KEYMAP, {"codebook": torch.empty(16384, 256, device="meta")})
     # benchkit adds one null-class row (width values) for CFG; the codebook copy is a buffer

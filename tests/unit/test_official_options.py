@@ -27,11 +27,14 @@ def test_ldm_backbone_trains(name: str, extra: dict) -> None:
     assert tok.decode(tok.encode(images, kind), kind).shape == images.shape
 
 
-@pytest.mark.parametrize("options,pattern", [
-    ({"backbone": "ldm", "ch": 16}, "multiple of 32"),
-    ({"backbone": "taming"}, "backbone = 'taming' is not valid; valid: 'benchkit', 'ldm'"),
-    ({"attn_levels": (5,)}, r"attn_levels must hold levels in 0..2"),
-])
+@pytest.mark.parametrize(
+    "options,pattern",
+    [
+        ({"backbone": "ldm", "ch": 16}, "multiple of 32"),
+        ({"backbone": "taming"}, "backbone = 'taming' is not valid; valid: 'benchkit', 'ldm'"),
+        ({"attn_levels": (5,)}, r"attn_levels must hold levels in 0..2"),
+    ],
+)
 def test_backbone_options_are_checked(options: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         TOKENIZERS.make_config("kl", options)
@@ -40,8 +43,16 @@ def test_backbone_options_are_checked(options: dict, pattern: str) -> None:
 def test_codebook_embedding_path_samples_the_same_with_and_without_cache() -> None:
     spec = TokenSpec("discrete", (2, 2), depth=3, vocab_size=16)
     torch.manual_seed(0)
-    gen = GENERATORS.create("rqtransformer", spec=spec, head="ce", num_classes=3, width=32, num_heads=2,
-                            code_embedding="codebook", codebook_dim=8).eval()
+    gen = GENERATORS.create(
+        "rqtransformer",
+        spec=spec,
+        head="ce",
+        num_classes=3,
+        width=32,
+        num_heads=2,
+        code_embedding="codebook",
+        codebook_dim=8,
+    ).eval()
     gen.codebook.normal_()
     assert isinstance(gen.spatial.norm, torch.nn.Identity) and gen.depth.norm.eps == 1e-5
     labels = torch.tensor([0, 2])
@@ -57,5 +68,11 @@ def test_codebook_embedding_needs_discrete_tokens_and_a_width() -> None:
     with pytest.raises(ConfigError, match="codebook_dim must be > 0 exactly when"):
         GENERATORS.make_config("rqtransformer", {"code_embedding": "codebook"})
     with pytest.raises(ConfigError, match="needs discrete tokens"):
-        GENERATORS.create("rqtransformer", spec=TokenSpec("continuous", (2, 2), depth=2, dim=4), head="diffloss",
-                          num_classes=2, code_embedding="codebook", codebook_dim=4)
+        GENERATORS.create(
+            "rqtransformer",
+            spec=TokenSpec("continuous", (2, 2), depth=2, dim=4),
+            head="diffloss",
+            num_classes=2,
+            code_embedding="codebook",
+            codebook_dim=4,
+        )

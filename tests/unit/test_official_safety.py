@@ -66,10 +66,12 @@ def test_wrong_arch_is_refused_before_loading() -> None:
     """MAR fixture weights with the MAR-B architecture: the first mismatching tensor is named with both shapes."""
     container = common.read_container(FIX / "mar" / "checkpoint-last.pth")
     state = container["model_ema"]
-    gen, head = mar.component_options({**mar.ARCHS["mar_base"], "encoder_depth": 2, "decoder_depth": 2,
-                                       "diffloss_d": 2, "buffer_size": 4})
-    model = GENERATORS.create("mar", spec=TokenSpec("continuous", (8, 8), dim=16), head="diffloss",
-                              head_options=head, num_classes=10, **gen)
+    gen, head = mar.component_options(
+        {**mar.ARCHS["mar_base"], "encoder_depth": 2, "decoder_depth": 2, "diffloss_d": 2, "buffer_size": 4}
+    )
+    model = GENERATORS.create(
+        "mar", spec=TokenSpec("continuous", (8, 8), dim=16), head="diffloss", head_options=head, num_classes=10, **gen
+    )
     with pytest.raises(CheckpointError, match=r"wrong shape, first .*: expected \[.*768.*\], found \[.*64.*\]"):
         common.load_official(model, state, mar.KEYMAP, "mar", mar.extra_tensors(16))
     with pytest.raises(ConfigError, match="unknown MAR --arch 'mar_tiny'; valid: mar_base, mar_large, mar_huge"):

@@ -50,17 +50,36 @@ def test_rqtransformer_presets_have_the_official_parameter_counts(name: str) -> 
 def test_training_copies_the_tokenizer_codebook_into_the_official_embedding(tmp_path) -> None:
     from benchkit.training.generator import train_generator
 
-    cfg = resolve("tiny", None, [f"out_dir={tmp_path}", "tokenizer.name=rq", "generator.name=rqtransformer",
-                                 "tokenizer_train.steps=2", "train.steps=2", "train.batch_size=8",
-                                 "data.options={num_train = 64, num_test = 16}",
-                                 "generator.options={code_embedding = \"codebook\", codebook_dim = 16}"])
+    cfg = resolve(
+        "tiny",
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "tokenizer.name=rq",
+            "generator.name=rqtransformer",
+            "tokenizer_train.steps=2",
+            "train.steps=2",
+            "train.batch_size=8",
+            "data.options={num_train = 64, num_test = 16}",
+            'generator.options={code_embedding = "codebook", codebook_dim = 16}',
+        ],
+    )
     run = train_generator(cfg, progress=False)
     torch.testing.assert_close(run.generator.codebook, run.tokenizer.module.codebook.weight, rtol=0, atol=0)
     assert run.generator.codebook.abs().sum() > 0
-    wrong = resolve("tiny", None, [f"out_dir={tmp_path / 'w'}", "tokenizer.name=rq", "generator.name=rqtransformer",
-                                   "tokenizer_train.steps=2", "train.steps=2",
-                                   "data.options={num_train = 64, num_test = 16}",
-                                   "generator.options={code_embedding = \"codebook\", codebook_dim = 8}"])
+    wrong = resolve(
+        "tiny",
+        None,
+        [
+            f"out_dir={tmp_path / 'w'}",
+            "tokenizer.name=rq",
+            "generator.name=rqtransformer",
+            "tokenizer_train.steps=2",
+            "train.steps=2",
+            "data.options={num_train = 64, num_test = 16}",
+            'generator.options={code_embedding = "codebook", codebook_dim = 8}',
+        ],
+    )
     with pytest.raises(IncompatibleComponentsError, match="codebook_dim"):
         train_generator(wrong, progress=False)
 

@@ -17,8 +17,12 @@ from benchkit.sweeps.sweepfile import expand
 
 def _jobs(combos: list[tuple[str, str]]) -> list:
     heads = {"kl": "diffloss", "rq": "ce", "vq": "ce"}
-    jobs = expand({"preset": "tiny", "combos": [{"tokenizer.name": t, "generator.name": g, "head.name": heads[t]}
-                                                for t, g in combos]})
+    jobs = expand(
+        {
+            "preset": "tiny",
+            "combos": [{"tokenizer.name": t, "generator.name": g, "head.name": heads[t]} for t, g in combos],
+        }
+    )
     assert all(j.cfg is not None for j in jobs)
     return jobs
 
@@ -76,7 +80,6 @@ class _FakeProcess:
 
     def terminate(self) -> None:
         self.terminated = True
-
 
 
 def test_sigterm_to_the_parent_ends_its_job_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

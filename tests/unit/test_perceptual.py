@@ -70,7 +70,9 @@ def test_lpips_is_zero_for_identical_images_and_grows_with_distortion(torch_home
     state = write_alexnet(torch_home)
     assert lpips_unavailable() is None
     model = load_lpips()
-    assert torch.equal(model.net.state_dict()["slice2.3.weight"], state["features.3.weight"])  # the file's backbone, not a random one
+    assert torch.equal(
+        model.net.state_dict()["slice2.3.weight"], state["features.3.weight"]
+    )  # the file's backbone, not a random one
     x = images()
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     d = [float(lpips_per_image(model, x, (x + s * noise).clamp(-1, 1)).mean()) for s in (0.0, 0.05, 0.2, 0.8)]
@@ -126,8 +128,20 @@ def test_lpips_weight_is_a_checked_tokenizer_training_option() -> None:
 def test_train_tokenizer_refuses_an_lpips_weight_without_the_weights(
     torch_home: Path, tmp_path: Path, run_cli: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
-    code, out, err = run_cli(["train-tokenizer", "vq", "--out-dir", str(tmp_path / "out"), "--no-progress",
-                              "--set", "data.options={num_train = 64, num_test = 64}", "--set", "tokenizer.options.ch=8",
-                              "--set", "tokenizer_train.lpips_weight=0.5"])
+    code, out, err = run_cli(
+        [
+            "train-tokenizer",
+            "vq",
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--set",
+            "data.options={num_train = 64, num_test = 64}",
+            "--set",
+            "tokenizer.options.ch=8",
+            "--set",
+            "tokenizer_train.lpips_weight=0.5",
+        ]
+    )
     assert code == 2 and f"put {BACKBONE_FILES['alex']} at {torch_home}" in err, err
     assert not list((tmp_path / "out").rglob("*.safetensors"))  # refused before any training step

@@ -25,13 +25,29 @@ from benchkit.sampling.grids import grid_tensor, reconstruction_grid, save_grid
 
 def _speed_rows() -> pd.DataFrame:
     # (row_id, generator, head, images/s, fid): front = fast3 (fastest), mid (better fid), slow1 (best fid).
-    pts = [("slow1", "ar", "ce", 1.0, 10.0), ("slow2", "ar", "ce", 0.8, 12.0), ("mid", "mar", "diffloss", 10.0, 20.0),
-           ("dom", "mar", "ce", 9.0, 25.0), ("fast3", "mar", "diffloss", 100.0, 40.0),
-           ("tie_dom", "mar", "ce", 10.0, 20.5)]
-    rows = [{"row_id": r, "kind": "generator", "generator": g, "head": h, "images_per_s": s, "fid": f,
-             "features": "classifier"} for r, g, h, s, f in pts]
-    rows.append({"row_id": "nofid", "kind": "generator", "generator": "ar", "head": "ce", "images_per_s": 500.0,
-                 "fid": None})
+    pts = [
+        ("slow1", "ar", "ce", 1.0, 10.0),
+        ("slow2", "ar", "ce", 0.8, 12.0),
+        ("mid", "mar", "diffloss", 10.0, 20.0),
+        ("dom", "mar", "ce", 9.0, 25.0),
+        ("fast3", "mar", "diffloss", 100.0, 40.0),
+        ("tie_dom", "mar", "ce", 10.0, 20.5),
+    ]
+    rows = [
+        {
+            "row_id": r,
+            "kind": "generator",
+            "generator": g,
+            "head": h,
+            "images_per_s": s,
+            "fid": f,
+            "features": "classifier",
+        }
+        for r, g, h, s, f in pts
+    ]
+    rows.append(
+        {"row_id": "nofid", "kind": "generator", "generator": "ar", "head": "ce", "images_per_s": 500.0, "fid": None}
+    )
     rows.append({"row_id": "tok", "kind": "tokenizer", "tokenizer": "vq", "images_per_s": 1000.0, "fid": 1.0})
     return pd.DataFrame(rows)
 
@@ -58,9 +74,20 @@ def test_pareto_figure_is_readable(speeds: tuple[float, ...]) -> None:
     """Tick labels never overlap, FID spanning a decade gets a log axis, and the key names every row with its
     tokenizer, generator, head and the setting that tells rows of one model apart."""
     fids = (12.0, 16.0, 45.0, 140.0, 400.0, 610.0)
-    rows = [{"row_id": f"r{i}", "kind": "generator", "tokenizer": "vq" if i % 2 else "kl", "generator": "mar",
-             "head": "ce", "steps": 4 * (i + 1), "cfg": 1.0, "images_per_s": s, "fid": f}
-            for i, (s, f) in enumerate(zip(speeds, fids))]
+    rows = [
+        {
+            "row_id": f"r{i}",
+            "kind": "generator",
+            "tokenizer": "vq" if i % 2 else "kl",
+            "generator": "mar",
+            "head": "ce",
+            "steps": 4 * (i + 1),
+            "cfg": 1.0,
+            "images_per_s": s,
+            "fid": f,
+        }
+        for i, (s, f) in enumerate(zip(speeds, fids))
+    ]
     fig, _ = pareto_figure(pd.DataFrame(rows))
     ax = fig.axes[0]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -71,7 +98,7 @@ def test_pareto_figure_is_readable(speeds: tuple[float, ...]) -> None:
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         boxes = [t.get_window_extent(renderer) for t in labels if t.get_text() and t.get_visible()]
         assert len(boxes) >= 2
-        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "1. kl+mar+ce steps=4, FID 12" in texts and "6. vq+mar+ce steps=24, FID 610" in texts
@@ -95,8 +122,10 @@ def test_fid_vs_steps_series_equal_input(tmp_path: Path) -> None:
     series = fid_vs_steps_plot(pd.DataFrame(rows[::-1]), path)
     assert series == expected
     assert path.exists() and path.stat().st_size > 1000
-    one_each = [{"generator": "mar", "head": "diffloss", "tokenizer": "kl", "steps": 16, "fid": 40.25},
-                {"generator": "ar", "head": "ce", "tokenizer": "vq", "steps": 64, "fid": 50.0}]
+    one_each = [
+        {"generator": "mar", "head": "diffloss", "tokenizer": "kl", "steps": 16, "fid": 40.25},
+        {"generator": "ar", "head": "ce", "tokenizer": "vq", "steps": 64, "fid": 50.0},
+    ]
     with pytest.raises(ConfigError, match="one step count only"):
         fid_vs_steps_plot(pd.DataFrame(one_each), tmp_path / "single.png")
     assert not (tmp_path / "single.png").exists()
@@ -151,7 +180,7 @@ def test_reconstruction_grid_alternates_rows(tmp_path: Path) -> None:
     img = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
     # ceil(5/3) = 2 row pairs -> 4 rows of 3 tiles.
     assert tuple(img.shape) == (3, 4 * (h + 2) + 2, 3 * (w + 2) + 2)
-    tile = lambda r, c: img[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w]
+    tile = lambda r, c: img[:, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w]
     assert int(tile(0, 0).float().mean()) == 10 and int(tile(1, 0).float().mean()) == 200
     assert int(tile(2, 1).float().mean()) == 10 and int(tile(3, 1).float().mean()) == 200
     assert int(tile(2, 2).float().mean()) == 255  # blank fill for the short last row
@@ -164,9 +193,19 @@ def test_pareto_key_names_the_cfg_and_temperature_of_a_single_tuned_row() -> Non
 
     from benchkit.results.plots import _point_names
 
-    rows = pd.DataFrame({"tokenizer": ["vq", "kl", "rq"], "generator": ["ar", "ar", "ar"],
-                         "head": ["ce", "diffloss", "ce"], "cfg": [3.0, 1.0, 1.0],
-                         "cfg_schedule": ["linear", "constant", "constant"], "temperature": [1.0, 1.0, 0.8],
-                         "_fid": [169.1, 1093.0, 99.0]})
-    assert _point_names(rows) == ["vq+ar+ce cfg=3.0 cfg_schedule=linear, FID 169", "kl+ar+diffloss, FID 1.09e+03",
-                                  "rq+ar+ce temperature=0.8, FID 99"]
+    rows = pd.DataFrame(
+        {
+            "tokenizer": ["vq", "kl", "rq"],
+            "generator": ["ar", "ar", "ar"],
+            "head": ["ce", "diffloss", "ce"],
+            "cfg": [3.0, 1.0, 1.0],
+            "cfg_schedule": ["linear", "constant", "constant"],
+            "temperature": [1.0, 1.0, 0.8],
+            "_fid": [169.1, 1093.0, 99.0],
+        }
+    )
+    assert _point_names(rows) == [
+        "vq+ar+ce cfg=3.0 cfg_schedule=linear, FID 169",
+        "kl+ar+diffloss, FID 1.09e+03",
+        "rq+ar+ce temperature=0.8, FID 99",
+    ]

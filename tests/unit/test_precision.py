@@ -21,8 +21,11 @@ SPEC = TokenSpec("discrete", (4, 4), 1, vocab_size=32)
 # a learnable toy task: the tokens of an image are its class index repeated (plus noise tokens)
 N = 256
 LABELS = torch.arange(N) % 4
-TOKENS = torch.where(torch.rand(N, 4, 4, generator=torch.Generator().manual_seed(0)) < 0.8,
-                     LABELS.view(-1, 1, 1).expand(-1, 4, 4), torch.randint(0, 32, (N, 4, 4)))
+TOKENS = torch.where(
+    torch.rand(N, 4, 4, generator=torch.Generator().manual_seed(0)) < 0.8,
+    LABELS.view(-1, 1, 1).expand(-1, 4, 4),
+    torch.randint(0, 32, (N, 4, 4)),
+)
 # bf16 keeps 8 mantissa bits: over this 60-step run the loss curve stays within 1% of fp32's (measured: 0.07%)
 BF16_TOLERANCE = 0.01
 
@@ -31,8 +34,17 @@ def _train(tmp: Path, precision: str, steps: int = 60, **kw: Any) -> tuple[list[
     torch.manual_seed(0)
     gen = GENERATORS.create("ar", spec=SPEC, head="ce", num_classes=4, width=32, depth=2, num_heads=2)
     cfg = TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=5, log_every=5, precision=precision, **kw)
-    fit(gen, lambda m, b: m.loss(b), lambda idx: Batch(TOKENS[idx], LABELS[idx]), N, cfg, tmp, seed=0,
-        fingerprint=precision, show_progress=False)
+    fit(
+        gen,
+        lambda m, b: m.loss(b),
+        lambda idx: Batch(TOKENS[idx], LABELS[idx]),
+        N,
+        cfg,
+        tmp,
+        seed=0,
+        fingerprint=precision,
+        show_progress=False,
+    )
     rows = list(csv.DictReader(open(tmp / "log.csv")))
     return [float(r["loss"]) for r in rows], gen
 
@@ -79,7 +91,7 @@ def test_checkpointed_blocks_give_the_same_gradients() -> None:
         net.zero_grad()
         torch.manual_seed(1)
         out = net(x, causal=True)
-        (out ** 2).sum().backward()
+        (out**2).sum().backward()
         grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
@@ -89,8 +101,9 @@ def test_checkpointed_diffusion_head_gives_the_same_gradients() -> None:
     from benchkit.core.registry import HEADS
 
     torch.manual_seed(0)
-    head = HEADS.create("diffloss", spec=TokenSpec("continuous", (1, 1), dim=4), cond_dim=8, width=16, depth=3,
-                        learn_sigma=True).train()
+    head = HEADS.create(
+        "diffloss", spec=TokenSpec("continuous", (1, 1), dim=4), cond_dim=8, width=16, depth=3, learn_sigma=True
+    ).train()
     with torch.no_grad():  # non-zero adaLN and output layers, so every block's gradient is non-trivial
         for p in head.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -116,8 +129,9 @@ def test_plan_counts_the_checkpointed_diffusion_head(monkeypatch: pytest.MonkeyP
     from benchkit.training.artifacts import build_generator
     from benchkit.training.checks import check
 
-    cfg = resolve("tiny", overrides=["tokenizer.name=kl", "generator.name=mar", "head.name=diffloss",
-                                     "head.options.depth=6"])
+    cfg = resolve(
+        "tiny", overrides=["tokenizer.name=kl", "generator.name=mar", "head.name=diffloss", "head.options.depth=6"]
+    )
     with torch.device("meta"):
         gen = build_generator(cfg, check(cfg, include_eval=False), 10, torch.device("meta")).train()
     spec = check(cfg, include_eval=False).spec
@@ -168,8 +182,9 @@ def test_every_generator_and_head_trains_and_samples_under_bf16() -> None:
             loss = m.loss(batch).loss
         loss.backward()
         assert torch.isfinite(loss), (g, h, layout)
-        out = generate_tokens(m.eval(), batch.labels, SampleSettings(cfg=2.0, precision="bf16"), seed=0,
-                              batch_size=4)[0]
+        out = generate_tokens(m.eval(), batch.labels, SampleSettings(cfg=2.0, precision="bf16"), seed=0, batch_size=4)[
+            0
+        ]
         assert out.shape[:3] == batch.tokens.shape[:3], (g, h, layout)
         if SPECS[layout].kind == "continuous":
             assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -20,8 +20,11 @@ L = 6
 
 def build(spec: TokenSpec = SPEC, **options: Any) -> Any:
     torch.manual_seed(0)
-    head, head_options = ("ce", {}) if spec.kind == "discrete" else (
-        "diffloss", {"width": 32, "depth": 1, "batch_mul": 1, "sampling_steps": 3})
+    head, head_options = (
+        ("ce", {})
+        if spec.kind == "discrete"
+        else ("diffloss", {"width": 32, "depth": 1, "batch_mul": 1, "sampling_steps": 3})
+    )
     opts = {"width": 32, "depth": 2, "num_heads": 2, **options}
     return GENERATORS.create("randar", spec=spec, head=head, head_options=head_options, num_classes=3, **opts).eval()
 

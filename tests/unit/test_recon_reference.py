@@ -22,10 +22,12 @@ def _pair(seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("noise", [3.0, 20.0, 80.0])
 def test_psnr_and_ssim_match_torchmetrics(noise: float) -> None:
     a, b = _pair(int(noise), noise)
-    ref_psnr = functional.peak_signal_noise_ratio(b.double(), a.double(), data_range=255.0, reduction="none",
-                                                  dim=(1, 2, 3))
+    ref_psnr = functional.peak_signal_noise_ratio(
+        b.double(), a.double(), data_range=255.0, reduction="none", dim=(1, 2, 3)
+    )
     assert torch.allclose(psnr_per_image(a, b), ref_psnr, rtol=1e-6)
-    _, full = functional.structural_similarity_index_measure(b.double(), a.double(), data_range=255.0, sigma=1.5,
-                                                             return_full_image=True, reduction="none")
+    _, full = functional.structural_similarity_index_measure(
+        b.double(), a.double(), data_range=255.0, sigma=1.5, return_full_image=True, reduction="none"
+    )
     valid = full[..., 5:-5, 5:-5].reshape(len(a), -1).mean(-1)  # 11x11 window: 5 padded positions per side
     assert torch.allclose(ssim_per_image(a, b), valid, atol=1e-6)

@@ -36,8 +36,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 def test_fid_from_saved_statistics_equals_fid_from_the_images(setup, tmp_path: Path) -> None:
     train, test, extractor, cache = setup
     fake = train.images[:150]
-    from_images = quality.generation_metrics(fake, test.images, extractor, cache_dir=cache, ref_key="rs", prc=False,
-                                             device=CPU)
+    from_images = quality.generation_metrics(
+        fake, test.images, extractor, cache_dir=cache, ref_key="rs", prc=False, device=CPU
+    )
     path = save_reference_stats(test.images, extractor, tmp_path / "ref.npz", batch_size=64)
     mu, sigma = load_reference_stats(path)
     ref_mu, ref_sigma = quality.feature_stats(extractor.features(test.images))

@@ -67,14 +67,18 @@ def test_builtin_families_have_the_first_round_names() -> None:
 
 
 def test_unknown_head_suggests_close_match() -> None:
-    with pytest.raises(UnknownComponentError, match=r"unknown head 'difloss'; valid: ce, diffloss; did you mean 'diffloss'"):
+    with pytest.raises(
+        UnknownComponentError, match=r"unknown head 'difloss'; valid: ce, diffloss; did you mean 'diffloss'"
+    ):
         HEADS.get("difloss")
 
 
-def test_entry_point_plugin_registers_and_broken_plugin_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_entry_point_plugin_registers_and_broken_plugin_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A distribution with a `benchkit.test-plugins` entry point registers on first use; a broken one warns."""
-    (tmp_path / "bk_plugin_mod.py").write_text(textwrap.dedent('''
+    (tmp_path / "bk_plugin_mod.py").write_text(
+        textwrap.dedent('''
         from dataclasses import dataclass
         from benchkit.tests_plugin_registry import REG
 
@@ -87,7 +91,8 @@ def test_entry_point_plugin_registers_and_broken_plugin_warns(tmp_path: Path, mo
             """A plugin component."""
             def __init__(self, cfg):
                 self.cfg = cfg
-    '''))
+    ''')
+    )
     for dist, module in (("bk_plugin", "bk_plugin_mod"), ("bk_broken", "bk_missing_module")):
         info = tmp_path / f"{dist}-1.0.dist-info"
         info.mkdir()

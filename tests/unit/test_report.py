@@ -23,8 +23,10 @@ from benchkit.sampling.grids import reconstruction_grid, save_grid
 from benchkit.sweeps.runner import write_outputs
 
 CHROMIUM = Path("/usr/bin/chromium")
-RUNS = {"vq-ar-ce-aaa": ("vq", "ar", "ce", ["train.steps=30"]),
-        "kl-mar-diffloss-bbb": ("kl", "mar", "diffloss", ['generator.options.buffer_size=4', "train.hflip=true"])}
+RUNS = {
+    "vq-ar-ce-aaa": ("vq", "ar", "ce", ["train.steps=30"]),
+    "kl-mar-diffloss-bbb": ("kl", "mar", "diffloss", ["generator.options.buffer_size=4", "train.hflip=true"]),
+}
 
 
 def _images(seed: int, n: int = 8) -> torch.Tensor:
@@ -38,8 +40,11 @@ def make_results(root: Path, *, extra_columns: bool = True) -> Path:
     for i, (run, (tok, gen, head, sets)) in enumerate(RUNS.items()):
         rdir = root / "runs" / run
         rdir.mkdir(parents=True)
-        cfg = resolve("tiny", None, [f'tokenizer.name="{tok}"', f'generator.name="{gen}"', f'head.name="{head}"',
-                                     f'out_dir="{root}"', *sets])
+        cfg = resolve(
+            "tiny",
+            None,
+            [f'tokenizer.name="{tok}"', f'generator.name="{gen}"', f'head.name="{head}"', f'out_dir="{root}"', *sets],
+        )
         (rdir / "config.json").write_text(json.dumps(cfg.to_dict(), default=str))
         (rdir / "env.json").write_text(json.dumps({**environment("cpu"), "argv": ["benchkit", "sweep", "m.toml"]}))
         (rdir / "log.csv").write_text("step,loss,lr\n10,2.5,0.001\n20,2.0,0.001\n")
@@ -47,19 +52,44 @@ def make_results(root: Path, *, extra_columns: bool = True) -> Path:
         tdir = root / "tokenizers" / f"{tok}-t{i}"
         tdir.mkdir(parents=True)
         reconstruction_grid(_images(10 + i), _images(20 + i), tdir / "reconstructions.png")
-        append_row(results, {"row_id": f"tok{i}", "kind": "tokenizer", "run": tdir.name, "tokenizer": tok,
-                             "grid": "4x4x1", "rfid": 10.5 + i, "psnr": 20.25, "params": 12345, "device": "cpu",
-                             "timestamp": f"2026-01-0{i + 1}T10:00:00"})
+        append_row(
+            results,
+            {
+                "row_id": f"tok{i}",
+                "kind": "tokenizer",
+                "run": tdir.name,
+                "tokenizer": tok,
+                "grid": "4x4x1",
+                "rfid": 10.5 + i,
+                "psnr": 20.25,
+                "params": 12345,
+                "device": "cpu",
+                "timestamp": f"2026-01-0{i + 1}T10:00:00",
+            },
+        )
         for j, (steps, cfg_scale) in enumerate([(4, 1.0), (8, 2.0)]):
-            row = {"row_id": f"g{i}{j}", "kind": "generator", "run": run, "tokenizer": tok, "generator": gen,
-                   "head": head, "steps": steps, "cfg": cfg_scale, "features": "classifier",
-                   "fid": 100.0 / (1 + i + j) + 0.123, "images_per_s": 10.0 * (1 + i) * (2 - j),
-                   "params": 2_000_000 + i,
-                   "seed_spread_fid": 1.5 if j == 0 else None, "device": "cpu",
-                   "timestamp": f"2026-01-0{i + 1}T11:00:00"}
+            row = {
+                "row_id": f"g{i}{j}",
+                "kind": "generator",
+                "run": run,
+                "tokenizer": tok,
+                "generator": gen,
+                "head": head,
+                "steps": steps,
+                "cfg": cfg_scale,
+                "features": "classifier",
+                "fid": 100.0 / (1 + i + j) + 0.123,
+                "images_per_s": 10.0 * (1 + i) * (2 - j),
+                "params": 2_000_000 + i,
+                "seed_spread_fid": 1.5 if j == 0 else None,
+                "device": "cpu",
+                "timestamp": f"2026-01-0{i + 1}T11:00:00",
+            }
             if extra_columns:
-                row |= {"fid_vs_best": "*" if i + j else "best",
-                        "deviations": f"buffer_size {4 + i} (MAR: 64); 50 diffusion steps (MAR: 100); 30 training steps"}
+                row |= {
+                    "fid_vs_best": "*" if i + j else "best",
+                    "deviations": f"buffer_size {4 + i} (MAR: 64); 50 diffusion steps (MAR: 100); 30 training steps",
+                }
             append_row(results, row)
     write_outputs(results, root)  # tables and plots, as at the end of a sweep
     (results / "sub").mkdir()
@@ -146,7 +176,7 @@ def test_every_image_is_embedded_and_nothing_is_loaded_from_the_network(report: 
 def test_provenance_deviations_and_differences(report: tuple[Path, str]) -> None:
     _, html = report
     assert "benchkit sweep m.toml" in html and "2026-01-01T10:00:00 to 2026-01-02T11:00:00" in html
-    assert f"torch <span class=\"mono\">{torch.__version__}</span>" in html
+    assert f'torch <span class="mono">{torch.__version__}</span>' in html
     assert "train.hflip" in html and "classifier" in html  # options switched on, metric features
     assert "buffer_size 5 (MAR: 64)" in html  # the deviations column, also listed per row
     first_mar = stated_deviations("generator", "mar")[0]
@@ -155,8 +185,11 @@ def test_provenance_deviations_and_differences(report: tuple[Path, str]) -> None
 
 
 def test_config_differences_name_value_and_default() -> None:
-    cfg = resolve("tiny", None, ['generator.name="mar"', 'head.name="diffloss"', "generator.options.buffer_size=4",
-                                 "train.steps=30"]).to_dict()
+    cfg = resolve(
+        "tiny",
+        None,
+        ['generator.name="mar"', 'head.name="diffloss"', "generator.options.buffer_size=4", "train.steps=30"],
+    ).to_dict()
     diffs = {d["key"]: (d["value"], d["default"]) for d in config_differences(json.loads(json.dumps(cfg)))}
     assert diffs["generator.options.buffer_size"] == ("4", "8")
     assert diffs["train.steps"] == ("30", "500")
@@ -181,8 +214,20 @@ def test_report_cli_and_rows_only_directory(tmp_path: Path, run_cli) -> None:
 
 
 def _chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--disable-dev-shm-usage", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--disable-dev-shm-usage",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
@@ -200,10 +245,12 @@ def test_chromium_renders_the_page_and_sorts_columns(report: tuple[Path, str], t
     assert img.size == (1200, 1600)
     lo, hi = img.getextrema()
     assert hi - lo > 100 and len(set(img.resize((60, 80)).getdata())) > 10  # text, tables and plots, not blank
-    probe = ("<script>var th = Array.from(document.querySelectorAll('#generators-table th'))"
-             ".find(function (h) { return h.textContent === 'fid'; }); th.click();"
-             "document.title = Array.from(document.querySelectorAll('#generators-table tbody tr'))"
-             ".map(function (r) { return r.dataset.rowId; }).join(',');</script></body>")
+    probe = (
+        "<script>var th = Array.from(document.querySelectorAll('#generators-table th'))"
+        ".find(function (h) { return h.textContent === 'fid'; }); th.click();"
+        "document.title = Array.from(document.querySelectorAll('#generators-table tbody tr'))"
+        ".map(function (r) { return r.dataset.rowId; }).join(',');</script></body>"
+    )
     page.write_text(html.replace("</body>", probe))
     dom = _chromium("--dump-dom", page.as_uri()).stdout
     order = re.search(r"<title>([^<]*)</title>", dom)

@@ -63,12 +63,22 @@ def _model(combo: tuple[str, str, str]) -> torch.nn.Module:
     return GENERATORS.create(combo[1], spec=check_combination(*combo).spec, head=combo[2], num_classes=CLASSES)
 
 
-def _train(combo: tuple[str, str, str], data: tuple[torch.Tensor, torch.Tensor], run_dir: Path
-           ) -> dict[str, torch.Tensor]:
+def _train(
+    combo: tuple[str, str, str], data: tuple[torch.Tensor, torch.Tensor], run_dir: Path
+) -> dict[str, torch.Tensor]:
     model, (tokens, labels) = _model(combo), data
     cfg = TrainConfig(steps=2, batch_size=BATCH, warmup_steps=1, ema_decay=0.5, checkpoint_every=100)
-    fit(model, lambda m, b: m.loss(b), lambda idx: Batch(tokens[idx], labels[idx]), ITEMS, cfg, run_dir, seed=0,
-        fingerprint="test", show_progress=False)
+    fit(
+        model,
+        lambda m, b: m.loss(b),
+        lambda idx: Batch(tokens[idx], labels[idx]),
+        ITEMS,
+        cfg,
+        run_dir,
+        seed=0,
+        fingerprint="test",
+        show_progress=False,
+    )
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -105,8 +115,17 @@ def _train_tokenizer(name: str, images: torch.Tensor, run_dir: Path) -> dict[str
     torch.manual_seed(0)  # as training.tokenizer.train_tokenizer seeds the initialisation
     model = TOKENIZERS.create(name, image_size=32)
     cfg = TrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=100)
-    fit(model, lambda m, x: m.loss(x), lambda idx: images[idx], len(images), cfg, run_dir, seed=0,
-        fingerprint="test", show_progress=False)
+    fit(
+        model,
+        lambda m, x: m.loss(x),
+        lambda idx: images[idx],
+        len(images),
+        cfg,
+        run_dir,
+        seed=0,
+        fingerprint="test",
+        show_progress=False,
+    )
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -72,9 +72,15 @@ def test_last_occurrence_wins_and_has_row(tmp_path: Path) -> None:
 
 
 def test_tuned_rows_that_a_later_tuning_did_not_choose_leave_the_tables(tmp_path: Path) -> None:
-    rows = [{"row_id": "plain", "cfg": 1.0}, {"row_id": "a2", "cfg": 2.0, "tuned_in": "a"},
-            tuning_selection("a", ["a2"]), {"row_id": "a3", "cfg": 3.0, "tuned_in": "a"},
-            {"row_id": "b2", "cfg": 2.0, "tuned_in": "b"}, tuning_selection("b", ["b2"]), tuning_selection("a", ["a3"])]
+    rows = [
+        {"row_id": "plain", "cfg": 1.0},
+        {"row_id": "a2", "cfg": 2.0, "tuned_in": "a"},
+        tuning_selection("a", ["a2"]),
+        {"row_id": "a3", "cfg": 3.0, "tuned_in": "a"},
+        {"row_id": "b2", "cfg": 2.0, "tuned_in": "b"},
+        tuning_selection("b", ["b2"]),
+        tuning_selection("a", ["a3"]),
+    ]
     for row in rows:
         append_row(tmp_path, row)
     assert list(read_rows(tmp_path)["row_id"]) == ["plain", "a3", "b2"]  # a2 superseded; the records never shown
@@ -82,8 +88,9 @@ def test_tuned_rows_that_a_later_tuning_did_not_choose_leave_the_tables(tmp_path
     assert list(read_rows(tmp_path)["row_id"]) == ["plain", "a2", "b2"]
 
 
-def test_truncated_last_line_is_ignored_and_next_append_survives(tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_truncated_last_line_is_ignored_and_next_append_survives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     append_row(tmp_path, {"row_id": "a", "fid": 1.0})
     with open(tmp_path / ROWS_FILE, "a") as f:
         f.write('{"row_id": "b", "fi')  # a writer killed mid-line
@@ -96,8 +103,17 @@ def test_truncated_last_line_is_ignored_and_next_append_survives(tmp_path: Path,
 
 
 def test_values_are_cleaned_to_strict_json(tmp_path: Path) -> None:
-    append_row(tmp_path, {"row_id": "x", "fid": float("nan"), "is_mean": np.float32(2.5), "steps": np.int64(8),
-                          "out": tmp_path, "grid": (4, 4)})
+    append_row(
+        tmp_path,
+        {
+            "row_id": "x",
+            "fid": float("nan"),
+            "is_mean": np.float32(2.5),
+            "steps": np.int64(8),
+            "out": tmp_path,
+            "grid": (4, 4),
+        },
+    )
     raw = json.loads((tmp_path / ROWS_FILE).read_text())
     assert raw == {"row_id": "x", "fid": None, "is_mean": 2.5, "steps": 8, "out": str(tmp_path), "grid": [4, 4]}
     with pytest.raises(TypeError, match="row_id"):
@@ -123,19 +139,58 @@ def test_atomic_writes(tmp_path: Path) -> None:
 
 
 def _rows() -> pd.DataFrame:
-    return pd.DataFrame([
-        {"row_id": "r1", "kind": "generator", "generator": "mar", "head": "diffloss", "tokenizer": "kl",
-         "steps": 16, "fid": 41.23456, "images_per_s": 120.55, "params": 1_234_567, "features": "classifier",
-         "git_sha": "abc"},
-        {"row_id": "r2", "kind": "generator", "generator": "ar", "head": "ce", "tokenizer": "vq",
-         "steps": 64, "fid": 55.5, "images_per_s": 30.0, "params": 900_000, "features": "classifier",
-         "git_sha": "abc"},
-        {"row_id": "r3", "kind": "generator", "generator": "mar", "head": "ce", "tokenizer": "vq",
-         "steps": 8, "fid": None, "images_per_s": 300.0, "params": 1_000_000, "features": "classifier",
-         "git_sha": "abc"},
-        {"row_id": "t1", "kind": "tokenizer", "tokenizer": "vq", "rfid": 12.3456, "psnr": 24.5, "params": 50_000,
-         "git_sha": "abc"},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "row_id": "r1",
+                "kind": "generator",
+                "generator": "mar",
+                "head": "diffloss",
+                "tokenizer": "kl",
+                "steps": 16,
+                "fid": 41.23456,
+                "images_per_s": 120.55,
+                "params": 1_234_567,
+                "features": "classifier",
+                "git_sha": "abc",
+            },
+            {
+                "row_id": "r2",
+                "kind": "generator",
+                "generator": "ar",
+                "head": "ce",
+                "tokenizer": "vq",
+                "steps": 64,
+                "fid": 55.5,
+                "images_per_s": 30.0,
+                "params": 900_000,
+                "features": "classifier",
+                "git_sha": "abc",
+            },
+            {
+                "row_id": "r3",
+                "kind": "generator",
+                "generator": "mar",
+                "head": "ce",
+                "tokenizer": "vq",
+                "steps": 8,
+                "fid": None,
+                "images_per_s": 300.0,
+                "params": 1_000_000,
+                "features": "classifier",
+                "git_sha": "abc",
+            },
+            {
+                "row_id": "t1",
+                "kind": "tokenizer",
+                "tokenizer": "vq",
+                "rfid": 12.3456,
+                "psnr": 24.5,
+                "params": 50_000,
+                "git_sha": "abc",
+            },
+        ]
+    )
 
 
 def test_write_tables_contents(tmp_path: Path) -> None:

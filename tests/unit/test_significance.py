@@ -17,11 +17,13 @@ from benchkit.results.store import write_tables
 
 def table() -> pd.DataFrame:
     # sorted by FID: d (10), a (12), c (12.5), b (30), a at another setting (40); e has no FID
-    return pd.DataFrame({
-        "run": ["a", "b", "c", "d", "e", "a"],
-        "fid": [12.0, 30.0, 12.5, 10.0, np.nan, 40.0],
-        "seed_spread_fid": [1.0, 0.2, 0.4, 2.5, 0.1, np.nan],  # the last row (run a, another setting) uses a's 1.0
-    })
+    return pd.DataFrame(
+        {
+            "run": ["a", "b", "c", "d", "e", "a"],
+            "fid": [12.0, 30.0, 12.5, 10.0, np.nan, 40.0],
+            "seed_spread_fid": [1.0, 0.2, 0.4, 2.5, 0.1, np.nan],  # the last row (run a, another setting) uses a's 1.0
+        }
+    )
 
 
 def test_adjacent_rows_marked_against_the_larger_spread() -> None:

@@ -51,8 +51,13 @@ def test_backbone_leaves_out_embeddings_and_head() -> None:
 
 
 def test_sizes_pick_the_chosen_name_and_explicit_options_win() -> None:
-    raw = {"generator": {"name": "mar", "options": {"width": 64},
-                         "sizes": {"ar": {"depth": 8}, "mar": {"width": 32, "encoder_depth": 3}}}}
+    raw = {
+        "generator": {
+            "name": "mar",
+            "options": {"width": 64},
+            "sizes": {"ar": {"depth": 8}, "mar": {"width": 32, "encoder_depth": 3}},
+        }
+    }
     apply_sizes(raw)
     assert raw == {"generator": {"name": "mar", "options": {"width": 64, "encoder_depth": 3}}}
     small = resolve("small", None, ['generator.name="mar"', "generator.options.decoder_depth=2"])

@@ -56,7 +56,9 @@ def test_stochastic_codes_follow_q() -> None:
     for k in range(4):
         rows = ids[:, 0] == k
         r1 = z[0] - codes[k]
-        torch.testing.assert_close(q[rows, 1], (-((r1 - codes) ** 2).sum(-1) / 0.5).softmax(-1).expand(int(rows.sum()), 4))
+        torch.testing.assert_close(
+            q[rows, 1], (-((r1 - codes) ** 2).sum(-1) / 0.5).softmax(-1).expand(int(rows.sum()), 4)
+        )
     again, _ = soft_residual_codes(z, codes, 2, 0.5, stochastic=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ids, again)  # seeded draws repeat
 
@@ -75,8 +77,17 @@ def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets() -> None:
 def test_generator_takes_soft_targets_and_checks_the_option() -> None:
     spec = TokenSpec("discrete", (2, 2), depth=3, vocab_size=16)
     torch.manual_seed(0)
-    gen = GENERATORS.create("rqtransformer", spec=spec, head="ce", num_classes=2, width=16, spatial_depth=1,
-                            num_heads=2, soft_target_temperature=0.5, stochastic_codes=True).eval()
+    gen = GENERATORS.create(
+        "rqtransformer",
+        spec=spec,
+        head="ce",
+        num_classes=2,
+        width=16,
+        spatial_depth=1,
+        num_heads=2,
+        soft_target_temperature=0.5,
+        stochastic_codes=True,
+    ).eval()
     ids, labels = torch.randint(0, 16, (3, 2, 2, 3)), torch.tensor([0, 1, 0])
     hard = gen.loss(Batch(ids, labels)).loss
     torch.testing.assert_close(gen.loss(Batch(ids, labels, F.one_hot(ids, 16).float())).loss, hard)
@@ -85,8 +96,13 @@ def test_generator_takes_soft_targets_and_checks_the_option() -> None:
     with pytest.raises(ConfigError, match="soft_target_temperature must be >= 0"):
         GENERATORS.create("rqtransformer", spec=spec, head="ce", num_classes=2, stochastic_codes=True)
     with pytest.raises(IncompatibleComponentsError, match="needs discrete tokens and the ce head"):
-        GENERATORS.create("rqtransformer", spec=TokenSpec("continuous", (2, 2), depth=3, dim=4), head="diffloss",
-                          num_classes=2, soft_target_temperature=0.5)
+        GENERATORS.create(
+            "rqtransformer",
+            spec=TokenSpec("continuous", (2, 2), depth=3, dim=4),
+            head="diffloss",
+            num_classes=2,
+            soft_target_temperature=0.5,
+        )
 
 
 def test_stochastic_codes_resume_exactly(tmp_path: Path) -> None:
@@ -100,12 +116,38 @@ def test_stochastic_codes_resume_exactly(tmp_path: Path) -> None:
 
     def run(steps: int, out: Path) -> torch.nn.Module:
         torch.manual_seed(0)
-        gen = GENERATORS.create("rqtransformer", spec=tok.specs["discrete"], head="ce", num_classes=2, width=16,
-                                spatial_depth=1, num_heads=2, soft_target_temperature=0.5, stochastic_codes=True)
-        cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=1, schedule="constant", checkpoint_every=3,
-                          log_every=3, ema_decay=0.0)
-        fit(gen, lambda m, b: m.loss(b), lambda idx: soft_code_batch(tok, latents[idx], labels[idx], soft), 32, cfg,
-            out, seed=0, fingerprint="soft", show_progress=False)
+        gen = GENERATORS.create(
+            "rqtransformer",
+            spec=tok.specs["discrete"],
+            head="ce",
+            num_classes=2,
+            width=16,
+            spatial_depth=1,
+            num_heads=2,
+            soft_target_temperature=0.5,
+            stochastic_codes=True,
+        )
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=8,
+            lr=1e-2,
+            warmup_steps=1,
+            schedule="constant",
+            checkpoint_every=3,
+            log_every=3,
+            ema_decay=0.0,
+        )
+        fit(
+            gen,
+            lambda m, b: m.loss(b),
+            lambda idx: soft_code_batch(tok, latents[idx], labels[idx], soft),
+            32,
+            cfg,
+            out,
+            seed=0,
+            fingerprint="soft",
+            show_progress=False,
+        )
         return gen
 
     whole = run(6, tmp_path / "a")
@@ -120,12 +162,25 @@ def test_tiny_soft_target_run_trains_and_samples(tmp_path: Path) -> None:
     from benchkit.sampling.generate import generate_tokens
     from benchkit.training.generator import train_generator
 
-    sets = ["data.options={num_train = 64, num_test = 64}", "tokenizer.name=rq", "tokenizer.options.ch=8",
-            "tokenizer_train.steps=4", "tokenizer_train.batch_size=16", "tokenizer_train.warmup_steps=1",
-            "generator.name=rqtransformer", "generator.options.width=32", "generator.options.spatial_depth=1",
-            "generator.options.soft_target_temperature=0.5", "generator.options.stochastic_codes=true",
-            "train.steps=6", "train.batch_size=16", "train.warmup_steps=1", "train.log_every=2", "train.hflip=true",
-            f"out_dir={tmp_path}"]
+    sets = [
+        "data.options={num_train = 64, num_test = 64}",
+        "tokenizer.name=rq",
+        "tokenizer.options.ch=8",
+        "tokenizer_train.steps=4",
+        "tokenizer_train.batch_size=16",
+        "tokenizer_train.warmup_steps=1",
+        "generator.name=rqtransformer",
+        "generator.options.width=32",
+        "generator.options.spatial_depth=1",
+        "generator.options.soft_target_temperature=0.5",
+        "generator.options.stochastic_codes=true",
+        "train.steps=6",
+        "train.batch_size=16",
+        "train.warmup_steps=1",
+        "train.log_every=2",
+        "train.hflip=true",
+        f"out_dir={tmp_path}",
+    ]
     run = train_generator(resolve("tiny", None, sets), progress=False)
     assert run.result is not None and torch.isfinite(torch.tensor(run.result.final_loss))
     latent_dir = run.tokenizer.dir / "latent"
@@ -148,13 +203,28 @@ def test_soft_targets_on_a_lazy_folder_cache_latent_shards(tmp_path: Path, monke
 
     monkeypatch.setattr(checks, "check_eval", lambda cfg: None)  # lazy data asks for Inception weights
     root = make_folder(tmp_path / "imagenet", classes=2, per_class=16, size=(40, 32))
-    cfg = resolve("tiny", None, [
-        f'data.name="imagefolder:{root}"', "data.image_size=16", "data.options.lazy=true",
-        "data.options.test_fraction=0.25", "tokenizer.name=rq", "tokenizer.options.ch=8", "tokenizer_train.steps=2",
-        "tokenizer_train.batch_size=8", "generator.name=rqtransformer", "generator.options.width=16",
-        "generator.options.soft_target_temperature=0.5", "generator.options.stochastic_codes=true", "train.steps=3",
-        "train.batch_size=8", "train.hflip=true", f'out_dir="{tmp_path / "out"}"',
-    ])
+    cfg = resolve(
+        "tiny",
+        None,
+        [
+            f'data.name="imagefolder:{root}"',
+            "data.image_size=16",
+            "data.options.lazy=true",
+            "data.options.test_fraction=0.25",
+            "tokenizer.name=rq",
+            "tokenizer.options.ch=8",
+            "tokenizer_train.steps=2",
+            "tokenizer_train.batch_size=8",
+            "generator.name=rqtransformer",
+            "generator.options.width=16",
+            "generator.options.soft_target_temperature=0.5",
+            "generator.options.stochastic_codes=true",
+            "train.steps=3",
+            "train.batch_size=8",
+            "train.hflip=true",
+            f'out_dir="{tmp_path / "out"}"',
+        ],
+    )
     run = train_generator(cfg, progress=False)
     latents = ShardedTokenCache(run.tokenizer.dir / "latent" / "tokens-discrete-shards")
     assert len(latents) == 24 and latents[torch.arange(2)].shape == (2, 2, 2, 16)  # 2x2 positions of 16 channels
@@ -178,8 +248,9 @@ def test_plan_counts_the_soft_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plan, "DRAWS", 1)  # nothing random in an RQ-Transformer step's shapes
     base = ["tokenizer.name=rq", "generator.name=rqtransformer"]
     hard = make_plan(resolve("tiny", None, base), gpus=1, num_classes=10)
-    soft = make_plan(resolve("tiny", None, [*base, "generator.options.soft_target_temperature=0.5"]), gpus=1,
-                     num_classes=10)
+    soft = make_plan(
+        resolve("tiny", None, [*base, "generator.options.soft_target_temperature=0.5"]), gpus=1, num_classes=10
+    )
     targets = 4 * 4 * 4 * 256 * 4  # 4x4 positions x 4 depths x 256 codes, float32, per image
     assert soft.flops_per_image == hard.flops_per_image
     assert soft.activation_bytes_per_image - hard.activation_bytes_per_image == pytest.approx(targets, rel=0.05)

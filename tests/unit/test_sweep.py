@@ -12,8 +12,11 @@ from benchkit.sweeps.sweepfile import expand, load_sweep, parse_shard, shard, sh
 
 
 def test_grid_expansion_skips_invalid_with_reason() -> None:
-    spec = {"name": "g", "set": ["train.steps=5"],
-            "grid": {"tokenizer.name": ["vq", "kl"], "generator.name": ["ar", "mar"], "head.name": ["ce", "diffloss"]}}
+    spec = {
+        "name": "g",
+        "set": ["train.steps=5"],
+        "grid": {"tokenizer.name": ["vq", "kl"], "generator.name": ["ar", "mar"], "head.name": ["ce", "diffloss"]},
+    }
     jobs = expand(spec)
     valid = [j for j in jobs if j.cfg is not None]
     skipped = [j for j in jobs if j.cfg is None]
@@ -25,11 +28,17 @@ def test_grid_expansion_skips_invalid_with_reason() -> None:
 
 
 def test_combos_cross_grid_and_duplicates_collapse() -> None:
-    spec = {"combos": [{"generator.name": "ar"}, {"generator.name": "ar"}, {"generator.name": "mar"}],
-            "grid": {"seed": [0, 1]}}
+    spec = {
+        "combos": [{"generator.name": "ar"}, {"generator.name": "ar"}, {"generator.name": "mar"}],
+        "grid": {"seed": [0, 1]},
+    }
     jobs = expand(spec)
     assert len(jobs) == 4 and {(j.cfg.generator.name, j.cfg.seed) for j in jobs} == {
-        ("ar", 0), ("ar", 1), ("mar", 0), ("mar", 1)}
+        ("ar", 0),
+        ("ar", 1),
+        ("mar", 0),
+        ("mar", 1),
+    }
 
 
 def test_shards_partition_the_valid_jobs() -> None:
@@ -59,8 +68,13 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
     jobs = expand(load_sweep("tiny"))
     triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg}
     assert all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
-    assert {("vq", "ar", "ce"), ("kl", "ar", "diffloss"), ("vq", "mar", "ce"), ("kl", "mar", "diffloss"),
-            ("rq", "rqtransformer", "ce")} <= triples
+    assert {
+        ("vq", "ar", "ce"),
+        ("kl", "ar", "diffloss"),
+        ("vq", "mar", "ce"),
+        ("kl", "mar", "diffloss"),
+        ("rq", "rqtransformer", "ce"),
+    } <= triples
     # equal training compute, convergence points and the same tuning grid for every model
     assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(4.5e12, 3)}
     assert len({str(j.cfg.eval.tune) for j in jobs if j.cfg}) == 1 and all(j.cfg.eval.tune for j in jobs if j.cfg)
@@ -74,8 +88,9 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
 
 
 def test_extends_takes_the_parent_sweep_and_runs_its_set_first(tmp_path: Path) -> None:
-    (tmp_path / "base.toml").write_text('name = "b"\nset = ["train.steps=7", "train.lr=1e-3"]\n'
-                                        '[[combos]]\n"generator.name" = "mar"\n')
+    (tmp_path / "base.toml").write_text(
+        'name = "b"\nset = ["train.steps=7", "train.lr=1e-3"]\n[[combos]]\n"generator.name" = "mar"\n'
+    )
     (tmp_path / "mid.toml").write_text('extends = "base.toml"\nname = "m"\nset = ["train.steps=9"]\n')
     (tmp_path / "top.toml").write_text('extends = "mid.toml"\nset = ["seed=3"]\n[[combos]]\n"generator.name" = "ar"\n')
     mid = load_sweep(tmp_path / "mid.toml")
@@ -143,7 +158,9 @@ def test_guided_rows_of_a_shipped_sweep_share_one_cfg_schedule(name: str) -> Non
     """Guidance is compared on equal terms: every guided row of a sweep ramps CFG the same way."""
     from benchkit.evaluation.evaluate import settings_from
 
-    schedules = {s.cfg_schedule for j in expand(load_sweep(name)) if j.cfg for s in settings_from(j.cfg) if s.cfg != 1.0}
+    schedules = {
+        s.cfg_schedule for j in expand(load_sweep(name)) if j.cfg for s in settings_from(j.cfg) if s.cfg != 1.0
+    }
     assert len(schedules) <= 1, (name, schedules)
 
 
@@ -157,15 +174,24 @@ def test_table1_sweep_is_mars_table_1_parameter_matched() -> None:
     rows = [(c.generator.name, c.head.name, s.steps) for c in jobs for s in settings_from(c)]
     for head in ("ce", "diffloss"):  # the 8 rows of MAR's Table 1, each at its own tuned guidance
         assert sorted((g, st or 0) for g, h, st in rows if h == head) == [
-            ("ar", 0), ("mar", 16), ("mar", 64), ("randar", 0)]
+            ("ar", 0),
+            ("mar", 16),
+            ("mar", 64),
+            ("randar", 0),
+        ]
     assert {(c.tokenizer.name, c.head.name) for c in jobs} == {("vq", "ce"), ("kl", "diffloss")}
     tiny = next(j.cfg for j in expand(load_sweep("tiny")) if j.cfg is not None)
     for c in jobs:  # on the default comparison's terms: same budget, convergence points and tuning grid
         assert (c.eval.tune, c.eval.tune_samples, c.train.convergence_points, c.train.batch_size) == (
-            tiny.eval.tune, tiny.eval.tune_samples, tiny.train.convergence_points, tiny.train.batch_size)
+            tiny.eval.tune,
+            tiny.eval.tune_samples,
+            tiny.train.convergence_points,
+            tiny.train.batch_size,
+        )
     counts = {}
     for c in jobs:
         spec = TokenSpec("discrete", (8, 8), 1, vocab_size=256)
         counts[c.generator.name] = backbone_params(
-            GENERATORS.create(c.generator.name, spec=spec, head="ce", num_classes=10, **c.generator.options))
+            GENERATORS.create(c.generator.name, spec=spec, head="ce", num_classes=10, **c.generator.options)
+        )
     assert relative_spread(counts) <= MATCH_TOLERANCE, counts

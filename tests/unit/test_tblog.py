@@ -42,8 +42,18 @@ def _preview(model: nn.Module) -> torch.Tensor:
 def _train(run_dir: Path, tensorboard: bool) -> list[dict[str, str]]:
     cfg = TrainConfig(steps=12, batch_size=8, warmup_steps=2, log_every=2, checkpoint_every=6, tensorboard=tensorboard)
     torch.manual_seed(0)
-    fit(Toy(), lambda m, b: m.loss(b), lambda idx: idx, len(X), cfg, run_dir, seed=1, fingerprint="fp",
-        show_progress=False, preview=_preview)
+    fit(
+        Toy(),
+        lambda m, b: m.loss(b),
+        lambda idx: idx,
+        len(X),
+        cfg,
+        run_dir,
+        seed=1,
+        fingerprint="fp",
+        show_progress=False,
+        preview=_preview,
+    )
     with open(run_dir / "log.csv", newline="") as f:
         return list(csv.DictReader(f))
 

@@ -58,7 +58,9 @@ def test_apply_sets_torch_threads_and_does_not_carry_over(four_cores: None) -> N
         torch.set_num_threads(before)
 
 
-def test_prepare_openmp_is_passive_for_shards_and_job_processes_and_keeps_a_users_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_openmp_is_passive_for_shards_and_job_processes_and_keeps_a_users_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv(bt.WAIT_POLICY_ENV, raising=False)
     bt.prepare_openmp(["benchkit", "run"])
     assert bt.WAIT_POLICY_ENV not in os.environ  # a process alone keeps OpenMP's default
@@ -78,30 +80,39 @@ def test_prepare_openmp_is_passive_for_shards_and_job_processes_and_keeps_a_user
     monkeypatch.setenv(bt.WAIT_POLICY_ENV, "ACTIVE")
     bt.prepare_openmp(["benchkit", "run", "--shard", "0/2"])
     assert os.environ[bt.WAIT_POLICY_ENV] == "ACTIVE"
-    assert [bt.shard_count(a) for a in (["--shard", "x"], ["--shard"], ["--shard=2/0"], ["--shard", "0/4"])] == [1, 1, 1, 4]
+    assert [bt.shard_count(a) for a in (["--shard", "x"], ["--shard"], ["--shard=2/0"], ["--shard", "0/4"])] == [
+        1,
+        1,
+        1,
+        4,
+    ]
 
 
 def test_cli_sets_the_wait_policy_of_a_shard_before_torch_is_imported() -> None:
     env = {k: v for k, v in os.environ.items() if k != bt.WAIT_POLICY_ENV}
     # the policy at the moment torch is first imported (by the CLI package, or right after it)
-    code = ("import os, sys, importlib.abc\n"
-            "sys.argv = ['benchkit', 'run', '--shard', '0/2']\n"
-            "seen = []\n"
-            "class Spy(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path, target=None):\n"
-            "        if name == 'torch' and not seen:\n"
-            "            seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
-            "        return None\n"
-            "sys.meta_path.insert(0, Spy())\n"
-            "import benchkit.cli\n"
-            "import torch  # noqa: F401\n"
-            "print(seen)\n")
+    code = (
+        "import os, sys, importlib.abc\n"
+        "sys.argv = ['benchkit', 'run', '--shard', '0/2']\n"
+        "seen = []\n"
+        "class Spy(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'torch' and not seen:\n"
+        "            seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "import benchkit.cli\n"
+        "import torch  # noqa: F401\n"
+        "print(seen)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "['PASSIVE']"
 
 
-@pytest.mark.parametrize("args", [["train", "--threads", "0"], ["run", "--threads", "-2"], ["sample", "x", "--threads", "0"]])
+@pytest.mark.parametrize(
+    "args", [["train", "--threads", "0"], ["run", "--threads", "-2"], ["sample", "x", "--threads", "0"]]
+)
 def test_cli_refuses_bad_threads_option(run_cli: CliRunner, args: list[str]) -> None:
     code, _, err = run_cli(args)
     assert code == 2 and "--threads" in err

@@ -327,8 +327,10 @@ def test_token_cache_is_written_once_and_reused_with_a_mirrored_copy(tmp_path, m
         assert torch.equal(plain, tok.module.encode(to_float(images), "discrete"))
         assert torch.equal(mirror, tok.module.encode(to_float(images).flip(-1), "discrete"))
     assert not torch.equal(plain, mirror)  # an encoder is not flip-equivariant: the mirror is its own encoding
-    assert {p.name for p in tmp_path.glob("tokens-*.safetensors")} == {"tokens-discrete.safetensors",
-                                                                      "tokens-discrete-hflip.safetensors"}
+    assert {p.name for p in tmp_path.glob("tokens-*.safetensors")} == {
+        "tokens-discrete.safetensors",
+        "tokens-discrete-hflip.safetensors",
+    }
     monkeypatch.setattr(tok.module, "encode_for_cache", lambda *a, **k: pytest.fail("re-encoded a cached dataset"))
     assert torch.equal(token_cache(tok, "discrete", data), plain)
     assert torch.equal(token_cache(tok, "discrete", data, mirrored=True), mirror)
@@ -346,9 +348,18 @@ def test_hflip_training_uses_the_mirrored_cache(tmp_path) -> None:  # noqa: ANN0
     from benchkit.training.checks import load_splits
     from benchkit.training.generator import train_generator
 
-    sets = ["data.options={num_train = 32, num_test = 32}", "tokenizer.options.ch=8", "generator.options.width=32",
-            "tokenizer_train.steps=2", "train.steps=2", "tokenizer_train.batch_size=8", "train.batch_size=8",
-            "tokenizer_train.warmup_steps=1", "train.warmup_steps=1", f'out_dir="{tmp_path}"']
+    sets = [
+        "data.options={num_train = 32, num_test = 32}",
+        "tokenizer.options.ch=8",
+        "generator.options.width=32",
+        "tokenizer_train.steps=2",
+        "train.steps=2",
+        "tokenizer_train.batch_size=8",
+        "train.batch_size=8",
+        "tokenizer_train.warmup_steps=1",
+        "train.warmup_steps=1",
+        f'out_dir="{tmp_path}"',
+    ]
     plain = train_generator(resolve("tiny", None, sets), progress=False)
     assert not list(plain.tokenizer.dir.glob("tokens-*-hflip.*"))
     cfg = resolve("tiny", None, [*sets, "train.hflip=true", "tokenizer_train.hflip=true"])

@@ -38,8 +38,18 @@ class Toy(nn.Module):
 
 def _fit(model: Toy, cfg: TrainConfig, d: Path, **kw) -> object:
     torch.manual_seed(0)
-    return fit(model, lambda m, b: m.loss(b), lambda idx: idx, len(X), cfg, d, seed=3, fingerprint="fp",
-               show_progress=False, **kw)
+    return fit(
+        model,
+        lambda m, b: m.loss(b),
+        lambda idx: idx,
+        len(X),
+        cfg,
+        d,
+        seed=3,
+        fingerprint="fp",
+        show_progress=False,
+        **kw,
+    )
 
 
 def test_batches_are_a_function_of_seed_and_step() -> None:
@@ -85,8 +95,17 @@ def test_resume_refuses_other_config_and_finished_run_is_skipped(tmp_path: Path)
     res = _fit(m, cfg, tmp_path)
     assert m.calls == 0 and res.resumed_from == 5  # already finished: no step taken
     with pytest.raises(CheckpointError, match="different config"):
-        fit(Toy(), lambda m, b: m.loss(b), lambda i: i, len(X), cfg, tmp_path, seed=3, fingerprint="other",
-            show_progress=False)
+        fit(
+            Toy(),
+            lambda m, b: m.loss(b),
+            lambda i: i,
+            len(X),
+            cfg,
+            tmp_path,
+            seed=3,
+            fingerprint="other",
+            show_progress=False,
+        )
 
 
 def test_checkpoint_truncated_or_tampered(tmp_path: Path) -> None:

@@ -13,8 +13,11 @@ from benchkit.sampling.generate import SampleSettings
 def test_candidates_start_at_the_base_and_drop_repeats() -> None:
     base = SampleSettings(steps=8, temperature=1.0)
     out = candidates(base, [{"temperature": 1.0}, {"temperature": 0.8}, {"cfg": 2.0, "cfg_schedule": "linear"}])
-    assert out == [base, SampleSettings(steps=8, temperature=0.8),
-                   SampleSettings(steps=8, cfg=2.0, cfg_schedule="linear")]
+    assert out == [
+        base,
+        SampleSettings(steps=8, temperature=0.8),
+        SampleSettings(steps=8, cfg=2.0, cfg_schedule="linear"),
+    ]
     with pytest.raises(ConfigError, match=r"eval.tune\[0\] has key 'steps'.*valid: temperature, cfg, cfg_schedule"):
         candidates(base, [{"steps": 4}])
     with pytest.raises(ConfigError, match=r"eval.tune\[1\]: temperature must be >= 0"):
@@ -75,8 +78,11 @@ def test_every_row_that_only_changes_untuned_fields_is_tuned_on_its_own() -> Non
 
     grid = [{"cfg": c, "cfg_schedule": "linear"} for c in (2.0, 3.0)]
     out = tune_settings(rows, grid, tune_one)
-    assert out == [SampleSettings(steps=8, cfg=3.0, cfg_schedule="linear"),
-                   SampleSettings(steps=16, cfg=2.0, cfg_schedule="linear"), rows[2]]
+    assert out == [
+        SampleSettings(steps=8, cfg=3.0, cfg_schedule="linear"),
+        SampleSettings(steps=16, cfg=2.0, cfg_schedule="linear"),
+        rows[2],
+    ]
     assert searched == [(3, ""), (3, " [" + rows[1].label() + "]")]
     # a tuned row that lands on an explicit row's setting is not measured twice
     assert tune_settings(rows, grid, lambda o, r: o[1] if r == "" else o[0]) == [rows[2], rows[1]]
@@ -130,8 +136,13 @@ def test_tune_run_scores_tune_samples_against_tune_reference_validation_images(m
 
     for extra, expected in ((["eval.tune_reference=30"], [30, 8, 8]), ([], [8, 8, 8])):
         cfg = resolve("tiny", None, ["data.image_size=16", "eval.tune=[{ cfg = 2.0 }]", "eval.tune_samples=8", *extra])
-        run = SimpleNamespace(cfg=cfg, dir=Path("run"), generator=None, tokenizer=SimpleNamespace(module=None),
-                              combo=SimpleNamespace(kind="tokens"))
+        run = SimpleNamespace(
+            cfg=cfg,
+            dir=Path("run"),
+            generator=None,
+            tokenizer=SimpleNamespace(module=None),
+            combo=SimpleNamespace(kind="tokens"),
+        )
         featurised.clear()
         out = tune_run(run, [cfg.sample.settings()], SimpleNamespace(features=features), torch.empty(0), 10)
         assert featurised == expected and len(out) == 1 and out[0].cfg in (1.0, 2.0)
