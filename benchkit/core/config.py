@@ -276,7 +276,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     out: dict[str, Any] = {}
     for key, value in values.items():
         tp = types_.get(key)
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, dict):
             out[key] = from_dict(tp, value, f"{where}.{key}" if where else key)
         else:
             out[key] = value
@@ -330,7 +330,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         tp = types_[key]
         last = i == len(keys) - 1
         if last:
-            if dataclasses.is_dataclass(tp):
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
                 raise ConfigError(f"{where!r} is a section; set one of its keys: {', '.join(field_types(tp))}")
             node[key] = parse_text(text, tp, where)
         else:

@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from benchkit.core.errors import ConfigError
+from benchkit.core.errors import ConfigError, suggest
 
 
 def type_name(tp: Any) -> str:
@@ -101,8 +101,6 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     types_ = field_types(cls)
     unknown = [k for k in values if k not in types_]
     if unknown:
-        from benchkit.core.errors import suggest
-
         raise ConfigError(
             f"unknown option {where}.{unknown[0]}; valid: {', '.join(types_) or '(none)'}" + suggest(unknown[0], types_)
         )
@@ -118,5 +116,5 @@ def toml_loads(text: str) -> dict[str, Any]:
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     return tomllib.loads(text)

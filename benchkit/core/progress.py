@@ -42,7 +42,7 @@ def progress_bar(desc: str, total: int | None = None) -> Iterator[Progress]:
     from rich.progress import Progress as RichProgress
 
     if _LIVE["bar"] is None:
-        _LIVE["bar"] = RichProgress(
+        live = RichProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -50,7 +50,8 @@ def progress_bar(desc: str, total: int | None = None) -> Iterator[Progress]:
             console=Console(stderr=True),
             transient=True,
         )
-        _LIVE["bar"].start()
+        live.start()
+        _LIVE["bar"] = live
     bar = _LIVE["bar"]
     _LIVE["open"] += 1
     task = bar.add_task(desc, total=total)

@@ -164,7 +164,7 @@ class Registry(Generic[T]):
 
 
 def _keyword_params(factory: Callable[..., Any]) -> set[str]:
-    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    target = factory.__init__ if inspect.isclass(factory) else factory
     params = list(inspect.signature(target).parameters.values())
     return {
         p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "cfg")

@@ -61,13 +61,13 @@ def imagefolder(cfg: ImageFolderConfig, *, split: Split, root: str | None = None
             image_size=image_size,
             test_fraction=cfg.test_fraction,
             seed=cfg.seed,
-            background=cfg.background,
-        )  # type: ignore[arg-type]
+            background=cfg.background,  # type: ignore[arg-type]  # RGB, checked with the config
+        )
         return ImageData(
             f"imagefolder:{path.resolve()}",
             split,
-            LazyImages(folder),
-            folder.labels,  # type: ignore[arg-type]
+            LazyImages(folder),  # type: ignore[arg-type]  # indexable like a uint8 tensor
+            folder.labels,
             folder.class_names,
         )
     files, labels, classes = list_split(path, cfg, split)

@@ -8,7 +8,6 @@ One row per sampling setting, so a sweep over steps / cfg / temperature gives th
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -31,10 +30,11 @@ from benchkit.metrics.cost import backbone_params
 from benchkit.metrics.perceptual import load_lpips, lpips_per_image, lpips_unavailable
 from benchkit.metrics.quality import generation_metrics
 from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
+from benchkit.metrics.refstats import streamed_fid
 from benchkit.results.store import append_row, has_row, tuning_selection
-from benchkit.sampling.generate import SampleSettings, balanced_labels, generate_images
+from benchkit.sampling.generate import SampleSettings, balanced_labels
 from benchkit.sampling.grids import reconstruction_grid, save_grid
-from benchkit.training.artifacts import TrainedRun, TrainedTokenizer, run_fingerprint
+from benchkit.training.artifacts import TrainedRun, TrainedTokenizer, model_meta, run_fingerprint
 from benchkit.training.compute import run_train_flops
 from benchkit.training.convergence import row_fields
 
@@ -140,10 +140,7 @@ def evaluate_run(
         append_row(results_dir, tuning_selection(tuned_in, chosen))
     if bdist.is_main():
         grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
-        grid = generate_images(
-            run.generator,
-            run.tokenizer.module,
-            run.combo.kind,
+        grid = run.sample_images(
             grid_labels,
             settings[0],
             seed=cfg.seed,
@@ -181,14 +178,9 @@ def _measure_generator(
         return None
     t0 = time.perf_counter()
     if cfg.eval.reference_stats:  # FID only, against the stored statistics, samples streamed in chunks
-        from benchkit.metrics.refstats import streamed_fid
-
         with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
             quality: dict[str, Any] = streamed_fid(
-                lambda lab, sd: generate_images(
-                    run.generator,
-                    run.tokenizer.module,
-                    run.combo.kind,
+                lambda lab, sd: run.sample_images(
                     lab,
                     s,
                     seed=sd,
@@ -206,10 +198,7 @@ def _measure_generator(
         first = False  # no seed spread: it would sample everything again
     else:
         with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
-            fake = generate_images(
-                run.generator,
-                run.tokenizer.module,
-                run.combo.kind,
+            fake = run.sample_images(
                 labels,
                 s,
                 seed=cfg.seed,
@@ -286,10 +275,7 @@ def _seed_spread(
     fid: float,
 ) -> float:
     """|FID(seed) - FID(seed + 1)| for the same model and setting: differences below this are sampling noise."""
-    other = generate_images(
-        run.generator,
-        run.tokenizer.module,
-        run.combo.kind,
+    other = run.sample_images(
         labels,
         s,
         seed=cfg.seed + 1,
@@ -310,8 +296,7 @@ def _seed_spread(
 
 
 def _train_meta(run: TrainedRun) -> dict[str, Any]:
-    p = run.dir / "model.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return model_meta(run.dir)
 
 
 def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[str, Any]:
@@ -320,10 +305,7 @@ def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[st
     cost.reset_peak_memory(device)  # this row's peak only, not training's or an earlier row's
 
     def sample(n: int) -> torch.Tensor:
-        return generate_images(
-            run.generator,
-            run.tokenizer.module,
-            run.combo.kind,
+        return run.sample_images(
             balanced_labels(n, run.generator.num_classes),
             s,
             seed=cfg.seed,
@@ -437,9 +419,8 @@ def _measure_tokenizer(
         row["decode_images_per_s"] = cost.throughput(
             lambda: module.decode(tokens, native), batch_size=len(x), warmup=1, repeats=cfg.eval.cost_repeats
         )
-    meta_path = tok.dir / "model.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = model_meta(tok.dir)
+    if meta:
         row.update(train_images_per_s=meta.get("train_images_per_s"), train_time_s=meta.get("train_time_s"))
     append_row(results_dir, row)
     reconstruction_grid(originals[:32], recon[:32], tok.dir / "reconstructions.png")

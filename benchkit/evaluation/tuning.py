@@ -38,8 +38,9 @@ import torch
 
 from benchkit.core.config import TUNE_METRICS, EvalConfig
 from benchkit.core.errors import ConfigError
+from benchkit.data.loading import load_dataset
 from benchkit.metrics.quality import cleanfid_kid, fid_from_features
-from benchkit.sampling.generate import TUNABLE, SampleSettings, candidates
+from benchkit.sampling.generate import TUNABLE, SampleSettings, balanced_labels, candidates
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ def validation_images(
 ) -> torch.Tensor:
     """``n`` uint8 images that are neither training images nor the test reference (see the module docstring)."""
     if data_name == "shapes":
-        from benchkit.data.loading import load_dataset
-
         seed = int(data_options.get("seed", 0)) + VALIDATION_SEED_OFFSET
         opts = {**data_options, "seed": seed, "num_test": n}
         return load_dataset("shapes", split="test", image_size=image_size, **opts).images
@@ -149,7 +148,6 @@ def tune_run(
     ``run`` is a :class:`benchkit.training.artifacts.TrainedRun`; samples use seed ``cfg.seed + 1`` (the test rows use
     ``cfg.seed``), so the choice is not made on the very samples it is then measured with.
     """
-    from benchkit.sampling.generate import balanced_labels, generate_images
 
     cfg = run.cfg
     if not cfg.eval.tune:
@@ -166,10 +164,7 @@ def tune_run(
     labels = balanced_labels(n, num_classes)
 
     def sample(s: SampleSettings) -> torch.Tensor:
-        return generate_images(
-            run.generator,
-            run.tokenizer.module,
-            run.combo.kind,
+        return run.sample_images(
             labels,
             s,
             seed=cfg.seed + 1,

@@ -19,12 +19,24 @@ from typing import Any
 import torch
 
 from benchkit import __version__
-from benchkit.core.checkpoint import atomic_write, load_checkpoint, load_module_weights, save_checkpoint
+from benchkit.core.checkpoint import atomic_write, load_module_weights, save_checkpoint
 from benchkit.core.config import ComponentSpec, DataConfig, RunConfig, SampleConfig, from_dict
 from benchkit.core.errors import CheckpointError, ConfigError
 from benchkit.core.files import file_sha256
 from benchkit.importers import kl16, mar, rq
 from benchkit.importers.common import load_official, pick_weights, read_container
+from benchkit.training.artifacts import (
+    MODEL,
+    build_generator,
+    build_tokenizer,
+    model_meta,
+    run_dir,
+    run_fingerprint,
+    tokenizer_dir,
+    tokenizer_fingerprint,
+    write_run_files,
+)
+from benchkit.training.checks import check
 
 TOKENIZER_KINDS = ("kl16", "rqvae")
 GENERATOR_KINDS = ("mar", "rqtransformer")
@@ -60,7 +72,6 @@ def import_tokenizer(
     container_key: str | None = None,
 ) -> Path:
     """Import a released KL-16 (``kl16``) or RQ-VAE (``rqvae``) as a benchkit tokenizer directory; returns it."""
-    from benchkit.training.artifacts import MODEL, build_tokenizer, tokenizer_dir, tokenizer_fingerprint
 
     if kind not in TOKENIZER_KINDS:
         raise ConfigError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
@@ -96,7 +107,6 @@ def import_tokenizer(
 
 def _tokenizer_config(tokenizer: Path) -> tuple[RunConfig, Path]:
     """(config, tokenizer directory) of an imported tokenizer directory or of a run directory."""
-    from benchkit.training.artifacts import MODEL, tokenizer_dir
 
     if not (tokenizer / "config.json").is_file():
         raise ConfigError(
@@ -121,15 +131,6 @@ def import_generator(
 ) -> Path:
     """Import a released MAR (``mar``) or RQ-Transformer (``rqtransformer``) as a run directory beside (a copy of)
     ``tokenizer`` (a directory from :func:`import_tokenizer` or a run directory); returns the run directory."""
-    from benchkit.training.artifacts import (
-        MODEL,
-        build_generator,
-        build_tokenizer,
-        run_dir,
-        run_fingerprint,
-        write_run_files,
-    )
-    from benchkit.training.checks import check
 
     if kind not in GENERATOR_KINDS:
         raise ConfigError(f"unknown generator kind {kind!r}; valid: {', '.join(GENERATOR_KINDS)}")
@@ -189,7 +190,7 @@ def _check_mar_tokens(args: dict[str, Any], spec: Any) -> None:
 
 def imported_provenance(directory: str | Path) -> dict[str, Any]:
     """The ``imported`` record of an imported tokenizer or run directory (CheckpointError when it has none)."""
-    _, meta = load_checkpoint(Path(directory) / "model")
+    meta = model_meta(directory)
     if "imported" not in meta:
         raise CheckpointError(f"{str(directory)!r} was not written by `benchkit import`")
     return dict(meta["imported"])

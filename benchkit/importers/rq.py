@@ -79,8 +79,8 @@ RQT_ARCHS = {
 def read_config(checkpoint: Path, arch: str | None, archs: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """(the ``arch`` section of the release config, where it came from): ``--arch NAME``, ``--arch FILE.yaml`` or
     the ``config.yaml`` beside the checkpoint (the release layout)."""
-    if arch in archs:
-        return dict(archs[arch]), str(arch)
+    if arch is not None and arch in archs:
+        return dict(archs[arch]), arch
     path = Path(arch) if arch else checkpoint.parent / "config.yaml"
     if not path.is_file():
         raise ConfigError(

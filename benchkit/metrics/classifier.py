@@ -144,7 +144,7 @@ def train_classifier(data: ImageData, cfg: DatasetCNNConfig, device: torch.devic
     images, labels = data.images[:n_train].to(device), data.labels[:n_train].to(device)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
-        net = ClassifierCNN(cfg.width, data.num_classes).to(device, memory_format=torch.channels_last)
+        net = ClassifierCNN(cfg.width, data.num_classes).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 20)

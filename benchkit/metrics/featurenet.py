@@ -60,6 +60,9 @@ _FIT_IMAGES = 5000  # training images that fix the standardisation
 class DatasetFeatureNet(nn.Module):
     """Float images [B,3,H,W] in [-1,1] -> (standardised features [B,D], logits [B,K]); D = 72 + 16 + 4*width."""
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, width: int, num_classes: int) -> None:
         super().__init__()
         self.classifier = ClassifierCNN(width, num_classes)

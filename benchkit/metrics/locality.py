@@ -65,7 +65,7 @@ def influence_by_distance(
         if not queries <= m < L:
             raise ConfigError(f"n_masked must be in [{queries}, {L - 1}] for {queries} queries, got {m}")
         order = torch.argsort(torch.rand(B, L, generator=g), dim=1).to(x.device)
-        z = generator.condition(x, labels, order, m)
+        z = generator.condition(x, labels, order, m)  # type: ignore[operator]  # MAR's method, not a buffer
         query = order[:, :queries].cpu()
         known = [order[b, m:].tolist() for b in range(B)]
     sums: dict[int, float] = defaultdict(float)

@@ -27,6 +27,7 @@ import torch
 
 from benchkit.core import distributed as bdist
 from benchkit.core.errors import ConfigError
+from benchkit.metrics.quality import cleanfid_fid_or_reason, compare_fids
 
 
 def load_reference_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +101,6 @@ def fid_from_stats(
 ) -> dict[str, float | str]:
     """FID of two Gaussians by torch-fidelity and by clean-fid, checked against each other (``compare_fids``)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    from benchkit.metrics.quality import cleanfid_fid_or_reason, compare_fids
 
     tf = fid_statistics_to_metric({"mu": mu, "sigma": sigma}, {"mu": ref_mu, "sigma": ref_sigma}, verbose=False)
     fid = float(tf[KEY_METRIC_FID])

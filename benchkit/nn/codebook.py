@@ -74,6 +74,10 @@ class Codebook(nn.Module):
     ``l2_normalize``), then :meth:`quantize`, which in train mode also updates the codebook.
     """
 
+    embed: torch.Tensor  # a buffer (EMA updates) or a Parameter (learned)
+    embed_sum: torch.Tensor
+    cluster_size: torch.Tensor
+
     def __init__(
         self,
         num_codes: int,

@@ -43,6 +43,7 @@ class TimestepEmbedding(nn.Module):
         self.freq_dim, self.max_period = freq_dim, max_period
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
         for layer in (self.mlp[0], self.mlp[2]):  # DiT / MAR init: N(0, 0.02) weights, zero bias
+            assert isinstance(layer, nn.Linear)
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
 

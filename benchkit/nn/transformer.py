@@ -228,5 +228,5 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool) -> int:
     attribute (each :class:`Transformer`, the Diffusion Loss head's denoiser); returns how many there are."""
     found = [m for m in model.modules() if isinstance(getattr(m, "grad_checkpoint", None), bool)]
     for m in found:
-        m.grad_checkpoint = enabled
+        setattr(m, "grad_checkpoint", enabled)  # noqa: B010 - a plain attribute, not a submodule
     return len(found)

@@ -147,8 +147,9 @@ def _column(data: pd.DataFrame, name: str) -> list[str]:
 def _point_names(data: pd.DataFrame) -> list[str]:
     """``tokenizer+generator+head setting, FID x`` for each row (setting: the sampling values that differ between
     rows of the same model, the CFG of a guided row and a temperature other than 1)."""
-    model = ["+".join(parts) for parts in zip(_column(data, "tokenizer"), _column(data, "generator"),
-                                               _column(data, "head"))]
+    model = [
+        "+".join(parts) for parts in zip(_column(data, "tokenizer"), _column(data, "generator"), _column(data, "head"))
+    ]
     knobs = [k for k in ("steps", "cfg", "cfg_schedule", "temperature", "diffusion_steps") if k in data]
     names = []
     for i, (_, row) in enumerate(data.iterrows()):
@@ -250,8 +251,9 @@ def training_curves_plot(csv_paths: dict[str, Path], path: Path) -> Series:
         if missing:
             raise ConfigError(f"{csv}: needs columns step and loss; has {', '.join(map(str, log_df.columns))}")
         log_df = log_df[["step", "loss"]].apply(pd.to_numeric, errors="coerce").dropna()
-        series[name] = [(int(s) if float(s).is_integer() else float(s), float(v))
-                        for s, v in zip(log_df["step"], log_df["loss"])]
+        series[name] = [
+            (int(s) if float(s).is_integer() else float(s), float(v)) for s, v in zip(log_df["step"], log_df["loss"])
+        ]
     if not series:
         raise ConfigError("no training logs to plot")
     fig, ax = _axes()
@@ -288,8 +290,10 @@ def plots_from_results(results_dir: Path, out_dir: Path) -> list[Path]:
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     df = read_rows(results_dir)
     written: list[Path] = []
-    jobs = (("pareto.png", ("fid", "images_per_s"), pareto_plot), ("fid_vs_steps.png", ("fid", "steps"),
-                                                                     fid_vs_steps_plot))
+    jobs = (
+        ("pareto.png", ("fid", "images_per_s"), pareto_plot),
+        ("fid_vs_steps.png", ("fid", "steps"), fid_vs_steps_plot),
+    )
     for name, cols, fn in jobs:
         try:
             fn(df, out_dir / name)

@@ -30,8 +30,10 @@ from typing import Any
 
 import pandas as pd
 
+from benchkit.core.config import RunConfig
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_text
+from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 from benchkit.results.store import (
     DECIMALS,
     HUMAN_COLUMNS,
@@ -45,9 +47,12 @@ from benchkit.results.store import (
 
 REPORT_FILE = "report.html"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
-PLOTS = (("pareto.png", "Quality vs sampling speed (Pareto)"), ("fid_vs_steps.png", "FID vs generation steps"),
-         ("fid_vs_train_flops.png", "Convergence: FID vs training FLOPs"),
-         ("training_curves.png", "Training curves"))
+PLOTS = (
+    ("pareto.png", "Quality vs sampling speed (Pareto)"),
+    ("fid_vs_steps.png", "FID vs generation steps"),
+    ("fid_vs_train_flops.png", "Convergence: FID vs training FLOPs"),
+    ("training_curves.png", "Training curves"),
+)
 SAMPLE_GRID, RECON_GRID = "samples.png", "reconstructions.png"
 ENV_KEYS = ("benchkit", "python", "torch", "torch_fidelity", "clean_fid", "cuda")
 LONG_TEXT = 40  # characters: longer text cells (a deviations column, say) wrap rather than widen the table
@@ -101,8 +106,10 @@ def cell(value: Any, col: str) -> dict[str, Any]:
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: (None if _missing(v) else v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-            for r in df.to_dict(orient="records")]
+    return [
+        {k: (None if _missing(v) else v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        for r in df.to_dict(orient="records")
+    ]
 
 
 def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -148,8 +155,6 @@ def config_differences(config: dict[str, Any]) -> list[dict[str, Any]]:
     Run-level keys compare with ``RunConfig()``; ``tokenizer.options.*`` / ``generator.options.*`` /
     ``head.options.*`` with the component's config dataclass (``None`` where the component is unknown here).
     """
-    from benchkit.core.config import RunConfig
-    from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 
     defaults = _flatten(RunConfig().to_dict())
     for family, registry in (("tokenizer", TOKENIZERS), ("generator", GENERATORS), ("head", HEADS)):
@@ -174,7 +179,6 @@ def _same(a: Any, b: Any) -> bool:
 
 def stated_deviations(family: str, name: str) -> list[str]:
     """The "Deviations:" list in the module docstring of a registered component (empty when it states none)."""
-    from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 
     registry = {"tokenizer": TOKENIZERS, "generator": GENERATORS, "head": HEADS}[family]
     if name not in registry:
@@ -211,15 +215,22 @@ def _provenance(run_dirs: list[Path], rows: list[dict[str, Any]], configs: list[
 
     commands = sorted({_command(e["argv"]) for e in envs if isinstance(e.get("argv"), list) and e["argv"]})
     stamps = values("timestamp", rows)
-    shas = sorted({f"{e['git_sha'][:12]}{' (uncommitted changes)' if e.get('git_dirty') else ''}"
-                   for e in envs if isinstance(e.get("git_sha"), str)})
+    shas = sorted(
+        {
+            f"{e['git_sha'][:12]}{' (uncommitted changes)' if e.get('git_dirty') else ''}"
+            for e in envs
+            if isinstance(e.get("git_sha"), str)
+        }
+    )
     features = values("features", rows)
     switched = sorted({k for c in configs for k, v in _flatten(c).items() if v is True})
     return {
         "commands": commands,
         "dates": (f"{stamps[0]} to {stamps[-1]}" if len(stamps) > 1 else stamps[0]) if stamps else "-",
-        "machine": {"platform": ", ".join(values("platform", envs)) or "-",
-                    "device": ", ".join(values("device", rows) or values("device", envs)) or "-"},
+        "machine": {
+            "platform": ", ".join(values("platform", envs)) or "-",
+            "device": ", ".join(values("device", rows) or values("device", envs)) or "-",
+        },
         "versions": {k: ", ".join(values(k, envs)) or "-" for k in ENV_KEYS},
         "git": ", ".join(shas) or "-",
         "features": features,
@@ -233,20 +244,33 @@ def _card(kind: str, run: str, rows: list[dict[str, Any]], columns: list[str], i
     fixed = [c for c in cols if len({repr(r.get(c)) for r in rows}) == 1 and not _missing(rows[0].get(c))]
     varying = [c for c in cols if c not in fixed and not all(_missing(r.get(c)) for r in rows)]
     return {
-        "kind": kind, "run": run, "anchor": "run-" + re.sub(r"[^A-Za-z0-9_-]", "-", run),
+        "kind": kind,
+        "run": run,
+        "anchor": "run-" + re.sub(r"[^A-Za-z0-9_-]", "-", run),
         "fixed": [(c, cell(rows[0].get(c), c)["text"]) for c in fixed],
-        "columns": varying, "rows": [[cell(r.get(c), c) for c in varying] for r in rows],
-        "image": data_uri(image) if image is not None else None, "image_size": display_size(image),
+        "columns": varying,
+        "rows": [[cell(r.get(c), c) for c in varying] for r in rows],
+        "image": data_uri(image) if image is not None else None,
+        "image_size": display_size(image),
         "differences": [],
     }
 
 
 def _table(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
     cols = [c for c in columns if c not in HIDDEN]
-    body = [{"anchor": "run-" + re.sub(r"[^A-Za-z0-9_-]", "-", str(r.get("run"))), "row_id": r.get("row_id") or "",
-             "cells": [cell(r.get(c), c) for c in cols]} for r in rows]
-    return {"columns": cols, "rows": body, "numeric": [any(b["cells"][i]["num"] for b in body)
-                                                      for i in range(len(cols))]}
+    body: list[dict[str, Any]] = [
+        {
+            "anchor": "run-" + re.sub(r"[^A-Za-z0-9_-]", "-", str(r.get("run"))),
+            "row_id": r.get("row_id") or "",
+            "cells": [cell(r.get(c), c) for c in cols],
+        }
+        for r in rows
+    ]
+    return {
+        "columns": cols,
+        "rows": body,
+        "numeric": [any(b["cells"][i]["num"] for b in body) for i in range(len(cols))],
+    }
 
 
 def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -263,8 +287,10 @@ def collect(results_dir: Path, out_root: Path | None = None) -> dict[str, Any]:
     out_root = Path(out_root) if out_root is not None else results_dir.parent
     if not (results_dir / TABLE_FILES_CSV[0]).is_file():
         if not (results_dir / ROWS_FILE).is_file():
-            raise ConfigError(f"{str(results_dir)!r} has no {TABLE_FILES_CSV[0]} or {ROWS_FILE}; "
-                              "run `benchkit run`, `benchkit sweep` or `benchkit eval` first")
+            raise ConfigError(
+                f"{str(results_dir)!r} has no {TABLE_FILES_CSV[0]} or {ROWS_FILE}; "
+                "run `benchkit run`, `benchkit sweep` or `benchkit eval` first"
+            )
         write_tables(read_rows(results_dir), results_dir)  # as `benchkit table` does
     gen_cols, gen_rows = read_table(results_dir / TABLE_FILES_CSV[0])
     tok_cols, tok_rows = read_table(results_dir / TABLE_FILES_CSV[1])
@@ -273,9 +299,13 @@ def collect(results_dir: Path, out_root: Path | None = None) -> dict[str, Any]:
     for r in tok_rows:
         r["kind"] = "tokenizer"
 
-    cards, recon_cards, used, run_dirs, configs = [], [], set(), [], []
-    for kind, rows, cols, grid, out in (("generator", gen_rows, gen_cols, SAMPLE_GRID, cards),
-                                        ("tokenizer", tok_rows, tok_cols, RECON_GRID, recon_cards)):
+    cards: list[dict[str, Any]] = []
+    recon_cards: list[dict[str, Any]] = []
+    used, run_dirs, configs = set(), [], []
+    for kind, rows, cols, grid, out in (
+        ("generator", gen_rows, gen_cols, SAMPLE_GRID, cards),
+        ("tokenizer", tok_rows, tok_cols, RECON_GRID, recon_cards),
+    ):
         for run, part in _group(rows).items():
             rdir = _run_dir(out_root, part[0])
             image = rdir / grid if rdir is not None and (rdir / grid).is_file() else None
@@ -320,8 +350,10 @@ def collect(results_dir: Path, out_root: Path | None = None) -> dict[str, Any]:
 def _notes(columns: list[str]) -> list[str]:
     notes = []
     if "seed_spread_fid" in columns:
-        notes.append("seed_spread_fid is the FID difference between two seeds of the same model and setting: "
-                     "FID differences smaller than it are sampling noise.")
+        notes.append(
+            "seed_spread_fid is the FID difference between two seeds of the same model and setting: "
+            "FID differences smaller than it are sampling noise."
+        )
     return notes
 
 
@@ -337,9 +369,13 @@ def render(context: dict[str, Any]) -> str:
     """The HTML page for a ``collect`` context."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("benchkit", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("benchkit", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["literals"] = _literals
     return env.get_template("report.html.j2").render(**context)
 
@@ -349,4 +385,3 @@ def write_report(results_dir: Path, out_root: Path | None = None, out: Path | No
     path = Path(out) if out is not None else Path(results_dir) / REPORT_FILE
     atomic_write_text(path, render(collect(results_dir, out_root)))
     return path
-

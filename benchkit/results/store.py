@@ -34,6 +34,8 @@ from rich.table import Table
 
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
+from benchkit.results.convergence import with_improving
+from benchkit.results.significance import with_significance
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +44,107 @@ SELECTION = "tuning_selection"  # kind of the records that name the current tune
 TABLE_FILES_CSV = ("table.csv", "tokenizers.csv")
 
 # Column groups, in table order: who (identity), how good (quality), what it cost (cost), where from.
-IDENTITY = ("run", "dataset", "tokenizer", "grid", "generator", "head", "features", "steps", "cfg", "cfg_schedule",
-            "temperature", "diffusion_steps", "head_deviations", "n_samples", "seed")
-QUALITY = ("fid", "fid_cleanfid", "fid_rel_diff", "fid_invalid", "fid_inf", "seed_spread_fid", "fid_gap_significant", "is_mean",
-           "is_std", "kid_mean", "kid_std", "precision", "recall", "class_acc", "convergence_fid", "still_improving")
+IDENTITY = (
+    "run",
+    "dataset",
+    "tokenizer",
+    "grid",
+    "generator",
+    "head",
+    "features",
+    "steps",
+    "cfg",
+    "cfg_schedule",
+    "temperature",
+    "diffusion_steps",
+    "head_deviations",
+    "n_samples",
+    "seed",
+)
+QUALITY = (
+    "fid",
+    "fid_cleanfid",
+    "fid_rel_diff",
+    "fid_invalid",
+    "fid_inf",
+    "seed_spread_fid",
+    "fid_gap_significant",
+    "is_mean",
+    "is_std",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+    "class_acc",
+    "convergence_fid",
+    "still_improving",
+)
 DETAIL = ("convergence_fid_prev", "convergence_fid_noise")  # in the CSV only
 TOKENIZER_QUALITY = ("rfid", "rfid_invalid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
-COST = ("params", "backbone_params", "flops_per_image", "images_per_s", "sample_batch_size", "latency_s",
-        "encode_images_per_s", "decode_images_per_s", "train_images_per_s", "train_lr", "train_steps",
-        "train_flops", "train_time_s", "peak_mem_mb")
+COST = (
+    "params",
+    "backbone_params",
+    "flops_per_image",
+    "images_per_s",
+    "sample_batch_size",
+    "latency_s",
+    "encode_images_per_s",
+    "decode_images_per_s",
+    "train_images_per_s",
+    "train_lr",
+    "train_steps",
+    "train_flops",
+    "train_time_s",
+    "peak_mem_mb",
+)
 PROVENANCE = ("row_id", "tuned_in", "config_fingerprint", "git_sha", "timestamp", "device")
-INT_COLUMNS = ("steps", "n_samples", "seed", "params", "backbone_params", "flops_per_image", "sample_batch_size",
-               "train_steps", "train_flops", "diffusion_steps", "n_ref", "isc_splits", "kid_subset_size")
+INT_COLUMNS = (
+    "steps",
+    "n_samples",
+    "seed",
+    "params",
+    "backbone_params",
+    "flops_per_image",
+    "sample_batch_size",
+    "train_steps",
+    "train_flops",
+    "diffusion_steps",
+    "n_ref",
+    "isc_splits",
+    "kid_subset_size",
+)
 # Decimals shown per column; other float columns get 4.
-DECIMALS = {"cfg": 2, "temperature": 2, "fid": 2, "fid_cleanfid": 2, "fid_rel_diff": 3, "fid_inf": 2,
-            "seed_spread_fid": 2, "is_mean": 2, "is_std": 2, "kid_mean": 4, "kid_std": 4, "precision": 3,
-            "recall": 3, "class_acc": 3, "convergence_fid": 2, "rfid": 2, "psnr": 2, "ssim": 3, "lpips": 3,
-            "codebook_usage": 3, "perplexity": 1,
-            "bits_per_image": 1, "images_per_s": 1, "latency_s": 4, "encode_images_per_s": 1,
-            "decode_images_per_s": 1, "train_images_per_s": 1, "train_time_s": 1, "peak_mem_mb": 1}
+DECIMALS = {
+    "cfg": 2,
+    "temperature": 2,
+    "fid": 2,
+    "fid_cleanfid": 2,
+    "fid_rel_diff": 3,
+    "fid_inf": 2,
+    "seed_spread_fid": 2,
+    "is_mean": 2,
+    "is_std": 2,
+    "kid_mean": 4,
+    "kid_std": 4,
+    "precision": 3,
+    "recall": 3,
+    "class_acc": 3,
+    "convergence_fid": 2,
+    "rfid": 2,
+    "psnr": 2,
+    "ssim": 3,
+    "lpips": 3,
+    "codebook_usage": 3,
+    "perplexity": 1,
+    "bits_per_image": 1,
+    "images_per_s": 1,
+    "latency_s": 4,
+    "encode_images_per_s": 1,
+    "decode_images_per_s": 1,
+    "train_images_per_s": 1,
+    "train_time_s": 1,
+    "peak_mem_mb": 1,
+}
 # shown as 1.23M / 4.56G in markdown, LaTeX and the terminal
 HUMAN_COLUMNS = ("params", "backbone_params", "flops_per_image", "train_flops")
 
@@ -147,8 +231,12 @@ def tuning_selection(key: str, chosen: list[str]) -> dict[str, Any]:
 def _current(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` without the selection records and without tuned rows that a later tuning replaced."""
     chosen = {r.get("selection_key"): set(r.get("chosen") or ()) for r in rows if r.get("kind") == SELECTION}
-    return [r for r in rows if r.get("kind") != SELECTION
-            and not (r.get("tuned_in") in chosen and r.get("row_id") not in chosen[r.get("tuned_in")])]
+    return [
+        r
+        for r in rows
+        if r.get("kind") != SELECTION
+        and not (r.get("tuned_in") in chosen and r.get("row_id") not in chosen[r.get("tuned_in")])
+    ]
 
 
 def read_rows(results_dir: Path) -> pd.DataFrame:
@@ -187,9 +275,15 @@ def compact_rows(results_dir: Path) -> int:
 
 # ---------------------------------------------------------------------------------------- filter and sort
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(==|!=|>=|<=|=|<|>)\s*(.*?)\s*$")
-_OPS: dict[str, Callable[[Any, Any], Any]] = {"=": operator.eq, "==": operator.eq, "!=": operator.ne,
-                                              "<": operator.lt, "<=": operator.le, ">": operator.gt,
-                                              ">=": operator.ge}
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def _unknown_column(col: str, df: pd.DataFrame) -> ConfigError:
@@ -202,8 +296,10 @@ def filter_rows(df: pd.DataFrame, filters: Iterable[str]) -> pd.DataFrame:
     for spec in filters:
         m = _FILTER.match(spec)
         if m is None:
-            raise ConfigError(f"bad filter {spec!r}; write COLUMN OP VALUE with OP one of "
-                              f"{', '.join(_OPS)}, e.g. 'head=ce' or 'fid<50'")
+            raise ConfigError(
+                f"bad filter {spec!r}; write COLUMN OP VALUE with OP one of "
+                f"{', '.join(_OPS)}, e.g. 'head=ce' or 'fid<50'"
+            )
         col, op, raw = m.groups()
         if col not in df.columns:
             raise _unknown_column(col, df)
@@ -301,18 +397,26 @@ def _notes(df: pd.DataFrame) -> list[str]:
         tags = sorted({str(v) for v in df["features"] if not _missing(v)})
         notes.append(f"FID/IS/KID/precision/recall computed on features: {', '.join(tags)}.")
     if "seed_spread_fid" in df.columns and not df["seed_spread_fid"].map(_missing).all():
-        notes.append("seed_spread_fid is the FID spread between seeds of the same config; "
-                     "FID differences smaller than it are noise.")
+        notes.append(
+            "seed_spread_fid is the FID spread between seeds of the same config; "
+            "FID differences smaller than it are noise."
+        )
     if "fid_gap_significant" in df.columns:
-        notes.append("fid_gap_significant: whether a row's FID beats the next-best row's by more than the larger "
-                     "seed spread of the two (yes / no = within noise / - = not measurable).")
+        notes.append(
+            "fid_gap_significant: whether a row's FID beats the next-best row's by more than the larger "
+            "seed spread of the two (yes / no = within noise / - = not measurable)."
+        )
     if "still_improving" in df.columns:
-        notes.append("still_improving: whether the model's FID at its last convergence point beats the one before "
-                     "by more than the noise (yes / no / - = no points); convergence_fid is that last FID, at a "
-                     "small sample count.")
+        notes.append(
+            "still_improving: whether the model's FID at its last convergence point beats the one before "
+            "by more than the noise (yes / no / - = no points); convergence_fid is that last FID, at a "
+            "small sample count."
+        )
     if "head_deviations" in df.columns:
-        notes.append("head_deviations: head settings that differ from the paper's method (MAR: learned variance, "
-                     "no x_0 clipping, 100 DDPM steps; full-softmax cross-entropy).")
+        notes.append(
+            "head_deviations: head settings that differ from the paper's method (MAR: learned variance, "
+            "no x_0 clipping, 100 DDPM steps; full-softmax cross-entropy)."
+        )
     return notes
 
 
@@ -345,8 +449,6 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     Returns {file name: path}.
     """
     out_dir = Path(out_dir)
-    from benchkit.results.convergence import with_improving
-    from benchkit.results.significance import with_significance
 
     gen, tok = split_kinds(df)
     gen = with_improving(with_significance(gen))
@@ -355,9 +457,11 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
         if kind == "tokenizer" and part.empty:
             continue
         part = _round(_int_columns(part))
-        texts = {f"{stem}.csv": part[table_columns(part, kind=kind)].to_csv(index=False),
-                 f"{stem}.md": to_markdown(part, kind=kind),
-                 f"{stem}.tex": to_latex(part, kind=kind)}
+        texts = {
+            f"{stem}.csv": part[table_columns(part, kind=kind)].to_csv(index=False),
+            f"{stem}.md": to_markdown(part, kind=kind),
+            f"{stem}.tex": to_latex(part, kind=kind),
+        }
         for name, text in texts.items():
             atomic_write_text(out_dir / name, text)
             written[name] = out_dir / name
@@ -367,8 +471,6 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
 def rich_table(df: pd.DataFrame, title: str) -> Table:
     """A rich Table for the terminal (tokenizer columns when every row is a tokenizer row)."""
-    from benchkit.results.convergence import with_improving
-    from benchkit.results.significance import with_significance
 
     kind = "tokenizer" if "kind" in df.columns and len(df) and (df["kind"] == "tokenizer").all() else "generator"
     if kind == "generator":

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 from benchkit.core.checkpoint import (
     atomic_write,
@@ -27,6 +28,7 @@ from benchkit.core.compat import Combination
 from benchkit.core.config import RunConfig, fingerprint
 from benchkit.core.provenance import environment
 from benchkit.core.registry import GENERATORS, TOKENIZERS
+from benchkit.sampling.generate import SampleSettings, generate_images
 from benchkit.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ MODEL = "model"
 class TrainedTokenizer:
     """A trained (or loaded) tokenizer and where it lives."""
 
-    module: nn.Module
+    module: Any  # an nn.Module implementing benchkit.core.interfaces.Tokenizer
     dir: Path
     fingerprint: str
     result: TrainResult | None
@@ -50,11 +52,42 @@ class TrainedRun:
     """A trained (or loaded) generator with its tokenizer and combination."""
 
     cfg: RunConfig
-    generator: nn.Module
+    generator: Any  # an nn.Module implementing benchkit.core.interfaces.Generator
     tokenizer: TrainedTokenizer
     combo: Combination
     dir: Path
     result: TrainResult | None
+
+    def sample_images(
+        self,
+        labels: torch.Tensor,
+        settings: SampleSettings,
+        *,
+        seed: int,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        distributed: bool = False,
+    ) -> torch.Tensor:
+        """uint8 images [N, 3, H, W] of this run for ``labels`` (``benchkit.sampling.generate.generate_images``);
+        ``batch_size`` defaults to the config's ``sample.batch_size``."""
+        return generate_images(
+            self.generator,
+            self.tokenizer.module,
+            self.combo.kind,
+            labels,
+            settings,
+            seed=seed,
+            batch_size=self.cfg.sample.batch_size if batch_size is None else batch_size,
+            progress=progress,
+            distributed=distributed,
+        )
+
+
+def model_meta(directory: str | Path) -> dict[str, Any]:
+    """The metadata of a trained stage's final weights (``<directory>/model.json``): fingerprint, training speed and
+    time, steps, imported provenance...; empty when the stage has not finished."""
+    path = Path(directory) / f"{MODEL}.json"
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 # Bumped when code changes what stored tokenizer weights compute (2: GroupNorm groups of >= 8 channels, norm option), so
@@ -89,12 +122,14 @@ def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.out_dir) / "runs" / name
 
 
-def build_tokenizer(cfg: RunConfig, device: torch.device) -> nn.Module:
+def build_tokenizer(cfg: RunConfig, device: torch.device) -> Any:  # an nn.Module, interfaces.Tokenizer
     """An untrained tokenizer of this config."""
     return TOKENIZERS.create(cfg.tokenizer.name, image_size=cfg.data.image_size, **cfg.tokenizer.options).to(device)
 
 
-def build_generator(cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device) -> nn.Module:
+def build_generator(
+    cfg: RunConfig, combo: Combination, num_classes: int, device: torch.device
+) -> Any:  # an nn.Module, interfaces.Generator
     """An untrained generator (with its head) of this config."""
     return GENERATORS.create(
         cfg.generator.name,

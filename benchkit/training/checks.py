@@ -15,6 +15,7 @@ from benchkit.core.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENI
 from benchkit.data.base import ImageData
 from benchkit.data.loading import load_dataset
 from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
+from benchkit.metrics.refstats import load_reference_stats
 from benchkit.sampling.generate import candidates
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,6 @@ def check_eval(cfg: RunConfig) -> None:
             "is trained on every training image held in memory"
         )
     if cfg.eval.reference_stats:  # a missing or malformed file is reported before training
-        from benchkit.metrics.refstats import load_reference_stats
-
         load_reference_stats(cfg.eval.reference_stats)
     named = cfg.eval.inception_weights or os.environ.get(INCEPTION_ENV)  # 'auto' also refuses a missing named file
     if cfg.eval.features == "inception" or (cfg.eval.features == "auto" and named):

@@ -62,7 +62,7 @@ def train_step_flops(
         try:
             for _ in range(draws):
                 batch = random_batch(spec, counted, num_classes, device=device, generator=g)
-                total += flops_per_call(lambda: generator.loss(batch).loss.backward())  # noqa: B023 - called at once
+                total += flops_per_call(lambda: generator.loss(batch).loss.backward())  # type: ignore[operator]  # noqa: B023
         finally:
             generator.train(was_training)
             for p, grad in grads.items():

@@ -89,10 +89,10 @@ def convergence_hook(
         fake = generate_images(
             model,
             tokenizer,
-            kind,
+            kind,  # type: ignore[arg-type]  # a TokenKind, the combination's
             labels,
             setting,
-            seed=cfg.seed,  # type: ignore[arg-type]
+            seed=cfg.seed,
             batch_size=cfg.sample.batch_size,
         )
         feats = extractor.features(fake)

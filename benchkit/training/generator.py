@@ -90,7 +90,7 @@ def train_generator(
         )
         result = fit(
             gen,
-            lambda m, b: m.loss(b),
+            lambda m, b: m.loss(b),  # type: ignore[operator]  # the Generator protocol's loss
             get_batch,
             len(train),
             cfg.train,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchkit.core.config import RunConfig
@@ -34,6 +33,10 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import count_params, flops_per_call
 from benchkit.nn.transformer import set_grad_checkpointing
+from benchkit.training.artifacts import build_generator, build_tokenizer
+from benchkit.training.checks import check
+from benchkit.training.compute import budget_steps
+from benchkit.training.softcodes import soft_codes_of
 
 # dense bf16 tensor-core peaks, FLOP/s: A100 SXM 80 GB, H100 SXM (NVIDIA data sheets)
 GPU_PEAKS: dict[str, float] = {"A100": 312e12, "H100": 989e12}
@@ -90,7 +93,7 @@ def _meta_batch(spec: TokenSpec, dtype: torch.dtype, soft_targets: bool = False)
 
 
 def measure_step(
-    gen: nn.Module, spec: TokenSpec, dtype: torch.dtype, *, checkpointed: bool, soft_targets: bool = False
+    gen: Any, spec: TokenSpec, dtype: torch.dtype, *, checkpointed: bool, soft_targets: bool = False
 ) -> tuple[float, float]:
     """(FLOPs, bytes of saved activations) of one training step on one image, averaged over ``DRAWS`` draws."""
     set_grad_checkpointing(gen, checkpointed)
@@ -124,9 +127,6 @@ def measure_step(
 
 def make_plan(cfg: RunConfig, *, gpus: int, utilisation: float = 0.4, num_classes: int = 1000) -> Plan:
     """Estimate the generator training of ``cfg`` on ``gpus`` GPUs at ``utilisation`` of the bf16 peak."""
-    from benchkit.training.artifacts import build_generator, build_tokenizer
-    from benchkit.training.checks import check
-    from benchkit.training.softcodes import soft_codes_of
 
     if gpus < 1 or cfg.train.batch_size % gpus:
         raise ConfigError(f"--gpus must divide train.batch_size {cfg.train.batch_size}, got {gpus}")
@@ -166,7 +166,6 @@ def planned_steps(cfg: RunConfig, flops_per_image: float) -> int:
     ``flops_per_image`` per image, by the rule training uses (:func:`benchkit.training.compute.budget_steps`). Training
     recounts its step on its own device, where the flash attention kernel's backward recomputes the scores (seven
     attention matmuls against the math kernel's six counted here), so its steps can differ by a few percent."""
-    from benchkit.training.compute import budget_steps
 
     if not (cfg.train.budget_flops or cfg.train.budget_images):
         return cfg.train.steps

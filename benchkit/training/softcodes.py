@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,9 +22,7 @@ from benchkit.core.config import RunConfig
 from benchkit.core.errors import IncompatibleComponentsError
 from benchkit.core.interfaces import Batch, TokenKind
 from benchkit.core.registry import GENERATORS
-
-if TYPE_CHECKING:
-    from benchkit.training.artifacts import TrainedTokenizer
+from benchkit.training.artifacts import TrainedTokenizer
 
 __all__ = ["SoftCodes", "latent_cache_tokenizer", "soft_code_batch", "soft_codes_of"]
 

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from benchkit.core.errors import ConfigError
+from benchkit.data.base import to_float, to_uint8
+from benchkit.sampling.generate import balanced_labels, generate_images
+from benchkit.sampling.grids import grid_tensor
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,6 @@ class TensorBoardLog:
         """A grid of uint8 (or float in [-1, 1]) images [N, 3, H, W], ``nrow`` per row."""
         if self.writer is None:
             return
-        from benchkit.sampling.grids import grid_tensor
 
         self.writer.add_image(tag, grid_tensor(images, nrow=nrow), global_step=step, dataformats="CHW")
 
@@ -111,7 +113,6 @@ class TensorBoardLog:
 def reconstruction_preview(originals: torch.Tensor) -> Callable[[nn.Module], torch.Tensor]:
     """For a tokenizer stage: originals uint8 [N, 3, H, W] in the top half of the grid, the tokenizer's
     reconstructions of them below (log with ``nrow = N``)."""
-    from benchkit.data.base import to_float, to_uint8
 
     def make(module: nn.Module) -> torch.Tensor:
         device = next(module.parameters()).device
@@ -126,7 +127,6 @@ def sample_preview(
 ) -> Callable[[nn.Module], torch.Tensor]:
     """For a generator stage: 32 images (labels 0, 1, ..., K-1, 0, ...) at the base sampling settings of
     ``sample`` (a ``SampleConfig``), seeded, decoded by the frozen tokenizer."""
-    from benchkit.sampling.generate import balanced_labels, generate_images
 
     labels = balanced_labels(32, num_classes)
 
@@ -134,10 +134,10 @@ def sample_preview(
         return generate_images(
             generator,
             tokenizer,
-            kind,
+            kind,  # type: ignore[arg-type]  # a TokenKind, as the token cache's
             labels,
             sample,
-            seed=seed,  # type: ignore[arg-type]
+            seed=seed,
             batch_size=sample.batch_size,
         )
 

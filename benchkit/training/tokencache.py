@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from benchkit.core import distributed as bdist
 from benchkit.core.errors import CheckpointError
+from benchkit.data.base import to_float
 from benchkit.data.lazy import LazyImageFolder, image_loader
 
 log = logging.getLogger(__name__)
@@ -233,8 +235,6 @@ def sharded_token_cache(
     tok: Any, kind: str, folder: LazyImageFolder, path: Path, batch_size: int, mirrored: bool, workers: int = 4
 ) -> ShardedTokenCache:
     """The pipeline's token cache of a lazy folder: built once by rank 0 (under the tokenizer's lock), read by all."""
-    from benchkit.core import distributed as bdist
-    from benchkit.data.base import to_float
 
     device = next(tok.module.parameters()).device
     workers = min(workers, os.cpu_count() or 1)

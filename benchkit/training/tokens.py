@@ -19,7 +19,9 @@ from benchkit.core.errors import CheckpointError
 from benchkit.core.interfaces import TokenKind
 from benchkit.core.progress import progress_bar
 from benchkit.data.base import ImageData, to_float
+from benchkit.data.lazy import LazyImages
 from benchkit.training.artifacts import TrainedTokenizer
+from benchkit.training.tokencache import sharded_token_cache
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,8 @@ def token_cache(
     """What the tokenizer's ``encode_for_cache`` gives for every training image (with ``mirrored``, for its
     horizontal mirror image), computed once (by rank 0) and stored."""
     path = tok.dir / f"tokens-{kind}{'-hflip' if mirrored else ''}"
-    from benchkit.data.lazy import LazyImages
 
     if isinstance(data.images, LazyImages):  # a folder larger than memory: sharded, memory-mapped, resumable
-        from benchkit.training.tokencache import sharded_token_cache
-
         return sharded_token_cache(tok, kind, data.images.folder, path, batch_size, mirrored)  # type: ignore[return-value]
     with bdist.stage_lock(tok.dir / ".lock"):
         cache = _read_cache(path, tok, len(data)) if is_main() else None

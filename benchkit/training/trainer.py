@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from benchkit.core import distributed as bdist
-from benchkit.core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from benchkit.core.checkpoint import atomic_write, checkpoint_exists, load_checkpoint, save_checkpoint
 from benchkit.core.config import TrainConfig
 from benchkit.core.errors import CheckpointError, TrainingDivergedError
 from benchkit.core.interfaces import LossOutput
+from benchkit.core.precision import autocast, grad_scaler
+from benchkit.nn.transformer import set_grad_checkpointing
 from benchkit.training.ema import EMA
 from benchkit.training.tblog import TensorBoardLog
 
@@ -49,7 +51,7 @@ class TrainResult:
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Indices of the global batch at ``step``: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
-    start, out = step * batch_size, []
+    start, out = step * batch_size, list[torch.Tensor]()
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
@@ -79,7 +81,8 @@ class _LossModule(nn.Module):
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "emb" in name or "norm" in name else decay).append(p)
@@ -238,8 +241,6 @@ def _setup(
     resume: bool,
 ) -> _Loop:
     """Optimizer, EMA, gradient scaler, the checkpoint to resume from, checkpointing, DDP and compile."""
-    from benchkit.core.precision import grad_scaler
-    from benchkit.nn.transformer import set_grad_checkpointing
 
     device = next(model.parameters()).device
     opt = _optimizer(model, cfg)
@@ -270,7 +271,6 @@ def _setup(
 
 def _train_step(loop: _Loop, step: int, batch: Any, run_dir: Path, desc: str) -> LossOutput:
     """One optimizer step: forward under autocast, divergence check, (scaled) backward, clip, step, EMA."""
-    from benchkit.core.precision import autocast
 
     cfg, opt = loop.cfg, loop.opt
     for g in opt.param_groups:
@@ -373,7 +373,6 @@ def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    from benchkit.core.checkpoint import atomic_write
 
     if not rows:
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ from benchkit.core.config import EvalConfig, RunConfig
 from benchkit.evaluation.evaluate import sampling_cost
 from benchkit.metrics import cost
 from benchkit.sampling.generate import SampleSettings
+from benchkit.training.artifacts import TrainedRun, TrainedTokenizer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -37,10 +39,9 @@ class FlatTokenizer(nn.Module):
 
 def _row(mib: int, device: str, num_classes: int = 3) -> tuple[dict, HungryGenerator]:
     gen = HungryGenerator(mib, num_classes, device)
-    run = SimpleNamespace(
-        generator=gen, tokenizer=SimpleNamespace(module=FlatTokenizer()), combo=SimpleNamespace(kind="discrete")
-    )
     cfg = RunConfig(device=device, eval=EvalConfig(cost_batch_size=5, cost_repeats=1))
+    tok = TrainedTokenizer(FlatTokenizer(), Path("tok"), "fp", None)
+    run = TrainedRun(cfg, gen, tok, SimpleNamespace(kind="discrete"), Path("run"), None)  # type: ignore[arg-type]
     return sampling_cost(run, SampleSettings(), cfg), gen  # type: ignore[arg-type]
 
 

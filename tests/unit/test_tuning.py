@@ -119,15 +119,16 @@ def test_tune_run_scores_tune_samples_against_tune_reference_validation_images(m
     from pathlib import Path
     from types import SimpleNamespace
 
-    import benchkit.sampling.generate
+    import benchkit.training.artifacts
     from benchkit.core.config import resolve
     from benchkit.evaluation.tuning import tune_run
+    from benchkit.training.artifacts import TrainedRun, TrainedTokenizer
 
-    def fake_images(generator, tokenizer, kind, labels, s, *, seed, batch_size):  # noqa: ANN001, ANN202
+    def fake_images(generator, tokenizer, kind, labels, s, *, seed, batch_size, **_):  # noqa: ANN001, ANN202
         g = torch.Generator().manual_seed(int(10 * s.cfg))
         return torch.randint(0, 256, (len(labels), 3, 16, 16), generator=g, dtype=torch.uint8)
 
-    monkeypatch.setattr(benchkit.sampling.generate, "generate_images", fake_images)
+    monkeypatch.setattr(benchkit.training.artifacts, "generate_images", fake_images)
     featurised: list[int] = []
 
     def features(x: torch.Tensor) -> torch.Tensor:
@@ -136,13 +137,8 @@ def test_tune_run_scores_tune_samples_against_tune_reference_validation_images(m
 
     for extra, expected in ((["eval.tune_reference=30"], [30, 8, 8]), ([], [8, 8, 8])):
         cfg = resolve("tiny", None, ["data.image_size=16", "eval.tune=[{ cfg = 2.0 }]", "eval.tune_samples=8", *extra])
-        run = SimpleNamespace(
-            cfg=cfg,
-            dir=Path("run"),
-            generator=None,
-            tokenizer=SimpleNamespace(module=None),
-            combo=SimpleNamespace(kind="tokens"),
-        )
+        tok = TrainedTokenizer(None, Path("tok"), "fp", None)  # type: ignore[arg-type]
+        run = TrainedRun(cfg, None, tok, SimpleNamespace(kind="tokens"), Path("run"), None)  # type: ignore[arg-type]
         featurised.clear()
         out = tune_run(run, [cfg.sample.settings()], SimpleNamespace(features=features), torch.empty(0), 10)
         assert featurised == expected and len(out) == 1 and out[0].cfg in (1.0, 2.0)
