@@ -84,6 +84,12 @@ class TrainConfig:
     # at twice the previous one's steps and the last at ``steps``; watching only, the weights are the same without
     convergence_points: int = field(default=0, metadata={"identity": False})
     convergence_samples: int = field(default=200, metadata={"identity": False})
+    # training seeds (benchkit.results.seeds): ``seeds`` complete trainings per model, at seed, seed + 1, ...; each
+    # an ordinary run, ``seed_index`` saying which. With ``tokenizer_per_seed`` every seed retrains the tokenizer
+    # too (it is part of the compared method), else all seeds share the first seed's tokenizer. Generators only.
+    seeds: int = field(default=1, metadata={"identity": False})
+    seed_index: int = field(default=0, metadata={"identity": False})
+    tokenizer_per_seed: bool = field(default=True, metadata={"identity": False})
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -102,6 +108,8 @@ class TrainConfig:
             raise ValueError("budget_flops and budget_images must be >= 0 (0: off)")
         if self.budget_flops and self.budget_images:
             raise ValueError("set one training budget, budget_flops or budget_images, not both")
+        if self.seeds < 1 or self.seed_index < 0:
+            raise ValueError(f"seeds must be >= 1 and seed_index >= 0, got {self.seeds} and {self.seed_index}")
         if self.convergence_points < 0 or self.convergence_samples < 5:
             raise ValueError(
                 f"convergence_points must be >= 0 and convergence_samples >= 5, got "

@@ -23,7 +23,7 @@ from benchkit.core.progress import progress_bar
 from benchkit.core.provenance import git_state
 from benchkit.data.base import ImageData, to_float, to_uint8
 from benchkit.evaluation.deviations import head_deviations
-from benchkit.evaluation.tuning import rows_to_tune, tune_run
+from benchkit.evaluation.tuning import rows_to_tune, tune_model
 from benchkit.metrics import cost
 from benchkit.metrics.configured import cache_dir, config_extractor, reference_key
 from benchkit.metrics.cost import backbone_params
@@ -34,7 +34,7 @@ from benchkit.metrics.refstats import streamed_fid
 from benchkit.results.store import append_row, has_row, tuning_selection
 from benchkit.sampling.generate import SampleSettings, balanced_labels
 from benchkit.sampling.grids import reconstruction_grid, save_grid
-from benchkit.training.artifacts import TrainedRun, TrainedTokenizer, model_meta, run_fingerprint
+from benchkit.training.artifacts import TrainedRun, TrainedTokenizer, model_fingerprint, model_meta, run_fingerprint
 from benchkit.training.compute import run_train_flops
 from benchkit.training.convergence import row_fields
 
@@ -104,7 +104,8 @@ def evaluate_run(
     settings = resolve_settings(run, settings or settings_from(cfg))
     extractor = config_extractor(cfg, train)
     kept = {s for s, searched in zip(settings, rows_to_tune(settings)) if not searched}
-    settings = tune_run(run, settings, extractor, test.images, train.num_classes)  # eval.tune: best base setting
+    # eval.tune: the best base setting, chosen once per model (on its first training seed)
+    settings, tuned_on = tune_model(run, settings, extractor, test.images, train.num_classes)
     model = run_fingerprint(cfg)
     evaluation = (cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference, cfg.eval.cost_batch_size)
     # rows whose setting the tuning chose replace those an earlier tuning of this model and evaluation chose
@@ -132,6 +133,7 @@ def evaluate_run(
                     skip_done,
                     first=s == settings[0],
                     tuned_in=tuned_in if tuned else None,
+                    tuned_on=tuned_on if tuned else None,
                 )
             if row is not None:
                 rows.append(row)
@@ -168,10 +170,11 @@ def _measure_generator(
     *,
     first: bool,
     tuned_in: str | None = None,
+    tuned_on: int | None = None,
 ) -> dict[str, Any] | None:
     """One generator row (rank 0 returns it; every rank samples its share). Called under the row's lock.
     ``tuned_in``: the key of the tuned rows this one belongs to (see
-    :func:`benchkit.results.store.tuning_selection`)."""
+    :func:`benchkit.results.store.tuning_selection`); ``tuned_on`` the training seed index the tuning ran on."""
     cfg = run.cfg
     if skip_done and bdist.broadcast_object(has_row(results_dir, row_id)):  # rank 0 decides for every rank
         log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
@@ -249,10 +252,13 @@ def _measure_generator(
         "train_flops": run_train_flops(run),
         **row_fields(run.dir),
         "config_fingerprint": run_fingerprint(cfg),
+        "model": model_fingerprint(cfg),
+        "seed_index": cfg.train.seed_index,
         **_identity(cfg),
     }
     if tuned_in is not None:
         row["tuned_in"] = tuned_in
+        row["tuned_on_seed"] = tuned_on
     append_row(results_dir, row)
     log.info(
         "%s [%s]: FID %.2f  IS %.2f  %.1f img/s",

@@ -29,6 +29,8 @@ Deviations:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,11 +38,14 @@ from typing import Any
 
 import torch
 
-from benchkit.core.config import TUNE_METRICS, EvalConfig
+from benchkit.core import distributed as bdist
+from benchkit.core.config import TUNE_METRICS, EvalConfig, fingerprint
 from benchkit.core.errors import ConfigError
+from benchkit.core.files import atomic_write_text
 from benchkit.data.loading import load_dataset
 from benchkit.metrics.quality import cleanfid_kid, fid_from_features
 from benchkit.sampling.generate import TUNABLE, SampleSettings, balanced_labels, candidates
+from benchkit.training.artifacts import TrainedRun, base_seed_config, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +180,40 @@ def tune_run(
         return tune(options, sample, extractor.features, val, what=run.dir.name + row, metric=cfg.eval.tune_metric)[0]
 
     return tune_settings(settings, cfg.eval.tune, tune_one)
+
+
+def tune_model(
+    run: TrainedRun, settings: list[SampleSettings], extractor: Any, test: torch.Tensor, num_classes: int
+) -> tuple[list[SampleSettings], int]:
+    """:func:`tune_run` once per model: the first training seed tunes and stores its choice in its run directory
+    (``tuned-<evaluation>.json``); every other seed applies that choice. Returns (settings, the seed index they were
+    tuned on). A later seed whose first seed has not been tuned (another process has not got there yet, or only
+    this seed was asked for) tunes on its own samples, with a warning, and says so in its rows."""
+    cfg = run.cfg
+    if not cfg.eval.tune:
+        return settings, cfg.train.seed_index
+    base = base_seed_config(cfg)
+    key = fingerprint(
+        "tuned",
+        [dataclasses.asdict(s) for s in settings],
+        cfg.eval.tune,
+        cfg.eval.tune_samples,
+        cfg.eval.tune_reference,
+        cfg.eval.tune_metric,
+        cfg.eval.features,
+        cfg.eval.num_reference,
+    )
+    path = run_dir(base) / f"tuned-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with bdist.stage_lock(path.with_suffix(".lock")):
+        if bdist.broadcast_object(path.is_file()):
+            stored = json.loads(path.read_text())
+            return [SampleSettings(**s) for s in stored["settings"]], int(stored["seed_index"])
+        if cfg.train.seed_index != 0:
+            log.warning("%s: its first training seed has not been tuned; tuning on this seed's samples", run.dir.name)
+            return tune_run(run, settings, extractor, test, num_classes), cfg.train.seed_index
+        chosen = tune_run(run, settings, extractor, test, num_classes)
+        if bdist.is_main():
+            record = {"seed_index": 0, "settings": [dataclasses.asdict(s) for s in chosen]}
+            atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    return chosen, 0

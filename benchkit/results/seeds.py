@@ -29,6 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchkit.results.convergence import with_improving
+from benchkit.results.significance import with_significance
+
 SEED_METRICS = ("fid", "kid_mean", "class_acc")
 # A generator row names its model config without the seed in ``model``; these columns add the sampling setting.
 SETTING = ("steps", "cfg", "cfg_schedule", "temperature", "diffusion_steps")
@@ -149,3 +152,15 @@ def rank_stability(df: pd.DataFrame, rounds: int = 2000, seed: int = 0) -> pd.Da
         out.at[label, "rank_stability"] = float((ranks[:, j] == observed[j]).mean())
         out.at[label, "rank_interval"] = f"{int(lo)}-{int(hi)}" if lo != hi else str(int(lo))
     return out
+
+
+def table_rows(gen: pd.DataFrame) -> pd.DataFrame:
+    """The generator table: rows folded over training seeds (``aggregate_seeds``), ``still_improving`` judged per
+    seed and reported for the first, then significance: over training seeds (``seed_significance`` and
+    ``rank_stability``) when some row has two or more, else by the sampling spread as before."""
+    if gen.empty:
+        return gen
+    agg = aggregate_seeds(with_improving(gen))
+    if (pd.to_numeric(agg["n_seeds"], errors="coerce") >= 2).any():
+        return rank_stability(seed_significance(agg))
+    return with_significance(agg)

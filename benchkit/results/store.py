@@ -34,8 +34,7 @@ from rich.table import Table
 
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
-from benchkit.results.convergence import with_improving
-from benchkit.results.significance import with_significance
+from benchkit.results.seeds import table_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +62,32 @@ IDENTITY = (
 )
 QUALITY = (
     "fid",
+    "fid_ci95",
+    "fid_sd",
+    "n_seeds",
+    "fid_gap_significant",
+    "fid_gap_p",
+    "rank",
+    "rank_interval",
+    "rank_stability",
     "fid_cleanfid",
     "fid_rel_diff",
     "fid_invalid",
     "fid_inf",
     "seed_spread_fid",
-    "fid_gap_significant",
     "is_mean",
     "is_std",
     "kid_mean",
+    "kid_mean_ci95",
     "kid_std",
     "precision",
     "recall",
     "class_acc",
+    "class_acc_ci95",
     "convergence_fid",
     "still_improving",
 )
-DETAIL = ("convergence_fid_prev", "convergence_fid_noise")  # in the CSV only
+DETAIL = ("convergence_fid_prev", "convergence_fid_noise", "fid_seeds", "model")  # in the CSV only
 TOKENIZER_QUALITY = ("rfid", "rfid_invalid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
 COST = (
     "params",
@@ -97,7 +105,16 @@ COST = (
     "train_time_s",
     "peak_mem_mb",
 )
-PROVENANCE = ("row_id", "tuned_in", "config_fingerprint", "git_sha", "timestamp", "device")
+PROVENANCE = (
+    "row_id",
+    "tuned_in",
+    "tuned_on_seed",
+    "seed_index",
+    "config_fingerprint",
+    "git_sha",
+    "timestamp",
+    "device",
+)
 INT_COLUMNS = (
     "steps",
     "n_samples",
@@ -112,12 +129,20 @@ INT_COLUMNS = (
     "n_ref",
     "isc_splits",
     "kid_subset_size",
+    "n_seeds",
+    "rank",
 )
 # Decimals shown per column; other float columns get 4.
 DECIMALS = {
     "cfg": 2,
     "temperature": 2,
     "fid": 2,
+    "fid_ci95": 2,
+    "fid_sd": 2,
+    "fid_gap_p": 3,
+    "rank_stability": 2,
+    "kid_mean_ci95": 4,
+    "class_acc_ci95": 3,
     "fid_cleanfid": 2,
     "fid_rel_diff": 3,
     "fid_inf": 2,
@@ -451,7 +476,7 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
 
     gen, tok = split_kinds(df)
-    gen = with_improving(with_significance(gen))
+    gen = table_rows(gen)
     written: dict[str, Path] = {}
     for stem, kind, part in (("table", "generator", gen), ("tokenizers", "tokenizer", tok)):
         if kind == "tokenizer" and part.empty:
@@ -474,7 +499,7 @@ def rich_table(df: pd.DataFrame, title: str) -> Table:
 
     kind = "tokenizer" if "kind" in df.columns and len(df) and (df["kind"] == "tokenizer").all() else "generator"
     if kind == "generator":
-        df = with_improving(with_significance(df))
+        df = table_rows(df)
     cols, rows, numeric = _display(_int_columns(df), kind)
     table = Table(title=title, caption=" ".join(_notes(df)) or None)
     for i, (col, num) in enumerate(zip(cols, numeric)):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +95,40 @@ def model_meta(directory: str | Path) -> dict[str, Any]:
 TOKENIZER_REVISION = 2
 
 
+def tokenizer_seed(cfg: RunConfig) -> int:
+    """The seed the tokenizer trains with: the run's, or with ``train.tokenizer_per_seed = false`` the first
+    training seed's (``seed - train.seed_index``), so that every training seed of a model shares one tokenizer."""
+    return cfg.seed if cfg.train.tokenizer_per_seed else cfg.seed - cfg.train.seed_index
+
+
+def base_seed_config(cfg: RunConfig) -> RunConfig:
+    """The config of the first training seed of this config's model (itself when it is that seed)."""
+    if cfg.train.seed_index == 0:
+        return cfg
+    return replace(cfg, seed=cfg.seed - cfg.train.seed_index, train=replace(cfg.train, seed_index=0))
+
+
+def seed_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The ``train.seeds`` configs of this config's model: seed, seed + 1, ... with ``train.seed_index`` 0, 1, ...
+    (each an ordinary run; the first is ``cfg`` itself when its index is 0)."""
+    base = base_seed_config(cfg)
+    return [
+        replace(base, seed=base.seed + i, train=replace(base.train, seed_index=i)) if i else base
+        for i in range(cfg.train.seeds)
+    ]
+
+
+def model_fingerprint(cfg: RunConfig) -> str:
+    """Identity of a model config whatever its training seed: the first seed's run fingerprint (plus the shared
+    tokenizer switch when it is off). The rows of every training seed of a model carry it as ``model``."""
+    first = run_fingerprint(base_seed_config(cfg))
+    return first if cfg.train.tokenizer_per_seed else fingerprint("model", first, "shared-tokenizer")
+
+
 def tokenizer_fingerprint(cfg: RunConfig) -> str:
     """Identity of a trained tokenizer: code revision, data, tokenizer options, its training stage, seed."""
     return fingerprint(
-        "tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), cfg.seed
+        "tokenizer", TOKENIZER_REVISION, cfg.data, cfg.tokenizer, cfg.tokenizer_train.identity(), tokenizer_seed(cfg)
     )
 
 

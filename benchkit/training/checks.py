@@ -59,6 +59,11 @@ def check(cfg: RunConfig, *, include_eval: bool = True) -> Combination:
             "training budgets and convergence points apply to generators: set train.budget_flops, "
             "train.budget_images or train.convergence_points, not the tokenizer_train ones"
         )
+    if t.seeds != 1 or t.seed_index != 0 or not t.tokenizer_per_seed:
+        raise ConfigError(
+            "training seeds apply to generators (and their tokenizers): set train.seeds, train.seed_index or "
+            "train.tokenizer_per_seed, not the tokenizer_train ones"
+        )
     if include_eval:
         check_eval(cfg)
     return combo

@@ -21,7 +21,14 @@ from benchkit.core.distributed import is_main, pick_device
 from benchkit.core.errors import CheckpointError
 from benchkit.data.base import ImageData, to_float
 from benchkit.metrics.perceptual import lpips_loss
-from benchkit.training.artifacts import MODEL, TrainedTokenizer, build_tokenizer, tokenizer_dir, tokenizer_fingerprint
+from benchkit.training.artifacts import (
+    MODEL,
+    TrainedTokenizer,
+    build_tokenizer,
+    tokenizer_dir,
+    tokenizer_fingerprint,
+    tokenizer_seed,
+)
 from benchkit.training.checks import check_sizes
 from benchkit.training.tblog import reconstruction_preview
 from benchkit.training.trainer import fit
@@ -37,7 +44,7 @@ def train_tokenizer(
     bdist.init_distributed(device)
     fp, tdir = tokenizer_fingerprint(cfg), tokenizer_dir(cfg)
     tdir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(tokenizer_seed(cfg))
     module = build_tokenizer(cfg, device)
     with bdist.stage_lock(tdir / ".lock"):
         if bdist.broadcast_object(checkpoint_exists(tdir / MODEL)):
@@ -58,7 +65,7 @@ def train_tokenizer(
             len(train),
             cfg.tokenizer_train,
             tdir,
-            seed=cfg.seed,
+            seed=tokenizer_seed(cfg),
             fingerprint=fp,
             desc=f"tokenizer {cfg.tokenizer.name}",
             resume=resume,

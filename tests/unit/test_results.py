@@ -15,7 +15,9 @@ import pytest
 
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_bytes, atomic_write_text
+from benchkit.results.seeds import table_rows
 from benchkit.results.store import (
+    DETAIL,
     ROWS_FILE,
     append_row,
     compact_rows,
@@ -258,8 +260,12 @@ def test_table_columns_and_rich_table() -> None:
     assert cols[:4] == ["tokenizer", "generator", "head", "features"] and "git_sha" not in cols
     table = rich_table(df.iloc[:3], "runs")
     headers = [str(c.header) for c in table.columns]
-    # long names wrap at their underscores; the names themselves are unchanged
-    assert [h.replace("\n", "") for h in headers] == cols and table.row_count == 3
+    # long names wrap at their underscores; the names themselves are unchanged; the table folds training seeds
+    shown = table_columns(table_rows(df.iloc[:3]), provenance=False)
+    assert [c for c in shown if c not in ("n_seeds", "fid_seeds")] == cols and shown.index("n_seeds") > shown.index(
+        "fid"
+    )
+    assert [h.replace("\n", "") for h in headers] == [c for c in shown if c not in DETAIL] and table.row_count == 3
     assert "images_\nper_\ns" in headers
     from rich.console import Console
 
