@@ -36,18 +36,32 @@ def with_improving(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{MARK: improving_marks(df)})
 
 
-def convergence_series(df: pd.DataFrame, out_root: Path) -> dict[str, list[tuple[float, float]]]:
-    """``{tokenizer+generator+head: [(train_flops, fid), ...]}`` from the convergence files of the generator runs
-    in ``df`` (under ``out_root/runs``); a label shared by several runs gets the run name appended."""
+def convergence_series(df: pd.DataFrame, out_root: Path) -> dict[str, list[tuple[float, ...]]]:
+    """``{tokenizer+generator+head: [(train_flops, fid, low, high), ...]}`` from the convergence files of the
+    generator runs in ``df`` (under ``out_root/runs``). The training seeds of one model (same ``model``) make one
+    series: the mean FID at each point and the lowest and highest seed's, the band the plot shades. A label shared
+    by several models gets the first run's name appended."""
     if "run" not in df.columns:
         return {}
     gen = df[df["kind"] != "tokenizer"] if "kind" in df.columns else df
     runs = gen.drop_duplicates("run")
-    labels = ["+".join(str(r.get(k)) for k in ("tokenizer", "generator", "head")) for _, r in runs.iterrows()]
-    out: dict[str, list[tuple[float, float]]] = {}
-    for label, run in zip(labels, runs["run"]):
-        points = read_points(Path(out_root) / "runs" / str(run))
-        if points:
-            key = label if labels.count(label) == 1 else f"{label} ({run})"
-            out[key] = [(float(p["train_flops"]), float(p["fid"])) for p in points]
+    models = runs["model"].fillna(runs["run"]) if "model" in runs.columns else runs["run"]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for (_, r), model in zip(runs.iterrows(), models):
+        label = "+".join(str(r.get(k)) for k in ("tokenizer", "generator", "head"))
+        groups.setdefault(str(model), []).append((label, str(r["run"])))
+    labels = [members[0][0] for members in groups.values()]
+    out: dict[str, list[tuple[float, ...]]] = {}
+    for members in groups.values():
+        label, first = members[0]
+        per_seed = [read_points(Path(out_root) / "runs" / run) for _, run in members]
+        per_seed = [p for p in per_seed if p]
+        if not per_seed:
+            continue
+        n = min(len(p) for p in per_seed)  # a seed still training has fewer points
+        key = label if labels.count(label) == 1 else f"{label} ({first})"
+        out[key] = []
+        for i in range(n):
+            fids = [float(p[i]["fid"]) for p in per_seed]
+            out[key].append((float(per_seed[0][i]["train_flops"]), sum(fids) / len(fids), min(fids), max(fids)))
     return out

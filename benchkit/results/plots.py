@@ -27,6 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFo
 
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_bytes
+from benchkit.results.seeds import table_rows
 from benchkit.results.store import TABLE_FILES_CSV, human_number, read_rows, split_kinds
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,10 @@ def pareto_figure(df: pd.DataFrame) -> tuple[Figure, list[str]]:
     fig = Figure(figsize=(8, 5.5))
     ax = fig.add_subplot()
     key: list[Line2D] = []
-    for n, (g, h, x, y, name) in enumerate(zip(gens, heads, speed, fid, _point_names(data)), start=1):
+    ci = data["fid_ci95"].astype("float64").tolist() if "fid_ci95" in data else [math.nan] * len(data)
+    for n, (g, h, x, y, e, name) in enumerate(zip(gens, heads, speed, fid, ci, _point_names(data)), start=1):
+        if math.isfinite(e):  # 95% interval over training seeds
+            ax.errorbar(x, y, yerr=e, color=colour[h], linewidth=1, capsize=3, zorder=2)
         ax.scatter(x, y, marker=marker[g], color=colour[h], s=55, edgecolors="black", linewidths=0.5, zorder=3)
         ax.annotate(str(n), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=4)
         key.append(Line2D([], [], marker=marker[g], color=colour[h], linestyle="", label=f"{n}. {name}"))
@@ -216,17 +220,29 @@ def fid_vs_steps_plot(df: pd.DataFrame, path: Path) -> Series:
     return series
 
 
-def fid_vs_train_flops_plot(series: Series, path: Path) -> Series:
+def fid_vs_train_flops_plot(
+    series: dict[str, list[tuple[float, ...]]], path: Path
+) -> dict[str, list[tuple[float, ...]]]:
     """Convergence FID against training FLOPs (log x; log y when FID spans a decade), one line per model
-    ``{tokenizer+generator+head: [(train_flops, fid), ...]}`` (``benchkit.results.convergence.convergence_series``)."""
+    ``{tokenizer+generator+head: [(train_flops, fid[, low, high]), ...]}`` (``benchkit.results.convergence
+    .convergence_series``: the mean over training seeds, and the band from the lowest to the highest seed)."""
     series = {k: sorted(v) for k, v in series.items() if v}
     if not series:
         raise ConfigError("no convergence points to plot; train with train.convergence_points > 0")
     flops = [p[0] for pts in series.values() for p in pts]
-    fids = [p[1] for pts in series.values() for p in pts]
+    fids = [v for pts in series.values() for p in pts for v in p[1:]]
     fig, ax = _axes()
     for (label, pts), m in zip(series.items(), itertools.cycle(MARKERS)):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, label=label, linewidth=1.2)
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, label=label, linewidth=1.2)
+        if all(len(p) == 4 for p in pts) and any(p[2] != p[3] for p in pts):  # training seeds: lowest to highest
+            ax.fill_between(
+                [p[0] for p in pts],
+                [p[2] for p in pts],
+                [p[3] for p in pts],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     if min(flops) > 0:
         _log_axis(ax.xaxis, ax.set_xscale, flops)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_number(v, "g")))
@@ -288,13 +304,13 @@ def find_training_logs(results_dir: Path, exclude: Path | None = None) -> dict[s
 def plots_from_results(results_dir: Path, out_dir: Path) -> list[Path]:
     """Every plot the rows allow: pareto.png, fid_vs_steps.png, training_curves.png. Returns the paths written."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    df = read_rows(results_dir)
+    df = table_rows(split_kinds(read_rows(results_dir))[0])  # one point per model and setting, over its seeds
     written: list[Path] = []
     jobs = (
         ("pareto.png", ("fid", "images_per_s"), pareto_plot),
         ("fid_vs_steps.png", ("fid", "steps"), fid_vs_steps_plot),
     )
-    for name, cols, fn in jobs:
+    for name, _cols, fn in jobs:
         try:
             fn(df, out_dir / name)
         except ConfigError as e:

@@ -114,10 +114,18 @@ def test_fid_vs_train_flops_plot_and_series(tmp_path: Path) -> None:
         }
     )
     series = convergence_series(df, tmp_path)
-    assert series == {
-        "vq+ar+ce": [(1e10, 50.0), (2e10, 25.0), (4e10, 12.5)],
-        "kl+mar+diffloss": [(3e10, 50.0), (6e10, 25.0), (1.2e11, 12.5)],
+    assert series == {  # (flops, mean FID, lowest, highest seed): one seed each here
+        "vq+ar+ce": [(1e10, 50.0, 50.0, 50.0), (2e10, 25.0, 25.0, 25.0), (4e10, 12.5, 12.5, 12.5)],
+        "kl+mar+diffloss": [(3e10, 50.0, 50.0, 50.0), (6e10, 25.0, 25.0, 25.0), (1.2e11, 12.5, 12.5, 12.5)],
     }
+    # two training seeds of one model: one series, the mean and the band between them
+    for run, fid in (("s0", 40.0), ("s1", 60.0)):
+        for step in (10, 20):
+            store_point(tmp_path / "runs" / run, {"step": step, "train_flops": step * 1e9, "fid": fid / step * 10})
+    seeds = pd.DataFrame(
+        {"run": ["s0", "s1"], "model": ["m", "m"], "tokenizer": "vq", "generator": "mar", "head": "ce"}
+    )
+    assert convergence_series(seeds, tmp_path) == {"vq+mar+ce": [(1e10, 50.0, 40.0, 60.0), (2e10, 25.0, 20.0, 30.0)]}
     out = tmp_path / "fid_vs_train_flops.png"
     assert fid_vs_train_flops_plot(series, out) == series
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
