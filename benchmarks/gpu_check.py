@@ -107,24 +107,18 @@ def sample_seconds(
         cfg_schedule=cfg.sample.cfg_schedule,
         diffusion_steps=diffusion_steps if cfg.head.name == "diffloss" else None,
     )
-    kw = dict(
-        steps=settings.steps,
-        cfg=settings.cfg,
-        cfg_schedule=settings.cfg_schedule,
-        diffusion_steps=settings.diffusion_steps,
-    )
     with autocast("bf16", device):
         gen.generate(
             torch.arange(min(8, batch_size), device=device),
+            settings,
             generator=torch.Generator(device=device).manual_seed(0),
-            **kw,
         )
         _sync(device)
         t0 = time.perf_counter()
         gen.generate(
             torch.arange(batch_size, device=device) % 1000,
+            settings,
             generator=torch.Generator(device=device).manual_seed(1),
-            **kw,
         )
         _sync(device)
     return (time.perf_counter() - t0) / batch_size

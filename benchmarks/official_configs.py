@@ -38,7 +38,7 @@ from torch import nn
 
 import benchkit.generators  # noqa: F401  (registers the generators)
 import benchkit.heads  # noqa: F401  (registers the heads)
-from benchkit.core.config import TrainConfig
+from benchkit.core.config import SampleSettings, TrainConfig
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.registry import GENERATORS
 from benchkit.metrics.cost import count_params
@@ -113,14 +113,14 @@ def train_step(model: nn.Module, spec: TokenSpec) -> Callable[[], None]:
     return step
 
 
-def sampler(model: nn.Module, **kwargs: Any) -> Callable[[], torch.Tensor]:
-    """``generate`` of 16 images (labels 0..9, 0..5) with a fixed seed."""
+def sampler(model: nn.Module, settings: SampleSettings) -> Callable[[], torch.Tensor]:
+    """``generate`` of 16 images (labels 0..9, 0..5) under ``settings`` with a fixed seed."""
     labels = torch.arange(SAMPLE_BATCH) % NUM_CLASSES
 
     @torch.no_grad()
     def run() -> torch.Tensor:
         model.eval()
-        return model.generate(labels, generator=torch.Generator().manual_seed(0), **kwargs)
+        return model.generate(labels, settings, generator=torch.Generator().manual_seed(0))
 
     return run
 
@@ -132,12 +132,12 @@ def measure(repeats: int, only: str = "") -> list[tuple[Work, float, int]]:
     ar = build("ar", SPEC_B, "ce", AR_B, {})
     fns = [
         (mar, train_step(mar, SPEC_A)),
-        (mar, sampler(mar, steps=16, diffusion_steps=25, cfg=1.0)),
-        (mar, sampler(mar, steps=16, diffusion_steps=25, cfg=3.0, cfg_schedule="linear")),
+        (mar, sampler(mar, SampleSettings(steps=16, diffusion_steps=25, cfg=1.0))),
+        (mar, sampler(mar, SampleSettings(steps=16, diffusion_steps=25, cfg=3.0, cfg_schedule="linear"))),
         (rqt, train_step(rqt, SPEC_B)),
-        (rqt, sampler(rqt, cfg=1.0)),
+        (rqt, sampler(rqt, SampleSettings(cfg=1.0))),
         (ar, train_step(ar, SPEC_B)),
-        (ar, sampler(ar, cfg=1.0)),
+        (ar, sampler(ar, SampleSettings(cfg=1.0))),
     ]
     out = []
     for work, (model, fn) in zip(WORKS, fns, strict=True):

@@ -41,6 +41,7 @@ def worker(steps: int) -> dict[str, float]:
     import torch
 
     from benchkit.core.compat import check_combination
+    from benchkit.core.config import SampleSettings
     from benchkit.core.interfaces import Batch
     from benchkit.core.registry import GENERATORS
 
@@ -62,9 +63,9 @@ def worker(steps: int) -> dict[str, float]:
         step()
     train_s = time.perf_counter() - t0
     model.eval()
-    model.head.sampling_steps = 25
+    settings = SampleSettings(steps=4, diffusion_steps=25)
     t0 = time.perf_counter()
-    model.generate(torch.arange(16) % 10, steps=4, generator=torch.Generator().manual_seed(0))
+    model.generate(torch.arange(16) % 10, settings, generator=torch.Generator().manual_seed(0))
     sample_s = time.perf_counter() - t0
     return {
         "train_images_per_s": 64 * steps / train_s,

@@ -22,6 +22,7 @@ from torch import nn
 
 import benchkit.generators
 import benchkit.heads  # noqa: F401  (registers the heads)
+from benchkit.core.config import SampleSettings
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.precision import autocast
 from benchkit.core.registry import GENERATORS
@@ -67,10 +68,11 @@ def generate(
 ) -> Callable[[], Any]:
     """A closure that samples ``batch`` images' tokens with a fixed seed (cfg = 1)."""
     labels = torch.arange(batch, device=device) % NUM_CLASSES
+    settings = SampleSettings(steps=steps, diffusion_steps=diffusion_steps)
 
     def run() -> torch.Tensor:
         g = torch.Generator(device=device).manual_seed(0)
-        return model.generate(labels, steps=steps, generator=g, diffusion_steps=diffusion_steps)
+        return model.generate(labels, settings, generator=g)
 
     return run
 

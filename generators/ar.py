@@ -19,7 +19,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -28,30 +27,29 @@ from torch import nn
 from benchkit.core.config import UNLESS_DEFAULT
 from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
-from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
-from benchkit.nn.conditioning import check_transformer_options, token_embedding
+from benchkit.generators.common import (
+    ClassConditionalGenerator,
+    GeneratorOptions,
+    GuidedSampler,
+    check_fixed_steps,
+)
+from benchkit.nn.conditioning import token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ARConfig:
+class ARConfig(GeneratorOptions):
     """Options of the raster-order AR generator (defaults = ``tiny``)."""
 
-    width: int = 96
     depth: int = 4  # transformer blocks: MAR's encoder + decoder depth, so backbones match (MAR Sec. 4.2)
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    label_drop: float = 0.1
     use_kv_cache: bool = True
     # slots holding the class embedding in front of the tokens (LlamaGen: 1; MAR's buffer: 64); in a run's
     # fingerprint only when not 1, so runs trained before this option keep their names
     class_tokens: int = field(default=1, metadata=UNLESS_DEFAULT)
 
-    def __post_init__(self) -> None:
-        check_transformer_options(self, "depth", "class_tokens")
+    def counts(self) -> dict[str, int]:
+        """Blocks and class slots (>= 1)."""
+        return {"depth": self.depth, "class_tokens": self.class_tokens}
 
 
 @GENERATORS.register("ar", config=ARConfig)
@@ -98,16 +96,14 @@ class ARGenerator(ClassConditionalGenerator):
         loss = self.head.loss(z.reshape(-1, z.shape[-1]), target, None)
         return LossOutput(loss, {"loss": float(loss.detach())})
 
-    def sample_tokens(
-        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
-    ) -> torch.Tensor:
+    def sample_tokens(self, labels: torch.Tensor, sampler: GuidedSampler, progress: Progress | None) -> torch.Tensor:
         """Sample one token at a time in raster order; returns tokens in the spec layout.
 
         ``steps`` must be None or the sequence length h*w*D. With ``use_kv_cache`` each step feeds only the new
         token; without it the whole prefix is recomputed (the reference path; same tokens for the same seed).
         """
         L, B = self.seq_len, labels.shape[0]
-        check_fixed_steps(steps, L, "ar generates one token per step (h*w*depth tokens)")
+        check_fixed_steps(sampler.settings.steps, L, "ar generates one token per step (h*w*depth tokens)")
         P = self.cfg.class_tokens
         x = self.class_slots(sampler.class_labels(labels)) + self.pos_emb[:, :P]  # [B', P, W] the class slots
         decoder = IncrementalDecoder(self.transformer, self.num_slots, x, cached=self.use_kv_cache).start(x)

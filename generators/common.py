@@ -1,9 +1,13 @@
-"""What the built-in generators share: their constructor, the checks of ``generate`` and the guided head draw.
+"""What the built-in generators share: their options, their constructor, the checks of ``generate`` and the guided
+head draw.
 
-:class:`ClassConditionalGenerator` checks the token layout and the class count, lets the subclass build its layers
-(``build``), then builds the per-token head on top of ``cfg.width``-wide condition vectors; the head is built last,
-so the generator's weight init leaves the head's own init alone. Its ``generate`` checks the arguments, moves the
-labels to the model and hands a :class:`GuidedSampler` to the subclass's ``sample_tokens``.
+:class:`GeneratorOptions` holds the options every generator config carries (transformer width, heads, MLP ratio,
+dropout, label dropout) and checks them; a config subclasses it, as the conv tokenizers' configs subclass
+``ConvOptions``. :class:`ClassConditionalGenerator` checks the token layout and the class count, lets the subclass
+build its layers (``build``), then builds the per-token head on top of ``cfg.width``-wide condition vectors; the head
+is built last, so the generator's weight init leaves the head's own init alone. Its ``generate`` takes one
+:class:`~benchkit.core.config.SampleSettings` (checked when it was made), checks the labels, moves them to the model
+and hands a :class:`GuidedSampler` holding the settings to the subclass's ``sample_tokens``.
 
 Classifier-free guidance (LlamaGen, MAR): a guided call runs one doubled batch [conditional rows; unconditional
 rows], both halves fed the same tokens (:meth:`GuidedSampler.both`); at each step the guidance scale follows the
@@ -19,29 +23,56 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchkit.core.config import SampleSettings
 from benchkit.core.errors import ConfigError, IncompatibleComponentsError
-from benchkit.core.interfaces import Progress, TokenSpec
+from benchkit.core.interfaces import Head, Progress, TokenSpec
 from benchkit.core.registry import HEADS
 from benchkit.nn.conditioning import drop_labels, guidance_labels
-from benchkit.nn.schedules import cfg_at, check_sampling_args
+from benchkit.nn.schedules import cfg_at
+
+
+@dataclass(frozen=True)
+class GeneratorOptions:
+    """Options every generator config carries (defaults = the ``tiny`` size); a config adds its own fields (a
+    subclass may redeclare one of these to change its default) and names its sizes in :meth:`counts`."""
+
+    width: int = 96  # transformer width, also the width of the head's condition vectors
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    label_drop: float = 0.1  # training: probability of replacing a label by the null class (CFG)
+
+    def counts(self) -> dict[str, int]:
+        """The config's own sizes that must be >= 1 (depths, slots, steps), by option name."""
+        return {}
+
+    def __post_init__(self) -> None:
+        for name, value in {"width": self.width, **self.counts(), "num_heads": self.num_heads}.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_drop <= 1.0:
+            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
 
 
 @dataclass(frozen=True)
 class GuidedSampler:
-    """The sampling options of one ``generate`` call and the head draw every step makes with them."""
+    """The sampling setting of one ``generate`` call and the head draw every step makes with it."""
 
-    head: Any  # a Head
+    head: Head
     num_classes: int
-    cfg: float
-    cfg_schedule: str
-    temperature: float
+    settings: SampleSettings
     generator: torch.Generator | None
-    diffusion_steps: int | None
 
     @property
     def guided(self) -> bool:
         """Whether the batch is doubled [conditional; unconditional]."""
-        return self.cfg != 1.0
+        return self.settings.cfg != 1.0
 
     def class_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels of the batch the model runs: [labels; null class] when guided, else ``labels``."""
@@ -54,11 +85,12 @@ class GuidedSampler:
     def draw(self, cond: torch.Tensor, done: float) -> torch.Tensor:
         """Head sample for condition rows ``cond`` (conditional rows first when guided), with ``done`` the fraction
         of tokens generated after this step; a scale of exactly 1 drops the unconditional rows."""
-        w = cfg_at(self.cfg, self.cfg_schedule, done)
+        s = self.settings
+        w = cfg_at(s.cfg, s.cfg_schedule, done)
         if self.guided and w == 1.0:
             cond = cond[: len(cond) // 2]
         return self.head.sample(
-            cond, temperature=self.temperature, cfg=w, generator=self.generator, diffusion_steps=self.diffusion_steps
+            cond, temperature=s.temperature, cfg=w, generator=self.generator, diffusion_steps=s.diffusion_steps
         )
 
 
@@ -69,14 +101,14 @@ class ClassConditionalGenerator(nn.Module):
     ``sample_tokens``.
     """
 
-    cfg: Any
+    cfg: GeneratorOptions
     spec: TokenSpec
     num_classes: int
     class_emb: nn.Embedding
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: GeneratorOptions,
         *,
         spec: TokenSpec,
         head: str,
@@ -125,33 +157,39 @@ class ClassConditionalGenerator(nn.Module):
     def generate(
         self,
         labels: torch.Tensor,
+        settings: SampleSettings | None = None,
         *,
-        steps: int | None = None,
-        cfg: float = 1.0,
-        cfg_schedule: str = "constant",
-        temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
-        diffusion_steps: int | None = None,
     ) -> torch.Tensor:
-        """Tokens [B, *spec.token_shape] for ``labels`` [B] (the null class ``num_classes`` = unconditional)."""
-        check_sampling_args(
-            labels,
-            self.num_classes,
-            steps=steps,
-            cfg=cfg,
-            cfg_schedule=cfg_schedule,
-            temperature=temperature,
-            diffusion_steps=diffusion_steps,
-        )
-        sampler = GuidedSampler(self.head, self.num_classes, cfg, cfg_schedule, temperature, generator, diffusion_steps)
-        return self.sample_tokens(labels.to(self.class_emb.weight.device), steps, sampler, progress)
+        """Tokens [B, *spec.token_shape] for ``labels`` [B] (the null class ``num_classes`` = unconditional).
 
-    def sample_tokens(
-        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
-    ) -> torch.Tensor:
-        """The generator's sampling loop, after ``generate`` checked its arguments."""
+        ``settings`` (None: ``SampleSettings()``) was checked when it was made; the checks that depend on the model
+        (labels here, steps in ``sample_tokens``) run before any compute. Its ``precision`` is the caller's autocast
+        (``benchkit.sampling.generate``). Random draws come from ``generator``; ``progress(done, total)`` after each
+        step.
+        """
+        if settings is None:
+            settings = SampleSettings()
+        elif not isinstance(settings, SampleSettings):
+            raise TypeError(f"settings must be a SampleSettings or None, got {type(settings).__name__}")
+        check_labels(labels, self.num_classes)
+        sampler = GuidedSampler(self.head, self.num_classes, settings, generator)
+        return self.sample_tokens(labels.to(self.class_emb.weight.device), sampler, progress)
+
+    def sample_tokens(self, labels: torch.Tensor, sampler: GuidedSampler, progress: Progress | None) -> torch.Tensor:
+        """The generator's sampling loop (``sampler.settings`` is the setting), after ``generate`` checked the
+        labels; it checks ``sampler.settings.steps`` against the model before any compute."""
         raise NotImplementedError
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise ConfigError unless ``labels`` is a long tensor [B] in [0, num_classes] (``num_classes``: the null
+    class)."""
+    if labels.ndim != 1 or labels.dtype != torch.long:
+        raise ConfigError(f"labels must be a long tensor [B], got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
+        raise ConfigError(f"labels must be in [0, {num_classes}] ({num_classes} = unconditional)")
 
 
 def one_token_per_position(name: str, spec: TokenSpec) -> str | None:

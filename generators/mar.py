@@ -17,7 +17,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -29,35 +28,38 @@ from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
 from benchkit.generators.common import (
     ClassConditionalGenerator,
+    GeneratorOptions,
     GuidedSampler,
     gather_positions,
     one_token_per_position,
     scatter_positions,
 )
-from benchkit.nn.conditioning import check_transformer_options, token_embedding
+from benchkit.nn.conditioning import token_embedding
 from benchkit.nn.schedules import mask_ratio_truncnorm, tokens_to_keep_masked
 from benchkit.nn.transformer import LN_EPS, Transformer, init_weights
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
-class MARConfig:
+class MARConfig(GeneratorOptions):
     """Options of the MAR generator (defaults = ``tiny``)."""
 
-    width: int = 96
     encoder_depth: int = 2
     decoder_depth: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
     buffer_size: int = 8  # class-embedding slots in front of the sequence (64 in MAR)
-    label_drop: float = 0.1
     mask_ratio_min: float = 0.7
     steps: int = 16  # default generation steps (capped at h*w)
 
+    def counts(self) -> dict[str, int]:
+        """Blocks, class slots and default steps (>= 1)."""
+        return {
+            "encoder_depth": self.encoder_depth,
+            "decoder_depth": self.decoder_depth,
+            "buffer_size": self.buffer_size,
+            "steps": self.steps,
+        }
+
     def __post_init__(self) -> None:
-        check_transformer_options(self, "encoder_depth", "decoder_depth", "buffer_size", "steps")
+        super().__post_init__()
         if not 0.0 <= self.mask_ratio_min < 1.0:
             raise ValueError(f"mask_ratio_min must be in [0, 1), got {self.mask_ratio_min}")
 
@@ -143,11 +145,9 @@ class MARGenerator(ClassConditionalGenerator):
         loss = self.head.loss(cond, target, None)
         return LossOutput(loss, {"loss": float(loss.detach()), "mask_ratio": n_masked / L})
 
-    def sample_tokens(
-        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
-    ) -> torch.Tensor:
+    def sample_tokens(self, labels: torch.Tensor, sampler: GuidedSampler, progress: Progress | None) -> torch.Tensor:
         """Sample in ``steps`` rounds (default ``cfg.steps``, at most h*w) along one random order per sample."""
-        L, B = self.seq_len, labels.shape[0]
+        L, B, steps = self.seq_len, labels.shape[0], sampler.settings.steps
         K = min(self.cfg.steps, L) if steps is None else steps
         if K > L:
             raise ConfigError(f"mar steps must be in [1, {L}] (h*w tokens), got {steps}")

@@ -27,7 +27,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,35 +37,30 @@ from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
 from benchkit.generators.common import (
     ClassConditionalGenerator,
+    GeneratorOptions,
     GuidedSampler,
     check_fixed_steps,
     gather_positions,
     one_token_per_position,
     scatter_positions,
 )
-from benchkit.nn.conditioning import check_transformer_options, token_embedding
+from benchkit.nn.conditioning import token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
-
-log = logging.getLogger(__name__)
 
 Order = Literal["random", "raster"]
 
 
 @dataclass(frozen=True)
-class RandARConfig:
+class RandARConfig(GeneratorOptions):
     """Options of the random-order causal AR generator (defaults = ``tiny``, same backbone as ``ar``)."""
 
-    width: int = 96
     depth: int = 4  # transformer blocks: MAR's encoder + decoder depth, so backbones match
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    label_drop: float = 0.1
     order: Order = "random"
     use_kv_cache: bool = True
 
-    def __post_init__(self) -> None:
-        check_transformer_options(self, "depth")
+    def counts(self) -> dict[str, int]:
+        """Blocks (>= 1)."""
+        return {"depth": self.depth}
 
 
 @GENERATORS.register("randar", config=RandARConfig)
@@ -132,16 +126,14 @@ class RandARGenerator(ClassConditionalGenerator):
         loss = self.head.loss(z.reshape(B * L, -1), target.reshape(B * L, *target.shape[2:]), None)
         return LossOutput(loss, {"loss": float(loss.detach())})
 
-    def sample_tokens(
-        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
-    ) -> torch.Tensor:
+    def sample_tokens(self, labels: torch.Tensor, sampler: GuidedSampler, progress: Progress | None) -> torch.Tensor:
         """Sample one token per step along one order per sample (drawn first from the sampling generator).
 
         ``steps`` must be None or h*w. With ``use_kv_cache`` each step feeds only the new slot; without it the
         whole prefix is recomputed (the reference path; same tokens for the same seed).
         """
         L, B = self.seq_len, labels.shape[0]
-        check_fixed_steps(steps, L, "randar generates one token per step (h*w tokens)")
+        check_fixed_steps(sampler.settings.steps, L, "randar generates one token per step (h*w tokens)")
         order = self.sample_order(B, device=labels.device, generator=sampler.generator)
         both_order = sampler.both(order)  # the unconditional half follows the same order
         x = (self.class_emb(sampler.class_labels(labels)) + self.target_emb[0][both_order[:, 0]])[:, None]  # slot 0

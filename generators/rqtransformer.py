@@ -32,7 +32,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,33 +41,36 @@ from torch import nn
 from benchkit.core.errors import IncompatibleComponentsError
 from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
-from benchkit.generators.common import ClassConditionalGenerator, GuidedSampler, check_fixed_steps
-from benchkit.nn.conditioning import check_transformer_options, token_embedding
+from benchkit.generators.common import (
+    ClassConditionalGenerator,
+    GeneratorOptions,
+    GuidedSampler,
+    check_fixed_steps,
+)
+from benchkit.nn.conditioning import token_embedding
 from benchkit.nn.transformer import IncrementalDecoder, Transformer, init_weights
 
-log = logging.getLogger(__name__)
 OFFICIAL_LN_EPS = 1e-5  # torch's LayerNorm default, used by the official minGPT-style blocks
 
 
 @dataclass(frozen=True)
-class RQTransformerConfig:
+class RQTransformerConfig(GeneratorOptions):
     """Options of the RQ-Transformer generator (defaults = ``tiny``)."""
 
-    width: int = 96
     spatial_depth: int = 3  # blocks of the spatial transformer
     depth_depth: int = 1  # blocks of the depth transformer
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    label_drop: float = 0.1
     use_kv_cache: bool = True
     code_embedding: Literal["learned", "codebook"] = "learned"  # "codebook": the official embedding path
     codebook_dim: int = 0  # width of the frozen codebook copy (code_embedding = "codebook" only)
     soft_target_temperature: float = 0.0  # > 0: soft-target CE at this temperature (needs the rq tokenizer, ce head)
     stochastic_codes: bool = False  # with soft targets: input codes drawn from q_d instead of the argmin
 
+    def counts(self) -> dict[str, int]:
+        """Blocks of both transformers (>= 1)."""
+        return {"spatial_depth": self.spatial_depth, "depth_depth": self.depth_depth}
+
     def __post_init__(self) -> None:
-        check_transformer_options(self, "spatial_depth", "depth_depth")
+        super().__post_init__()
         if self.code_embedding not in ("learned", "codebook"):
             raise ValueError(f"code_embedding must be one of learned, codebook, got {self.code_embedding!r}")
         if (self.code_embedding == "codebook") != (self.codebook_dim > 0):
@@ -109,7 +111,7 @@ class RQTransformerGenerator(ClassConditionalGenerator):
         nn.init.normal_(self.depth_pos, std=0.02)
         if self.official:
             nn.init.normal_(self.start_pos, std=0.02)
-            self.spatial.norm = nn.Identity()  # the official spatial stack ends without a LayerNorm
+            self.spatial.add_module("norm", nn.Identity())  # the official spatial stack ends without a LayerNorm
             for m in self.modules():
                 if isinstance(m, nn.LayerNorm):
                     m.eps = OFFICIAL_LN_EPS
@@ -182,16 +184,14 @@ class RQTransformerGenerator(ClassConditionalGenerator):
         loss = self.head.loss(z.reshape(B * P * D, -1), target, None)
         return LossOutput(loss, {"loss": float(loss.detach())})
 
-    def sample_tokens(
-        self, labels: torch.Tensor, steps: int | None, sampler: GuidedSampler, progress: Progress | None
-    ) -> torch.Tensor:
+    def sample_tokens(self, labels: torch.Tensor, sampler: GuidedSampler, progress: Progress | None) -> torch.Tensor:
         """Sample position by position in raster order, each position's D codes by the depth transformer.
 
         ``steps`` must be None or h*w (one spatial step per position). ``use_kv_cache`` switches the caches of
         both transformers; without them every step recomputes its prefix (same tokens for the same seed).
         """
         P, D, B = self.spec.positions, self.spec.depth, labels.shape[0]
-        check_fixed_steps(steps, P, "rqtransformer takes one step per position (h*w positions)")
+        check_fixed_steps(sampler.settings.steps, P, "rqtransformer takes one step per position (h*w positions)")
         slot_pos = self._slot_pos()
         x = self.class_emb(sampler.class_labels(labels))[:, None] + slot_pos[:, :1]  # [B', 1, W] slot 0
         spatial = IncrementalDecoder(self.spatial, P, x, cached=self.use_kv_cache).start(x)

@@ -16,7 +16,6 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,8 +26,6 @@ from torch import nn
 from benchkit.core.interfaces import TokenKind, TokenSpec
 from benchkit.core.registry import HEADS
 from benchkit.heads.common import check_head_kind, masked_mean
-
-log = logging.getLogger(__name__)
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

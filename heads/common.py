@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from benchkit.core.errors import IncompatibleComponentsError
-from benchkit.core.interfaces import TokenKind, TokenSpec
+from benchkit.core.interfaces import Head, TokenKind, TokenSpec
 from benchkit.core.registry import HEADS
 
 
@@ -13,7 +15,7 @@ def check_head_kind(name: str, kinds: tuple[TokenKind, ...], spec: TokenSpec) ->
     """Raise IncompatibleComponentsError unless the head ``name`` models ``spec.kind``; list the heads that do."""
     if spec.kind in kinds:
         return
-    valid = [n for n in HEADS.names() if spec.kind in HEADS.get(n).factory.kinds]  # every Head declares kinds
+    valid = [n for n in HEADS.names() if spec.kind in cast("type[Head]", HEADS.get(n).factory).kinds]
     raise IncompatibleComponentsError(
         f"head {name!r} models {' or '.join(kinds)} tokens, but the tokenizer gives {spec.kind} tokens; "
         f"valid heads for {spec.kind} tokens: {', '.join(valid) or '(none)'}"

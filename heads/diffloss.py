@@ -32,9 +32,8 @@ Deviations:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +46,6 @@ from benchkit.core.registry import HEADS
 from benchkit.heads.common import check_head_kind, masked_mean
 from benchkit.nn.diffusion import GaussianDiffusion
 from benchkit.nn.embed import TimestepEmbedding
-
-log = logging.getLogger(__name__)
 
 Sampler = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
@@ -64,7 +61,7 @@ class _AddCMul(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
         a: torch.Tensor,
-        b: torch.Tensor,  # type: ignore[override]
+        b: torch.Tensor,
         c: torch.Tensor,
     ) -> torch.Tensor:
         ctx.save_for_backward(b, c)
@@ -72,7 +69,7 @@ class _AddCMul(torch.autograd.Function):
 
     @staticmethod
     def backward(
-        ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
         grad: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
         b, c = ctx.saved_tensors  # type: ignore[attr-defined]
@@ -100,7 +97,7 @@ class ResBlock(nn.Module):
         """x [N, W] and this block's adaLN outputs (shift, 1 + scale, gate), each [N, W] -> [N, W]."""
         # functional calls on the submodules' parameters (the same operations): sampling calls this 25-100 times
         # per token step on a few rows, where nn.Module call overhead is a visible share
-        ln, fc1, fc2 = self.in_ln, self.mlp[0], self.mlp[2]
+        ln, fc1, fc2 = self.in_ln, cast(nn.Linear, self.mlp[0]), cast(nn.Linear, self.mlp[2])
         h = addcmul(shift, F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps), scale1)
         return addcmul(x, gate, F.linear(F.silu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias))
 
@@ -150,7 +147,8 @@ class DenoiserMLP(nn.Module):
 
     def adaln_layers(self) -> list[nn.Linear]:
         """The adaLN Linear of every residual block, then the final layer's."""
-        return [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
+        blocks = [cast(ResBlock, block).adaLN_modulation for block in self.res_blocks]
+        return [cast(nn.Linear, seq[-1]) for seq in [*blocks, self.final_layer.adaLN_modulation]]
 
     def modulations(self, y: torch.Tensor) -> torch.Tensor:
         """adaLN outputs of every block and the final layer, y [..., W] -> [..., (3 depth + 2) W], each block's
@@ -219,9 +217,9 @@ class DiffLossConfig:
     clip_x0: bool = True  # at sampling, clip predicted x_0 to the per-channel range of the training targets
 
     def __post_init__(self) -> None:
-        for name in ("width", "depth", "batch_mul"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, value in {"width": self.width, "depth": self.depth, "batch_mul": self.batch_mul}.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
         if not 1 <= self.sampling_steps <= self.num_timesteps:
@@ -237,6 +235,7 @@ class DiffLossHead(nn.Module):
     """Diffusion Loss (MAR): an adaLN MLP denoiser models each continuous token; DDPM/DDIM sampling with CFG."""
 
     kinds: ClassVar[tuple[TokenKind, ...]] = ("continuous",)
+    x0_bound: torch.Tensor  # buffer, registered in __init__
 
     def __init__(self, cfg: DiffLossConfig, *, spec: TokenSpec, cond_dim: int) -> None:
         super().__init__()

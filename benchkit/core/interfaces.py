@@ -34,6 +34,8 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkab
 
 import torch
 
+from benchkit.core.config import SampleSettings
+
 TokenKind = Literal["discrete", "continuous"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("discrete", "continuous")
 Progress = Callable[[int, int], None]  # (step done, total steps)
@@ -176,12 +178,8 @@ class Generator(Protocol):
     def generate(
         self,
         labels: torch.Tensor,
+        settings: SampleSettings | None = None,
         *,
-        steps: int | None = None,
-        cfg: float = 1.0,
-        cfg_schedule: str = "constant",
-        temperature: float = 1.0,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
-        diffusion_steps: int | None = None,
     ) -> torch.Tensor: ...

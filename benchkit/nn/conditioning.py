@@ -7,8 +7,6 @@ by it with probability ``label_drop``; a guided sampler runs [conditional rows; 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -20,22 +18,6 @@ def token_embedding(spec: TokenSpec, width: int) -> nn.Module:
     if spec.kind == "discrete":
         return nn.Embedding(int(spec.vocab_size or 0), width)
     return nn.Linear(int(spec.dim or 0), width)
-
-
-def check_transformer_options(cfg: Any, *counts: str) -> None:
-    """Range checks of the options every transformer generator config carries, and that ``width``, ``num_heads``
-    and the config's other ``counts`` (field names: depths, sizes) are >= 1."""
-    for name in ("width", *counts, "num_heads"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.width % cfg.num_heads:
-        raise ValueError(f"width {cfg.width} must be divisible by num_heads {cfg.num_heads}")
-    if cfg.mlp_ratio <= 0:
-        raise ValueError(f"mlp_ratio must be > 0, got {cfg.mlp_ratio}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if not 0.0 <= cfg.label_drop <= 1.0:
-        raise ValueError(f"label_drop must be in [0, 1], got {cfg.label_drop}")
 
 
 def drop_labels(labels: torch.Tensor, p: float, num_classes: int) -> torch.Tensor:

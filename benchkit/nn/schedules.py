@@ -6,8 +6,6 @@
   tokens stay masked after each of ``steps`` generation steps.
 - :func:`cfg_at`: classifier-free guidance scale at a point of generation; ``linear`` follows Muse
   (arXiv 2301.00704) and MAR: w = 1 + (cfg - 1) * (fraction of tokens generated).
-- :func:`check_sampling_args`: the checks every ``generate`` runs before any compute (the sampling values are
-  checked by ``benchkit.core.config.SampleSettings``, the one place that holds those rules).
 
 Deviations:
 - The truncated normal is drawn by inverse CDF from a ``torch.Generator`` (MAR uses scipy's global RNG).
@@ -20,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchkit.core.config import CFG_SCHEDULES, SampleSettings
+from benchkit.core.config import CFG_SCHEDULES
 from benchkit.core.errors import ConfigError
 
 
@@ -75,23 +73,3 @@ def cfg_at(cfg: float, schedule: str, progress: float) -> float:
     if schedule not in _RAMPS:
         raise ConfigError(f"unknown cfg_schedule {schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
     return _RAMPS[schedule](cfg, progress)
-
-
-def check_sampling_args(
-    labels: torch.Tensor,
-    num_classes: int,
-    *,
-    steps: int | None,
-    cfg: float,
-    cfg_schedule: str,
-    temperature: float,
-    diffusion_steps: int | None = None,
-) -> None:
-    """Raise ConfigError on bad ``generate`` arguments (labels may use the null class ``num_classes``)."""
-    if labels.ndim != 1 or labels.dtype != torch.long:
-        raise ConfigError(f"labels must be a long tensor [B], got {labels.dtype} {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
-        raise ConfigError(f"labels must be in [0, {num_classes}] ({num_classes} = unconditional)")
-    SampleSettings(
-        steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, diffusion_steps=diffusion_steps
-    )

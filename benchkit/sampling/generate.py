@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from benchkit.core import distributed as bdist
 from benchkit.core.config import SampleSettings
 from benchkit.core.errors import ConfigError
-from benchkit.core.interfaces import TokenKind
+from benchkit.core.interfaces import Generator, Tokenizer, TokenKind
 from benchkit.core.precision import autocast
 from benchkit.data.base import to_uint8
 
@@ -42,6 +42,7 @@ def generate_tokens(
 ) -> list[torch.Tensor]:
     """Tokens for ``labels`` in batches, generated under autocast in ``settings.precision``: all of them, or with
     ``distributed`` (every rank must call) this rank's batches (index i for i % world == rank)."""
+    sampler = cast(Generator, generator)
     device = next(generator.parameters()).device
     out = []
     nb = (len(labels) + batch_size - 1) // batch_size
@@ -50,17 +51,7 @@ def generate_tokens(
         for b in range(rank, nb, world):
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
             lab = labels[b * batch_size : (b + 1) * batch_size].to(device)
-            out.append(
-                generator.generate(
-                    lab,
-                    steps=settings.steps,
-                    cfg=settings.cfg,
-                    cfg_schedule=settings.cfg_schedule,
-                    temperature=settings.temperature,
-                    diffusion_steps=settings.diffusion_steps,
-                    generator=g,
-                )
-            )
+            out.append(sampler.generate(lab, settings=settings, generator=g))
             if progress is not None:
                 progress(min((b + 1) * batch_size, len(labels)), len(labels))
     return out
@@ -81,8 +72,9 @@ def generate_images(
 ) -> torch.Tensor:
     """uint8 images [N, 3, H, W] for ``labels``; with ``distributed`` under torchrun, every rank must call, each
     generates its share of the batches and all ranks receive all images in label order."""
+    decoder = cast(Tokenizer, tokenizer)
     parts = [
-        to_uint8(tokenizer.decode(t, kind)).cpu()
+        to_uint8(decoder.decode(t, kind)).cpu()
         for t in generate_tokens(
             generator, labels, settings, seed=seed, batch_size=batch_size, progress=progress, distributed=distributed
         )

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchkit.core.compat import compatibility_table, tokenizer_specs
+from benchkit.core.config import SampleSettings
 from benchkit.core.interfaces import Batch, Generator, Head, Tokenizer, TokenSpec
 from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 
@@ -73,8 +74,7 @@ def test_generator_contract(tokenizer: str, generator: str, head: str) -> None:
     seen: list[tuple[int, int]] = []
     tokens = model.generate(
         labels,
-        cfg=2.0,
-        diffusion_steps=2,
+        SampleSettings(cfg=2.0, diffusion_steps=2),
         generator=torch.Generator().manual_seed(0),
         progress=lambda done, total: seen.append((done, total)),
     )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchkit.core.config import CFG_SCHEDULES
+from benchkit.core.config import CFG_SCHEDULES, SampleSettings
 from benchkit.core.errors import ConfigError, IncompatibleComponentsError
 from benchkit.core.interfaces import Batch, Generator, TokenSpec
 from benchkit.core.registry import GENERATORS
@@ -140,7 +140,7 @@ def test_cfg_doubles_rows_and_follows_schedule(name: str, head: str, layout: str
     model = build(name, head, layout).eval()
     spy = HeadSpy(model)
     labels = torch.tensor([0, 1])
-    out = model.generate(labels, cfg=2.0, cfg_schedule=schedule, generator=seeded(0))
+    out = model.generate(labels, SampleSettings(cfg=2.0, cfg_schedule=schedule), generator=seeded(0))
     SPECS[layout].check(out)
     rows = [r for r, _ in spy.calls]
     scales = [w for _, w in spy.calls]
@@ -162,7 +162,7 @@ def test_guidance_changes_samples() -> None:
         model.class_emb.weight.normal_(std=1.0)
     labels = torch.tensor([0, 1, 2, 0])
     plain = model.generate(labels, generator=seeded(0))
-    guided = model.generate(labels, cfg=4.0, generator=seeded(0))
+    guided = model.generate(labels, SampleSettings(cfg=4.0), generator=seeded(0))
     assert not torch.equal(plain, guided)
 
 
@@ -179,9 +179,9 @@ def test_kv_cache_matches_uncached_path(name: str, head: str, layout: str, cfg: 
     model = build(name, head, layout).eval()
     labels = torch.tensor([0, 1, 2])
     assert model.use_kv_cache
-    cached = model.generate(labels, cfg=cfg, cfg_schedule="linear", generator=seeded(3))
+    cached = model.generate(labels, SampleSettings(cfg=cfg, cfg_schedule="linear"), generator=seeded(3))
     model.use_kv_cache = False
-    full = model.generate(labels, cfg=cfg, cfg_schedule="linear", generator=seeded(3))
+    full = model.generate(labels, SampleSettings(cfg=cfg, cfg_schedule="linear"), generator=seeded(3))
     if SPECS[layout].kind == "discrete":
         assert torch.equal(cached, full)  # token for token
     else:  # same draws; float sums in another order differ in the last bits
@@ -201,9 +201,9 @@ def test_ar_with_several_class_slots_matches_its_uncached_path_and_teacher_forci
     other = model.forward(model.as_sequence(batch.tokens, model.seq_len), (batch.labels + 1) % NUM_CLASSES)
     assert not torch.allclose(z[:, 0], other[:, 0])
     labels = torch.tensor([0, 1, 2])
-    cached = model.generate(labels, cfg=2.0, cfg_schedule="linear", generator=seeded(3))
+    cached = model.generate(labels, SampleSettings(cfg=2.0, cfg_schedule="linear"), generator=seeded(3))
     model.use_kv_cache = False
-    full = model.generate(labels, cfg=2.0, cfg_schedule="linear", generator=seeded(3))
+    full = model.generate(labels, SampleSettings(cfg=2.0, cfg_schedule="linear"), generator=seeded(3))
     assert torch.equal(cached, full) if spec.kind == "discrete" else torch.allclose(cached, full, atol=1e-4)
     with pytest.raises(ConfigError, match="generator.ar: class_tokens must be >= 1, got 0"):
         build("ar", head, layout, class_tokens=0)
@@ -230,7 +230,9 @@ def test_mar_one_token_per_step_when_steps_equal_length() -> None:
     L = SPECS["discrete-d1"].positions
     spy = HeadSpy(model)
     done: list[tuple[int, int]] = []
-    model.generate(torch.tensor([0, 1]), steps=L, generator=seeded(0), progress=lambda i, n: done.append((i, n)))
+    model.generate(
+        torch.tensor([0, 1]), SampleSettings(steps=L), generator=seeded(0), progress=lambda i, n: done.append((i, n))
+    )
     assert [r for r, _ in spy.calls] == [2] * L  # B=2 rows, one position each, L steps
     assert done[-1] == (L, L) and len(done) == L
 
@@ -239,7 +241,7 @@ def test_mar_fills_each_position_once_per_schedule() -> None:
     model = build("mar", "diffloss", "continuous-d1").eval()
     spy = HeadSpy(model)
     L, K = SPECS["continuous-d1"].positions, 3
-    out = model.generate(torch.tensor([0, 1]), steps=K, generator=seeded(0))
+    out = model.generate(torch.tensor([0, 1]), SampleSettings(steps=K), generator=seeded(0))
     expected = [L - tokens_to_keep_masked(L, 0, K)]
     expected += [tokens_to_keep_masked(L, k - 1, K) - tokens_to_keep_masked(L, k, K) for k in range(1, K)]
     assert [r // 2 for r, _ in spy.calls] == expected
@@ -249,7 +251,7 @@ def test_mar_fills_each_position_once_per_schedule() -> None:
 def test_mar_step_bounds() -> None:
     model = build("mar", "ce", "discrete-d1").eval()
     with pytest.raises(ConfigError, match=r"steps must be in \[1, 6\]"):
-        model.generate(torch.tensor([0]), steps=7)
+        model.generate(torch.tensor([0]), SampleSettings(steps=7))
     spy = HeadSpy(model)
     model.generate(torch.tensor([0]))  # default steps (4) capped at h*w
     assert len(spy.calls) == 4
@@ -275,24 +277,30 @@ def test_check_spec_refusals() -> None:
 
 @pytest.mark.parametrize("name", ["ar", "mar", "rqtransformer", "randar"])
 def test_sampling_arguments_are_checked(name: str) -> None:
+    """A setting's values are checked once, when the SampleSettings is made; ``generate`` checks what depends on the
+    model (labels, steps) before any compute, and takes nothing but a SampleSettings."""
     layout = "discrete-d4" if name == "rqtransformer" else "discrete-d1"
     model = build(name, "ce", layout)
     labels = torch.tensor([0])
     with pytest.raises(ConfigError, match="steps must be"):
-        model.generate(labels, steps=0)
+        model.generate(labels, SampleSettings(steps=0))
     with pytest.raises(ConfigError, match="cfg must be >= 0"):
-        model.generate(labels, cfg=-1.0)
+        model.generate(labels, SampleSettings(cfg=-1.0))
     with pytest.raises(ConfigError, match=r"temperature must be >= 0 \(0 = greedy\)"):
-        model.generate(labels, temperature=-0.1)
+        model.generate(labels, SampleSettings(temperature=-0.1))
     with pytest.raises(ConfigError, match="diffusion_steps must be"):
-        model.generate(labels, diffusion_steps=0)
+        model.generate(labels, SampleSettings(diffusion_steps=0))
     with pytest.raises(ConfigError, match="valid: constant, linear"):
-        model.generate(labels, cfg_schedule="cosine")
+        model.generate(labels, SampleSettings(cfg_schedule="cosine"))
     with pytest.raises(ConfigError, match=r"labels must be in \[0, 3\]"):
         model.generate(torch.tensor([4]))
+    with pytest.raises(ConfigError, match=r"labels must be a long tensor \[B\]"):
+        model.generate(torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="settings must be a SampleSettings or None, got dict"):
+        model.generate(labels, {"steps": 1})
     if name != "mar":
         with pytest.raises(ConfigError, match="steps must be None or 6"):
-            model.generate(labels, steps=5)
+            model.generate(labels, SampleSettings(steps=5))
 
 
 def test_config_checks() -> None:
@@ -382,9 +390,9 @@ def test_ce_temperature_zero_is_greedy_end_to_end(layout: str) -> None:
     """Temperature 0 through ``generate``: greedy decoding, so the seed no longer matters; temperature 1 differs."""
     model = build("ar", "ce", layout).eval()
     labels = torch.tensor([0, 1, 2])
-    a = model.generate(labels, temperature=0.0, generator=torch.Generator().manual_seed(0))
-    b = model.generate(labels, temperature=0.0, generator=torch.Generator().manual_seed(1))
-    c = model.generate(labels, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    a = model.generate(labels, SampleSettings(temperature=0.0), generator=torch.Generator().manual_seed(0))
+    b = model.generate(labels, SampleSettings(temperature=0.0), generator=torch.Generator().manual_seed(1))
+    c = model.generate(labels, SampleSettings(temperature=1.0), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchkit.core.config import SampleSettings
 from benchkit.core.errors import ConfigError
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.core.registry import GENERATORS, TOKENIZERS
@@ -56,9 +57,9 @@ def test_codebook_embedding_path_samples_the_same_with_and_without_cache() -> No
     gen.codebook.normal_()
     assert isinstance(gen.spatial.norm, torch.nn.Identity) and gen.depth.norm.eps == 1e-5
     labels = torch.tensor([0, 2])
-    out = [gen.generate(labels, cfg=2.0, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    out = [gen.generate(labels, SampleSettings(cfg=2.0), generator=torch.Generator().manual_seed(1)) for _ in range(2)]
     gen.use_kv_cache = False
-    out.append(gen.generate(labels, cfg=2.0, generator=torch.Generator().manual_seed(1)))
+    out.append(gen.generate(labels, SampleSettings(cfg=2.0), generator=torch.Generator().manual_seed(1)))
     assert out[0].shape == (2, 2, 2, 3) and torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
     loss = gen.loss(Batch(out[0], labels)).loss
     assert torch.isfinite(loss)

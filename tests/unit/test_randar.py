@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from benchkit.core.config import SampleSettings
 from benchkit.core.errors import ConfigError, IncompatibleComponentsError
 from benchkit.core.interfaces import TokenSpec
 from benchkit.core.registry import GENERATORS
@@ -106,4 +107,4 @@ def test_refusals() -> None:
     with pytest.raises(IncompatibleComponentsError, match="depth 1"):
         build(TokenSpec("discrete", (2, 3), 4, vocab_size=16))
     with pytest.raises(ConfigError, match="steps must be None or 6"):
-        build().generate(torch.tensor([0]), steps=3)
+        build().generate(torch.tensor([0]), SampleSettings(steps=3))
