@@ -209,3 +209,14 @@ def test_pareto_key_names_the_cfg_and_temperature_of_a_single_tuned_row() -> Non
         "kl+ar+diffloss, FID 1.09e+03",
         "rq+ar+ce temperature=0.8, FID 99",
     ]
+
+
+def test_pareto_points_carry_their_training_seed_intervals(tmp_path: Path) -> None:
+    rows = _speed_rows()
+    rows = rows.assign(fid_ci95=[2.0 if i % 2 else float("nan") for i in range(len(rows))])
+    fig, _ = pareto_figure(rows)
+    bars = [c for c in fig.axes[0].containers if c.__class__.__name__ == "ErrorbarContainer"]
+    usable = rows[(rows.get("kind") != "tokenizer") & rows["fid"].notna() & rows["images_per_s"].notna()]
+    assert len(bars) == int(usable["fid_ci95"].notna().sum()) > 0  # one bar per row that has an interval
+    segments = bars[0].lines[2][0].get_segments()[0]
+    assert abs(segments[1][1] - segments[0][1]) == pytest.approx(4.0)  # mean +- 2.0
