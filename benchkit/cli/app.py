@@ -67,10 +67,10 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # usage errors of Typer's click layer, and anything unexpected
-        show = getattr(e, "show", None)
-        if callable(show) and isinstance(getattr(e, "exit_code", None), int):
+        show, exit_code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
             show()
-            sys.exit(e.exit_code)
+            sys.exit(exit_code)
         if isinstance(e, OSError):
             if common.STATE.get("debug"):
                 raise

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from benchkit.core import progress
 from benchkit.core.config import RunConfig, resolve
 
 
@@ -77,12 +78,9 @@ def _strict(x: Any) -> Any:
 
 def show_progress(enabled: bool) -> None:
     """Apply a command's ``--progress/--no-progress`` to every progress bar of the process."""
-    from benchkit.core import progress
-
     progress.set_enabled(enabled)
 
 
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -112,16 +110,3 @@ def run_config(
     if threads is not None:
         overrides.append(f"threads={threads}")
     return resolve(preset if preset or config else default_preset, config, overrides)
-
-
-def check_writable(path: Path) -> None:
-    """Fail early, with one line, when the output directory cannot be created or written."""
-    from benchkit.core.errors import ConfigError
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".benchkit-write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output directory {str(path)!r} cannot be written: {e.strerror or e}") from None

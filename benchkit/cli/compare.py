@@ -14,7 +14,6 @@ from benchkit.cli.common import (
     ResumeOpt,
     SetOpt,
     ThreadsOpt,
-    check_writable,
     emit_json,
     err_console,
     out_console,
@@ -22,10 +21,10 @@ from benchkit.cli.common import (
 )
 from benchkit.core.errors import ConfigError
 from benchkit.sweeps.parallel import JOBS_ENV
+from benchkit.sweeps.slurm import render_sbatch
 
 if TYPE_CHECKING:
-    from benchkit.sweeps.runner import SweepReport
-    from benchkit.sweeps.sweepfile import Job
+    from benchkit.sweeps.commands import SweepPlan
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory holding rows.jsonl, e.g. results/tiny.")]
 
@@ -48,6 +47,7 @@ ClaimOpt = Annotated[Path | None, typer.Option("--claim-dir", hidden=True)]  # s
 def _run_sweep(
     command: list[str],
     source: str,
+    *,
     shard_text: str | None,
     sets: list[str] | None,
     out_dir: Path | None,
@@ -55,105 +55,64 @@ def _run_sweep(
     progress: bool,
     resume: bool,
     as_json: bool,
-    threads: int | None = None,
-    processes: int | None = None,
-    claim_dir: Path | None = None,
+    threads: int | None,
+    jobs: int | None,
+    claim_dir: Path | None,
 ) -> None:
-    from benchkit.sweeps.runner import execute
+    """``run`` and ``sweep``: the sweep through benchkit.sweeps.commands, then its tables (or JSON) on stdout."""
+    # late: heavy (torchvision, pandas, matplotlib); --help stays fast
+    from benchkit.sweeps.commands import sweep_command
 
     show_progress(progress)
-    from benchkit.sweeps.sweepfile import expand, load_sweep, parse_shard, shard
-
-    i, n = parse_shard(shard_text)
-    spec = load_sweep(source)
-    overrides = list(sets or [])
-    if out_dir is not None:
-        overrides.append(f'out_dir="{out_dir}"')
-    if threads is not None:
-        overrides.append(f"threads={threads}")
-    jobs = expand(spec, overrides, preset)
-    valid = [j for j in jobs if j.cfg is not None]
-    if not valid:
-        reasons = list(dict.fromkeys(j.skipped or "" for j in jobs))  # an override's error is every job's: once
-        raise ConfigError("the sweep has no valid combination: " + "; ".join(reasons[:3]))
-    cfg0 = valid[0].cfg
-    assert cfg0 is not None
-    results_dir = Path(cfg0.out_dir) / cfg0.name
-    check_writable(results_dir)
-    if claim_dir is not None:  # one job process of --jobs N: the parent prints and writes the tables
-        from benchkit.sweeps.parallel import claim_order
-
-        execute(claim_order(jobs), results_dir, progress=False, resume=resume, shards=n, claims=claim_dir)
+    outcome = sweep_command(
+        source,
+        command=command,
+        overrides=sets or [],
+        out_dir=out_dir,
+        preset=preset,
+        shard_text=shard_text,
+        threads=threads,
+        processes=jobs,
+        progress=progress,
+        resume=resume,
+        claim_dir=claim_dir,
+        on_plan=_announce,
+    )
+    if outcome.rows is None:  # one job process of --jobs N: the parent prints
         return
-    from benchkit.sweeps.parallel import resolve_jobs
-
-    procs = resolve_jobs(processes, valid_jobs=len(valid), sharded=shard_text is not None)
-    skipped = [j for j in jobs if j.cfg is None]
-    for j in skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
-    if procs > 1:
-        report = _run_in_processes(command, sets, out_dir, preset, resume, threads, procs, valid, results_dir)
-    else:
-        mine = shard(jobs, i, n)
-        err_console.print(f"{len(mine)} of {len(valid)} valid jobs in shard {i}/{n}; results in {results_dir}")
-        report = execute(mine, results_dir, progress=progress, resume=resume, shards=n)
-    from benchkit.results.store import read_rows
-
+    report = outcome.report
     if as_json:
         emit_json(
             {
-                "results_dir": results_dir,
+                "results_dir": report.results_dir,
                 "done": report.done,
                 "skipped": report.skipped,
                 "outputs": report.outputs,
                 "wall_s": report.wall_s,
-                "rows": read_rows(results_dir).to_dict(orient="records"),
+                "rows": outcome.rows.to_dict(orient="records"),
             }
         )
         return
-    _print_tables(read_rows(results_dir), compact=True)
+    _print_tables(outcome.rows, compact=True)
     err_console.print(f"wall time {report.wall_s:.0f} s; wrote:")
     for p in report.outputs:
         typer.echo(str(p))
 
 
-def _run_in_processes(
-    command: list[str],
-    sets: list[str] | None,
-    out_dir: Path | None,
-    preset: str | None,
-    resume: bool,
-    threads: int | None,
-    procs: int,
-    valid: list[Job],
-    results_dir: Path,
-) -> SweepReport:
-    """The sweep's jobs in ``procs`` processes of this command (benchkit.sweeps.parallel), then its tables once."""
-    import shutil
-    import tempfile
-    import time
-
-    from benchkit.core.threads import resolve_threads
-    from benchkit.sweeps.parallel import run_job_processes
-    from benchkit.sweeps.runner import SweepReport, job_label, write_all
-
-    t0 = time.perf_counter()
-    per_job, _ = resolve_threads(threads, shards=procs)
-    args = [*command, *(a for s in sets or [] for a in ("--set", s)), "--threads", str(per_job)]
-    args += (["--out-dir", str(out_dir)] if out_dir else []) + (["--preset", preset] if preset else [])
-    args += [] if resume else ["--no-resume"]
-    err_console.print(
-        f"{len(valid)} valid jobs in {procs} processes of {per_job} thread(s) each; results in {results_dir}"
-    )
-    claims = Path(tempfile.mkdtemp(prefix=".claims-", dir=results_dir))
-    try:
-        run_job_processes(args, procs, claims)
-    finally:
-        shutil.rmtree(claims, ignore_errors=True)
-    report = SweepReport(results_dir, done=[job_label(j.cfg) for j in valid if j.cfg is not None])
-    report.outputs = write_all(results_dir, valid)
-    report.wall_s = time.perf_counter() - t0
-    return report
+def _announce(plan: SweepPlan) -> None:
+    """The skipped combinations and how the jobs are split, on stderr before the first job."""
+    for j in plan.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {' '.join(j.overrides[-3:])}: {j.skipped}", highlight=False)
+    if plan.processes > 1:
+        err_console.print(
+            f"{len(plan.valid)} valid jobs in {plan.processes} processes of {plan.threads_per_process} thread(s) "
+            f"each; results in {plan.results_dir}"
+        )
+    else:
+        i, n = plan.shard
+        err_console.print(
+            f"{len(plan.mine)} of {len(plan.valid)} valid jobs in shard {i}/{n}; results in {plan.results_dir}"
+        )
 
 
 SUMMARY = {
@@ -190,7 +149,7 @@ SUMMARY = {
 def _print_tables(df: Any, *, compact: bool) -> None:
     """One rich table per kind: with ``compact`` the SUMMARY columns that fit a terminal (the CSV, Markdown and
     LaTeX files keep every column)."""
-    from benchkit.results.store import rich_table
+    from benchkit.results.store import rich_table  # late: heavy (pandas); loaded already, `df` is a DataFrame
 
     for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
         part = df[df["kind"] == kind] if "kind" in df else df
@@ -219,16 +178,16 @@ def run(
     _run_sweep(
         ["run", "--sweep", sweep],
         sweep,
-        shard_text,
-        sets,
-        out_dir,
-        preset,
-        progress,
-        resume,
-        as_json,
-        threads,
-        jobs,
-        claim_dir,
+        shard_text=shard_text,
+        sets=sets,
+        out_dir=out_dir,
+        preset=preset,
+        progress=progress,
+        resume=resume,
+        as_json=as_json,
+        threads=threads,
+        jobs=jobs,
+        claim_dir=claim_dir,
     )
 
 
@@ -259,8 +218,6 @@ def sweep(
     if not file.is_file():
         raise ConfigError(f"sweep file {str(file)!r} does not exist")
     if slurm is not None:
-        from benchkit.sweeps.slurm import render_sbatch
-
         typer.echo(
             render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),
             nl=False,
@@ -269,16 +226,16 @@ def sweep(
     _run_sweep(
         ["sweep", str(file)],
         str(file),
-        shard_text,
-        sets,
-        out_dir,
-        preset,
-        progress,
-        resume,
-        as_json,
-        threads,
-        jobs,
-        claim_dir,
+        shard_text=shard_text,
+        sets=sets,
+        out_dir=out_dir,
+        preset=preset,
+        progress=progress,
+        resume=resume,
+        as_json=as_json,
+        threads=threads,
+        jobs=jobs,
+        claim_dir=claim_dir,
     )
 
 
@@ -296,20 +253,15 @@ def table(
 
     Example: benchkit table results/tiny --filter head=diffloss --sort fid
     """
-    from benchkit.results.store import filter_rows, read_rows, sort_rows, write_tables
+    # late: heavy (torchvision, pandas, matplotlib); --help stays fast
+    from benchkit.sweeps.commands import table_command
 
-    if not (results / "rows.jsonl").is_file():
-        raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
-    df = read_rows(results)
-    df = filter_rows(df, list(filters or []))
-    if sort:
-        df = sort_rows(df, sort, descending)
+    selected = table_command(results, filters=filters or [], sort=sort, descending=descending, write=not as_json)
     if as_json:
-        emit_json(df.to_dict(orient="records"))
+        emit_json(selected.rows.to_dict(orient="records"))
         return
-    paths = write_tables(df, results)
-    _print_tables(df, compact=not wide)
-    for p in paths.values():
+    _print_tables(selected.rows, compact=not wide)
+    for p in selected.written:
         err_console.print(f"wrote {p}")
 
 
@@ -318,11 +270,10 @@ def plot(results: ResultsArg, as_json: JsonOpt = False) -> None:
 
     Example: benchkit plot results/tiny
     """
-    from benchkit.sweeps.runner import write_outputs
+    # late: heavy (torchvision, pandas, matplotlib); --help stays fast
+    from benchkit.sweeps.commands import plot_command
 
-    if not (results / "rows.jsonl").is_file():
-        raise ConfigError(f"{str(results)!r} has no rows.jsonl; run `benchkit run` or `benchkit eval` first")
-    plots = [p for p in write_outputs(results, results.parent) if p.suffix == ".png"]
+    plots = plot_command(results)
     if as_json:
         emit_json({"plots": plots})
         return

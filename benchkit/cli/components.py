@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from benchkit.cli.common import out_console
+from benchkit.core.compat import compatibility_table
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.registry import FAMILIES
 
@@ -25,8 +26,6 @@ def components(
     Example: benchkit components heads --json
     """
     if compat:
-        from benchkit.core.compat import compatibility_table
-
         rows = compatibility_table()
         if as_json:
             typer.echo(json.dumps(rows, indent=1))

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from benchkit.cli.common import check_writable, err_console
+from benchkit.cli.common import err_console
+from benchkit.core.errors import ConfigError
 
 
 def import_checkpoint(
@@ -50,8 +51,8 @@ def import_checkpoint(
     Example: benchkit import kl16 kl16.ckpt && benchkit import mar checkpoint-last.pth --arch mar_base
     --tokenizer results/tokenizers/kl-<fp>
     """
-    from benchkit.core.errors import ConfigError
-    from benchkit.importers.api import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer
+    from benchkit.evaluation.commands import check_writable  # late: heavy (torchvision, pandas); --help stays fast
+    from benchkit.importers.api import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer  # late: as above
 
     if kind not in KINDS:
         raise ConfigError(f"unknown import kind {kind!r}; valid: {', '.join(KINDS)}")

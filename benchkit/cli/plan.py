@@ -27,8 +27,8 @@ def plan(
 
     Example: benchkit plan mar-l --gpus 32
     """
-    from benchkit.training.compute import budget_text
-    from benchkit.training.plan import GPU_PEAKS, make_plan
+    from benchkit.training.compute import budget_text  # late: torch's FLOP counter loads triton; --help stays fast
+    from benchkit.training.plan import GPU_PEAKS, make_plan  # late: heavy (torchvision); --help stays fast
 
     cfg = run_config(preset, config, sets, None, None)
     p = make_plan(cfg, gpus=gpus, utilisation=utilisation, num_classes=num_classes)

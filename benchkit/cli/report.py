@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from benchkit.cli.common import err_console
+from benchkit.core.errors import ConfigError
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory (table.csv or rows.jsonl), e.g. results/tiny.")]
 OutFileOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RESULTS/report.html).")]
@@ -28,8 +29,7 @@ def report(
 
     Example: benchkit report results/tiny
     """
-    from benchkit.core.errors import ConfigError
-    from benchkit.results.report import write_report
+    from benchkit.results.report import write_report  # late: heavy (torchvision, pandas); --help stays fast
 
     if not results.is_dir():
         raise ConfigError(f"results directory {str(results)!r} does not exist")

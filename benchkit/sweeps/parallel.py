@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from benchkit.core.errors import BenchkitError, ConfigError
 
-if TYPE_CHECKING:  # the CLI reads JOBS_ENV when it starts: this module stays free of heavy imports
+if TYPE_CHECKING:  # benchkit.cli reads JOBS_ENV when it starts: this module stays free of heavy imports
     from benchkit.sweeps.sweepfile import Job
 
 JOBS_ENV = "BENCHKIT_JOBS"
@@ -61,6 +61,7 @@ def resolve_jobs(requested: int | None, *, valid_jobs: int, sharded: bool) -> in
 def claim_order(jobs: Sequence[Job]) -> list[Job]:
     """The valid jobs with their tokenizers interleaved (first job of each tokenizer, then the second of each, ...),
     so that processes started together begin with different tokenizers instead of waiting on one lock."""
+    # late: heavy (torchvision); the CLI imports JOBS_ENV at start-up
     from benchkit.training.artifacts import tokenizer_fingerprint
 
     groups: dict[str, list[Job]] = {}

@@ -9,8 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit.core.config import RunConfig
+from benchkit.core.threads import apply_threads
 from benchkit.data.base import ImageData
+from benchkit.evaluation.evaluate import evaluate_run, evaluate_tokenizer
+from benchkit.results.convergence import convergence_series
+from benchkit.results.plots import fid_vs_train_flops_plot, plots_from_results, training_curves_plot
+from benchkit.results.report import write_report
+from benchkit.results.store import read_rows, write_tables
+from benchkit.sweeps.parallel import claim
 from benchkit.sweeps.sweepfile import Job
+from benchkit.training.checks import load_splits
+from benchkit.training.generator import train_generator
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +50,6 @@ def execute(
     ``shards`` processes; see benchkit.core.threads), so a job computes what it would compute run on its own. With
     ``claims`` (a job process of ``--jobs N``, :mod:`benchkit.sweeps.parallel`) only the jobs this process claims first
     run, and the tables are left to the parent."""
-    from benchkit.core.threads import apply_threads
-    from benchkit.evaluation.evaluate import evaluate_run, evaluate_tokenizer
-    from benchkit.sweeps.parallel import claim
-    from benchkit.training.checks import load_splits
-    from benchkit.training.generator import train_generator
-
     t0 = time.perf_counter()
     report = SweepReport(results_dir)
     splits: dict[str, tuple[ImageData, ImageData]] = {}
@@ -84,8 +87,6 @@ def job_label(cfg: RunConfig) -> str:
 
 def write_all(results_dir: Path, jobs: list[Job]) -> list[Path]:
     """:func:`write_outputs` and, when there were rows, the HTML report of them (benchkit.results.report)."""
-    from benchkit.results.report import write_report
-
     out_root = Path(jobs[0].cfg.out_dir) if jobs and jobs[0].cfg else results_dir.parent
     outputs = write_outputs(results_dir, out_root)
     if outputs:
@@ -95,10 +96,6 @@ def write_all(results_dir: Path, jobs: list[Job]) -> list[Path]:
 
 def write_outputs(results_dir: Path, out_root: Path) -> list[Path]:
     """Tables (CSV, Markdown, LaTeX), the Pareto, steps and convergence plots, training curves, from ``rows.jsonl``."""
-    from benchkit.results.convergence import convergence_series
-    from benchkit.results.plots import fid_vs_train_flops_plot, plots_from_results, training_curves_plot
-    from benchkit.results.store import read_rows, write_tables
-
     df = read_rows(results_dir)
     if df.empty:
         return []

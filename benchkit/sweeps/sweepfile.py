@@ -29,6 +29,9 @@ from typing import Any
 
 from benchkit.core.config import RunConfig, load_file, resolve
 from benchkit.core.errors import BenchkitError, ConfigError, suggest
+from benchkit.core.options import toml_loads
+from benchkit.training.artifacts import tokenizer_fingerprint
+from benchkit.training.checks import check
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,6 @@ def _read_sweep(path_or_name: str | Path) -> tuple[dict[str, Any], Path | None]:
             f"unknown sweep {str(path_or_name)!r}; valid: {', '.join(names)} or a path to a .toml file"
             + suggest(str(path_or_name), names)
         )
-    from benchkit.core.options import toml_loads
-
     text = resources.files("benchkit.configs").joinpath("sweeps").joinpath(f"{path_or_name}.toml").read_text()
     return toml_loads(text), None
 
@@ -97,8 +98,6 @@ def load_sweep(path_or_name: str | Path) -> dict[str, Any]:
 
 def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, preset: str | None = None) -> list[Job]:
     """Every job of a sweep, checked; invalid combinations carry the reason they are skipped."""
-    from benchkit.training.checks import check
-
     valid_keys = {"preset", "name", "set", "grid", "combos", "description"}
     unknown = [k for k in spec if k not in valid_keys]
     if unknown:
@@ -113,8 +112,8 @@ def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, prese
     combos: list[dict[str, Any]] = spec.get("combos", [{}]) or [{}]
     jobs, seen = [], set()
     for combo in combos:
-        for values in itertools.product(*grid.values()):
-            point = {**dict(zip(grid, values)), **combo}
+        for point_values in itertools.product(*grid.values()):
+            point = {**dict(zip(grid, point_values)), **combo}
             overrides = tuple(base + [f"{k}={_fmt(v)}" for k, v in point.items()])
             try:
                 cfg = resolve(preset or spec.get("preset", "tiny"), None, list(overrides))
@@ -151,8 +150,6 @@ def shard(jobs: list[Job], i: int, n: int) -> list[Job]:
     """The valid jobs of shard i of n: every n-th valid job, rotated so that shard i starts with the i-th of its
     tokenizers. Shards started together then train different tokenizers at first instead of all waiting on the
     lock of the first one (a job's results do not depend on its place in the order)."""
-    from benchkit.training.artifacts import tokenizer_fingerprint
-
     mine = [j for j in jobs if j.cfg is not None][i::n]
     tokenizers = list(dict.fromkeys(tokenizer_fingerprint(j.cfg) for j in mine if j.cfg is not None))
     if len(tokenizers) < 2:
