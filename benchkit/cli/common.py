@@ -81,6 +81,15 @@ def show_progress(enabled: bool) -> None:
     progress.set_enabled(enabled)
 
 
+SeedsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seeds",
+        min=1,
+        help="Training seeds per model (train.seeds): N complete trainings that differ only in their seed; the "
+        "table shows their mean and 95% interval.",
+    ),
+]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -110,3 +119,8 @@ def run_config(
     if threads is not None:
         overrides.append(f"threads={threads}")
     return resolve(preset if preset or config else default_preset, config, overrides)
+
+
+def with_seeds(sets: list[str] | None, seeds: int | None) -> list[str] | None:
+    """``--set`` overrides plus ``train.seeds=N`` for ``--seeds N`` (after the others, so it wins)."""
+    return sets if seeds is None else [*(sets or []), f"train.seeds={seeds}"]

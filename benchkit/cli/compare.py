@@ -12,12 +12,14 @@ from benchkit.cli.common import (
     OutOpt,
     ProgressOpt,
     ResumeOpt,
+    SeedsOpt,
     SetOpt,
     ThreadsOpt,
     emit_json,
     err_console,
     out_console,
     show_progress,
+    with_seeds,
 )
 from benchkit.core.errors import ConfigError
 from benchkit.sweeps.parallel import JOBS_ENV
@@ -136,6 +138,10 @@ SUMMARY = {
         "cfg_schedule",
         "diffusion_steps",
         "fid",
+        "fid_ci95",
+        "n_seeds",
+        "fid_gap_significant",
+        "rank_stability",
         "seed_spread_fid",
         "kid_mean",
         "class_acc",
@@ -149,11 +155,13 @@ SUMMARY = {
 def _print_tables(df: Any, *, compact: bool) -> None:
     """One rich table per kind: with ``compact`` the SUMMARY columns that fit a terminal (the CSV, Markdown and
     LaTeX files keep every column)."""
+    from benchkit.results.seeds import table_rows  # late: heavy (scipy); loaded already, `df` is a DataFrame
     from benchkit.results.store import rich_table  # late: heavy (pandas); loaded already, `df` is a DataFrame
 
     for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
         part = df[df["kind"] == kind] if "kind" in df else df
-        if len(part):
+        if kind == "generator" and len(part):
+            part = table_rows(part)  # one row per model and setting, over its training seeds
             cols = [c for c in SUMMARY[kind] if c in part.columns] + ["kind"] if compact else list(part.columns)
             out_console.print(rich_table(part[cols], title))
 
@@ -170,6 +178,7 @@ def run(
     threads: ThreadsOpt = None,
     jobs: JobsOpt = None,
     claim_dir: ClaimOpt = None,
+    seeds: SeedsOpt = None,
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
@@ -179,7 +188,7 @@ def run(
         ["run", "--sweep", sweep],
         sweep,
         shard_text=shard_text,
-        sets=sets,
+        sets=with_seeds(sets, seeds),
         out_dir=out_dir,
         preset=preset,
         progress=progress,
@@ -210,6 +219,7 @@ def sweep(
     ] = None,
     jobs: JobsOpt = None,
     claim_dir: ClaimOpt = None,
+    seeds: SeedsOpt = None,
 ) -> None:
     """Run a grid over components and options; finished runs are skipped, so re-running resumes.
 
@@ -217,6 +227,7 @@ def sweep(
     """
     if not file.is_file():
         raise ConfigError(f"sweep file {str(file)!r} does not exist")
+    sets = with_seeds(sets, seeds)
     if slurm is not None:
         typer.echo(
             render_sbatch(file, slurm, sets=sets or [], out_dir=out_dir, preset=preset, extra=slurm_opts or []),

@@ -17,6 +17,7 @@ from benchkit.cli.common import (
     PresetOpt,
     ProgressOpt,
     ResumeOpt,
+    SeedsOpt,
     SetOpt,
     ThreadsOpt,
     emit_json,
@@ -24,6 +25,7 @@ from benchkit.cli.common import (
     out_console,
     run_config,
     show_progress,
+    with_seeds,
 )
 from benchkit.core.errors import ConfigError
 from benchkit.core.registry import TOKENIZERS
@@ -77,20 +79,22 @@ def train(
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
+    seeds: SeedsOpt = None,
 ) -> None:
-    """Train one generator (and its tokenizer if needed) and print the run directory.
+    """Train one generator (and its tokenizer if needed) and print the run directory (one per training seed).
 
     Example: benchkit train --set generator.name=mar --set head.name=diffloss --set tokenizer.name=kl
     """
     from benchkit.evaluation.commands import train_command  # late: heavy (torchvision, pandas); --help stays fast
 
     show_progress(progress)
-    cfg = run_config(preset, config, sets, out_dir, device, threads=threads)
+    cfg = run_config(preset, config, with_seeds(sets, seeds), out_dir, device, threads=threads)
     outcome = train_command(cfg, resume=resume, progress=progress)
     if as_json:
         emit_json(dataclasses.asdict(outcome))
         return
-    typer.echo(str(outcome.run_dir))
+    for run_dir in outcome.seed_runs or [outcome.run_dir]:
+        typer.echo(str(run_dir))
 
 
 def sample(

@@ -27,7 +27,7 @@ from benchkit.metrics.features import load_extractor
 from benchkit.metrics.sanity import sanity_battery, save_sanity
 from benchkit.sampling.generate import balanced_labels
 from benchkit.sampling.grids import save_grid
-from benchkit.training.artifacts import model_meta
+from benchkit.training.artifacts import model_meta, seed_configs
 from benchkit.training.checks import check_eval, load_splits
 from benchkit.training.generator import train_generator
 from benchkit.training.loading import load_run
@@ -80,14 +80,19 @@ class TrainOutcome:
     run_dir: Path
     tokenizer_dir: Path
     train: dict[str, Any] | None
+    seed_runs: list[Path] | None = None  # with train.seeds > 1: every seed's run directory, the first's above
 
 
 def train_command(cfg: RunConfig, *, resume: bool = True, progress: bool = True) -> TrainOutcome:
-    """Check the output directory and train the generator of ``cfg`` (and its tokenizer if needed)."""
+    """Check the output directory and train the generator of ``cfg`` (and its tokenizer if needed), once per
+    training seed (``train.seeds``), each an ordinary run."""
     check_writable(Path(cfg.out_dir))
     apply_threads(cfg.threads)
-    run = train_generator(cfg, resume=resume, progress=progress)
-    return TrainOutcome(run.dir, run.tokenizer.dir, model_meta(run.dir) or None)
+    runs = [train_generator(c, resume=resume, progress=progress) for c in seed_configs(cfg)]
+    first = runs[0]
+    return TrainOutcome(
+        first.dir, first.tokenizer.dir, model_meta(first.dir) or None, [r.dir for r in runs] if len(runs) > 1 else None
+    )
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.Da
     columns take the lowest seed's value; ``fid_seeds`` lists the per-seed FIDs in seed order, for the significance
     test and the rank bootstrap.
     """
-    if df.empty:
+    if df.empty or "n_seeds" in df.columns:  # already folded
         return df
     if key is None:
         key = ["model", *(c for c in SETTING if c in df.columns)] if "model" in df.columns else []
@@ -158,7 +158,7 @@ def table_rows(gen: pd.DataFrame) -> pd.DataFrame:
     """The generator table: rows folded over training seeds (``aggregate_seeds``), ``still_improving`` judged per
     seed and reported for the first, then significance: over training seeds (``seed_significance`` and
     ``rank_stability``) when some row has two or more, else by the sampling spread as before."""
-    if gen.empty:
+    if gen.empty or "n_seeds" in gen.columns:  # empty, or already this table
         return gen
     agg = aggregate_seeds(with_improving(gen))
     if (pd.to_numeric(agg["n_seeds"], errors="coerce") >= 2).any():

@@ -30,7 +30,7 @@ from typing import Any
 from benchkit.core.config import RunConfig, load_file, resolve
 from benchkit.core.errors import BenchkitError, ConfigError, suggest
 from benchkit.core.options import toml_loads
-from benchkit.training.artifacts import tokenizer_fingerprint
+from benchkit.training.artifacts import seed_configs, tokenizer_fingerprint
 from benchkit.training.checks import check
 
 
@@ -129,7 +129,9 @@ def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, prese
             except BenchkitError as e:
                 jobs.append(Job(overrides, None, str(e)))
                 continue
-            jobs.append(Job(overrides, cfg, None))
+            for c in seed_configs(cfg):  # train.seeds: one job per training seed, each an ordinary run
+                seed_overrides = (f"seed={c.seed}", f"train.seed_index={c.train.seed_index}") if c is not cfg else ()
+                jobs.append(Job((*overrides, *seed_overrides), c, None))
     return sorted(jobs, key=lambda j: (j.cfg is None, j.cfg.tokenizer.name if j.cfg else ""))
 
 
