@@ -22,7 +22,7 @@ from benchkit.cli.common import (
     with_seeds,
 )
 from benchkit.core.errors import ConfigError
-from benchkit.sweeps.parallel import JOBS_ENV
+from benchkit.core.threads import JOBS_ENV
 from benchkit.sweeps.slurm import render_sbatch
 
 if TYPE_CHECKING:

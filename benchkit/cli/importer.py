@@ -10,6 +10,7 @@ import typer
 
 from benchkit.cli.common import err_console
 from benchkit.core.errors import ConfigError
+from benchkit.core.files import check_writable
 
 
 def import_checkpoint(
@@ -51,7 +52,6 @@ def import_checkpoint(
     Example: benchkit import kl16 kl16.ckpt && benchkit import mar checkpoint-last.pth --arch mar_base
     --tokenizer results/tokenizers/kl-<fp>
     """
-    from benchkit.evaluation.commands import check_writable  # late: heavy (torchvision, pandas); --help stays fast
     from benchkit.importers.api import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer  # late: as above
 
     if kind not in KINDS:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchkit.core.errors import ConfigError
+
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it onto ``path``.
@@ -55,3 +57,14 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, with one line, when the output directory cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".benchkit-write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output directory {str(path)!r} cannot be written: {e.strerror or e}") from None

@@ -29,6 +29,7 @@ from benchkit.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+JOBS_ENV = "BENCHKIT_JOBS"  # gives ``--jobs`` its default (``BENCHKIT_JOBS=1``: every sweep in one process)
 
 
 def prepare_openmp(argv: Sequence[str] | None = None) -> None:

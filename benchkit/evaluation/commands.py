@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from benchkit.core.config import RunConfig, apply_override, from_dict
 from benchkit.core.distributed import is_main, pick_device
 from benchkit.core.errors import ConfigError
+from benchkit.core.files import check_writable
 from benchkit.core.progress import progress_bar
 from benchkit.core.registry import TOKENIZERS
 from benchkit.core.threads import apply_threads
@@ -36,17 +36,6 @@ from benchkit.training.tokenizer import train_tokenizer
 EVAL_OVERRIDE_PREFIXES = ("eval.", "sample.")
 """The config sections ``benchkit eval --set`` may change: how a trained run is sampled and measured, not how it
 was trained."""
-
-
-def check_writable(path: Path) -> None:
-    """Fail early, with one line, when the output directory cannot be created or written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".benchkit-write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output directory {str(path)!r} cannot be written: {e.strerror or e}") from None
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,10 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from benchkit.core.errors import BenchkitError, ConfigError
-
-if TYPE_CHECKING:  # benchkit.cli reads JOBS_ENV when it starts: this module stays free of heavy imports
-    from benchkit.sweeps.sweepfile import Job
-
-JOBS_ENV = "BENCHKIT_JOBS"
-"""Environment variable giving ``--jobs`` its default (e.g. ``BENCHKIT_JOBS=1`` keeps every sweep in one process)."""
+from benchkit.sweeps.sweepfile import Job
+from benchkit.training.artifacts import tokenizer_fingerprint
 
 
 def resolve_jobs(requested: int | None, *, valid_jobs: int, sharded: bool) -> int:
@@ -61,9 +56,6 @@ def resolve_jobs(requested: int | None, *, valid_jobs: int, sharded: bool) -> in
 def claim_order(jobs: Sequence[Job]) -> list[Job]:
     """The valid jobs with their tokenizers interleaved (first job of each tokenizer, then the second of each, ...),
     so that processes started together begin with different tokenizers instead of waiting on one lock."""
-    # late: heavy (torchvision); the CLI imports JOBS_ENV at start-up
-    from benchkit.training.artifacts import tokenizer_fingerprint
-
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         if job.cfg is not None:

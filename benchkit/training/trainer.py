@@ -11,7 +11,6 @@ losses' own randomness.
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from benchkit.core import distributed as bdist
-from benchkit.core.checkpoint import atomic_write, checkpoint_exists, load_checkpoint, save_checkpoint
+from benchkit.core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from benchkit.core.config import TrainConfig
 from benchkit.core.errors import CheckpointError, TrainingDivergedError
 from benchkit.core.interfaces import LossOutput
@@ -32,6 +31,7 @@ from benchkit.core.precision import autocast, grad_scaler
 from benchkit.nn.transformer import set_grad_checkpointing
 from benchkit.training.ema import EMA
 from benchkit.training.tblog import TensorBoardLog
+from benchkit.training.trainstate import checkpoint_step, read_log, restore_state, state_tensors, write_log
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -93,48 +93,6 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
-def _state_tensors(
-    model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
-    sd = opt.state_dict()
-    scalars: dict[str, Any] = {}
-    for idx, st in sd["state"].items():
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"optim.{idx}.{key}"] = val
-            else:
-                scalars[f"{idx}.{key}"] = val
-    tensors["rng.torch"] = torch.get_rng_state()
-    return tensors, {"param_groups": sd["param_groups"], "optim_scalars": scalars}
-
-
-def _restore(
-    tensors: dict[str, torch.Tensor],
-    meta: dict[str, Any],
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    ema: EMA | None,
-) -> None:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        for k, v in ema.shadow.items():
-            if f"ema.{k}" in tensors:
-                v.copy_(tensors[f"ema.{k}"])
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
-    for k, v in meta.get("optim_scalars", {}).items():
-        idx, key = k.split(".", 1)
-        state.setdefault(int(idx), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
-
-
 @dataclass
 class _Loop:
     """What one training stage carries from step to step."""
@@ -184,7 +142,7 @@ def fit(
     torch.manual_seed(seed + rank)
     loop = _setup(model, loss_fn, cfg, run_dir, fingerprint, desc, resume)
     log_path = run_dir / "log.csv"
-    rows = _read_log(log_path, upto=loop.start) if loop.start else []
+    rows = read_log(log_path, upto=loop.start) if loop.start else []
     per_rank = cfg.batch_size // world
     last_loss, t0, images_done = float("nan"), time.perf_counter(), 0
     progress = _progress(show_progress and bdist.is_main(), desc, cfg.steps, loop.start)
@@ -204,7 +162,7 @@ def fit(
                 _show(progress, desc, done, cfg, last_loss, ips)
             if bdist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 # the log first: a kill in between leaves extra rows, which a resume drops, never missing ones
-                _write_log(log_path, rows)
+                write_log(log_path, rows)
                 _save(loop, done, fingerprint, desc)
                 tb.preview(model, preview, done)
             if evaluate is not None and done in evaluate_at:
@@ -255,7 +213,7 @@ def _setup(
             )
         if not resume and meta.get("step", 0) < cfg.steps:
             raise CheckpointError(f"{str(run_dir)!r} holds an unfinished run; pass --resume to continue it")
-        _restore(tensors, meta, model, opt, ema)
+        restore_state(tensors, meta, model, opt, ema)
         if scaler is not None and "scaler" in meta:
             scaler.load_state_dict(meta["scaler"])
         start = int(meta["step"])
@@ -278,7 +236,7 @@ def _train_step(loop: _Loop, step: int, batch: Any, run_dir: Path, desc: str) ->
     with autocast(cfg.precision, loop.device):
         out: LossOutput = loop.module(batch)
     if bdist.any_rank(not bool(torch.isfinite(out.loss))):  # every rank stops at the same step
-        good = _ckpt_step(loop.ckpt) if checkpoint_exists(loop.ckpt) else None
+        good = checkpoint_step(loop.ckpt) if checkpoint_exists(loop.ckpt) else None
         raise TrainingDivergedError(
             f"{desc}: loss became {out.loss.item()} at step {step}; "
             + (
@@ -338,7 +296,7 @@ def _finish(
     """Switch to the EMA weights and eval mode; report the stage (from the log when nothing was left to train)."""
     cfg, start = loop.cfg, loop.start
     if start >= cfg.steps and not rows:
-        rows = _read_log(log_path, upto=cfg.steps)
+        rows = read_log(log_path, upto=cfg.steps)
     if loop.ema is not None:  # evaluate with EMA weights from here on
         loop.model.load_state_dict(loop.ema.shadow)
     loop.model.eval()
@@ -352,39 +310,11 @@ def _finish(
     )
 
 
-def _ckpt_step(ckpt: Path) -> int:
-    import json
-
-    return int(json.loads(ckpt.with_suffix(".json").read_text()).get("step", 0))
-
-
 def _save(loop: _Loop, step: int, fp: str, desc: str) -> None:
-    tensors, meta = _state_tensors(loop.model, loop.opt, loop.ema)
+    tensors, meta = state_tensors(loop.model, loop.opt, loop.ema)
     if loop.scaler is not None:
         meta["scaler"] = loop.scaler.state_dict()
     save_checkpoint(loop.ckpt, tensors, {**meta, "step": step, "fingerprint": fp, "desc": desc})
-
-
-def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= upto]
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(path, write)
 
 
 def _progress(enabled: bool, desc: str, total: int, start: int) -> Any:
