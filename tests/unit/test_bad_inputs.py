@@ -127,73 +127,35 @@ SETUPS: dict[str, Callable[[Path], str]] = {
 
 # (id, args, exit code, regex on the error line). "{x}" placeholders are filled by SETUPS[x](tmp_path);
 # "{missing}" is a path that does not exist. Train-like commands get BASE (tiny sizes) prepended to their options.
+# fmt: off
 CASES = [
     # unknown names, with suggestions
-    (
-        "unknown-tokenizer",
-        ["train", "--set", "tokenizer.name=vqq"],
-        2,
-        r"unknown tokenizer 'vqq'; valid: kl, rq, vq; did you mean 'vq'",
-    ),
-    (
-        "unknown-generator",
-        ["train", "--set", "generator.name=marr"],
-        2,
-        r"unknown generator 'marr'; valid: ar, mar, randar, rqtransformer; did you mean 'mar'",
-    ),
-    (
-        "unknown-features",
-        ["train", "--set", "eval.features=incepton"],
-        2,
-        r"unknown feature extractor 'incepton'.*did you mean 'inception'",
-    ),
+    ("unknown-tokenizer", ["train", "--set", "tokenizer.name=vqq"], 2,
+     r"unknown tokenizer 'vqq'; valid: kl, rq, vq; did you mean 'vq'"),
+    ("unknown-generator", ["train", "--set", "generator.name=marr"], 2,
+     r"unknown generator 'marr'; valid: ar, mar, randar, rqtransformer; did you mean 'mar'"),
+    ("unknown-features", ["train", "--set", "eval.features=incepton"], 2,
+     r"unknown feature extractor 'incepton'.*did you mean 'inception'"),
     ("unknown-preset-suggests", ["train", "--preset", "tiney"], 2, r"unknown preset 'tiney'.*did you mean 'tiny'"),
-    (
-        "unknown-dataset-suggests",
-        ["train", "--set", "data.name=mnsit"],
-        2,
-        r"unknown dataset 'mnsit'.*did you mean 'mnist'",
-    ),
+    ("unknown-dataset-suggests", ["train", "--set", "data.name=mnsit"], 2,
+     r"unknown dataset 'mnsit'.*did you mean 'mnist'"),
     ("train-tokenizer-unknown", ["train-tokenizer", "kll"], 2, r"unknown tokenizer 'kll'.*did you mean 'kl'"),
     # incompatible combinations
-    (
-        "incompatible-rq-mar",
-        ["train", "--set", "tokenizer.name=rq", "--set", "generator.name=mar"],
-        2,
-        r"rq \+ mar \+ ce cannot work: mar models one token per position",
-    ),
-    (
-        "incompatible-kl-rqtransformer",
-        ["train", "--set", "tokenizer.name=kl", "--set", "generator.name=rqtransformer", "--set", "head.name=diffloss"],
-        2,
-        r"kl \+ rqtransformer \+ diffloss cannot work: rqtransformer needs stacked tokens",
-    ),
+    ("incompatible-rq-mar", ["train", "--set", "tokenizer.name=rq", "--set", "generator.name=mar"], 2,
+     r"rq \+ mar \+ ce cannot work: mar models one token per position"),
+    ("incompatible-kl-rqtransformer",
+     ["train", "--set", "tokenizer.name=kl", "--set", "generator.name=rqtransformer", "--set", "head.name=diffloss"],
+     2, r"kl \+ rqtransformer \+ diffloss cannot work: rqtransformer needs stacked tokens"),
     # unknown config keys
     ("unknown-top-level-key", ["train", "--set", "seeds=1"], 2, r"unknown config key 'seeds'.*did you mean 'seed'"),
-    (
-        "unknown-sample-key",
-        ["train", "--set", "sample.temprature=0.5"],
-        2,
-        r"unknown config key 'sample.temprature'.*did you mean 'temperature'",
-    ),
-    (
-        "unknown-head-option",
-        ["train", "--set", "head.options.topk=5"],
-        2,
-        r"unknown option head.ce.topk.*did you mean 'top_k'",
-    ),
-    (
-        "unknown-dataset-option",
-        ["train", "--set", "data.options={num_train = 64, num_tset = 5}"],
-        2,
-        r"unknown option dataset.shapes.num_tset.*did you mean 'num_test'",
-    ),
-    (
-        "unknown-eval-sweep-key",
-        ["train", "--set", "eval.sweep=[{cfgg = 2.0}]"],
-        2,
-        r"eval.sweep\[0\]: unknown sampling setting 'cfgg'; valid: steps, cfg, .*did you mean 'cfg'",
-    ),
+    ("unknown-sample-key", ["train", "--set", "sample.temprature=0.5"], 2,
+     r"unknown config key 'sample.temprature'.*did you mean 'temperature'"),
+    ("unknown-head-option", ["train", "--set", "head.options.topk=5"], 2,
+     r"unknown option head.ce.topk.*did you mean 'top_k'"),
+    ("unknown-dataset-option", ["train", "--set", "data.options={num_train = 64, num_tset = 5}"], 2,
+     r"unknown option dataset.shapes.num_tset.*did you mean 'num_test'"),
+    ("unknown-eval-sweep-key", ["train", "--set", "eval.sweep=[{cfgg = 2.0}]"], 2,
+     r"eval.sweep\[0\]: unknown sampling setting 'cfgg'; valid: steps, cfg, .*did you mean 'cfg'"),
     ("unknown-key-in-config-file", ["train", "--config", "{keyfile}"], 2, r"unknown config key|stpes"),
     ("unknown-sweep-key", ["sweep", "{sweep}"], 2, r"unknown sweep key 'grids'"),
     ("override-without-equals", ["train", "--set", "train.steps"], 2, r"must look like key.path=value"),
@@ -201,104 +163,45 @@ CASES = [
     ("override-below-a-value", ["train", "--set", "train.steps.x=3"], 2, r"'train.steps' is a value, not a section"),
     ("unparsable-config-file", ["train", "--config", "{badtoml}"], 2, r"cannot parse config file"),
     # wrong types
-    (
-        "steps-not-int",
-        ["train", "--set", "train.steps=abc"],
-        2,
-        r"train.steps = 'abc' has the wrong type; expected int",
-    ),
+    ("steps-not-int", ["train", "--set", "train.steps=abc"], 2, r"train.steps = 'abc' has the wrong type; expected int"),
     ("steps-float", ["train", "--set", "train.steps=1.5"], 2, r"train.steps = 1.5 has the wrong type"),
-    (
-        "option-wrong-type",
-        ["train", "--set", "generator.options.width=wide"],
-        2,
-        r"generator.ar.width = 'wide' has the wrong type; expected int",
-    ),
+    ("option-wrong-type", ["train", "--set", "generator.options.width=wide"], 2,
+     r"generator.ar.width = 'wide' has the wrong type; expected int"),
     ("bool-wrong-type", ["train", "--set", "eval.prc=maybe"], 2, r"eval.prc = 'maybe' has the wrong type"),
     ("literal-not-valid", ["train", "--set", "train.schedule=cosin"], 2, r"'cosin' is not valid; valid: 'cosine'"),
     # out-of-range values
     ("negative-steps", ["train", "--set", "train.steps=-5"], 2, r"steps must be >= 1, got -5"),
     ("batch-size-zero", ["train", "--set", "train.batch_size=0"], 2, r"batch_size must be >= 1, got 0"),
     ("cfg-negative", ["train", "--set", "sample.cfg=-1"], 2, r"cfg must be >= 0, got -1"),
-    (
-        "temperature-negative",
-        ["train", "--set", "sample.temperature=-1"],
-        2,
-        r"temperature must be >= 0 \(0 = greedy\), got -1",
-    ),
+    ("temperature-negative", ["train", "--set", "sample.temperature=-1"], 2, r"temperature must be >= 0 \(0 = greedy\), got -1"),
     ("lr-zero", ["train", "--set", "tokenizer_train.lr=0"], 2, r"lr must be > 0"),
     ("image-size-tiny", ["train", "--set", "data.image_size=4"], 2, r"image_size must be >= 8, got 4"),
     ("codebook-too-small", ["train", "--set", "tokenizer.options.codebook_size=1"], 2, r"codebook_size must be >= 2"),
     ("dataset-size-zero", ["train", "--set", "data.options={num_train = 0}"], 2, r"num_train must be >= 1"),
-    (
-        "eval-sweep-cfg-negative",
-        ["train", "--set", "eval.sweep=[{cfg = -2.0}]"],
-        2,
-        r"eval.sweep\[0\]: cfg must be >= 0",
-    ),
+    ("eval-sweep-cfg-negative", ["train", "--set", "eval.sweep=[{cfg = -2.0}]"], 2, r"eval.sweep\[0\]: cfg must be >= 0"),
     ("shard-not-i-of-n", ["run", "--shard", "abc"], 2, r"--shard 'abc' must look like i/n"),
-    (
-        "run-tune-reference-below-2",
-        ["run", "--set", "eval.tune_reference=1"],
-        2,  # said once, not once per combo
-        r"no valid combination: eval: tune_reference must be >= 2 \(or unset: as many as tune_samples\), got 1$",
-    ),
+    ("run-tune-reference-below-2", ["run", "--set", "eval.tune_reference=1"], 2,  # said once, not once per combo
+     r"no valid combination: eval: tune_reference must be >= 2 \(or unset: as many as tune_samples\), got 1$"),
     # data
-    (
-        "imagefolder-missing",
-        ["train", "--set", 'data.name="imagefolder:{missing}"', "--set", "data.options={}"],
-        1,
-        r"image folder .* does not exist or is not a folder",
-    ),
-    (
-        "imagefolder-empty",
-        ["train", "--set", 'data.name="imagefolder:{empty}"', "--set", "data.options={}"],
-        1,
-        r"no image files in the class folders",
-    ),
-    (
-        "imagefolder-all-corrupt",
-        ["train", "--set", 'data.name="imagefolder:{corrupt}"', "--set", "data.options={}"],
-        1,
-        r"none of the \d+ image files of the train split .* could be read",
-    ),
-    (
-        "imagefolder-without-path",
-        ["train", "--set", 'data.name="imagefolder"', "--set", "data.options={}"],
-        2,
-        r"path must be set: use the dataset name imagefolder:PATH",
-    ),
-    (
-        "path-on-pathless-dataset",
-        ["train", "--set", 'data.name="shapes:/tmp"'],
-        2,
-        r"dataset 'shapes' takes no path, so 'shapes:/tmp' is invalid",
-    ),
-    (
-        "dataset-smaller-than-batch",
-        ["train", "--set", "data.options={num_train = 4, num_test = 4}"],
-        1,
-        r"has 4 training images, fewer than one batch \(tokenizer_train.batch_size = 8\)",
-    ),
-    (
-        "imagefolder-smaller-than-batch",
-        ["train", "--set", 'data.name="imagefolder:{few}"', "--set", "data.options={}"],
-        1,
-        r"training images, fewer than one batch",
-    ),
+    ("imagefolder-missing", ["train", "--set", 'data.name="imagefolder:{missing}"', "--set", "data.options={}"], 1,
+     r"image folder .* does not exist or is not a folder"),
+    ("imagefolder-empty", ["train", "--set", 'data.name="imagefolder:{empty}"', "--set", "data.options={}"], 1,
+     r"no image files in the class folders"),
+    ("imagefolder-all-corrupt", ["train", "--set", 'data.name="imagefolder:{corrupt}"', "--set", "data.options={}"], 1,
+     r"none of the \d+ image files of the train split .* could be read"),
+    ("imagefolder-without-path", ["train", "--set", 'data.name="imagefolder"', "--set", "data.options={}"], 2,
+     r"path must be set: use the dataset name imagefolder:PATH"),
+    ("path-on-pathless-dataset", ["train", "--set", 'data.name="shapes:/tmp"'], 2,
+     r"dataset 'shapes' takes no path, so 'shapes:/tmp' is invalid"),
+    ("dataset-smaller-than-batch", ["train", "--set", "data.options={num_train = 4, num_test = 4}"], 1,
+     r"has 4 training images, fewer than one batch \(tokenizer_train.batch_size = 8\)"),
+    ("imagefolder-smaller-than-batch", ["train", "--set", 'data.name="imagefolder:{few}"', "--set", "data.options={}"],
+     1, r"training images, fewer than one batch"),
     # feature network without weights, checked before any training
-    (
-        "inception-offline-at-train",
-        ["train", "--set", "eval.features=inception"],
-        2,
-        r"needs Inception-V3 weights, not found.*never downloads",
-    ),
-    (
-        "inception-named-file-missing",
-        ["train", "--set", 'eval.inception_weights="{missing}"'],
-        2,
-        r"needs Inception-V3 weights, not found",
-    ),
+    ("inception-offline-at-train", ["train", "--set", "eval.features=inception"], 2,
+     r"needs Inception-V3 weights, not found.*never downloads"),
+    ("inception-named-file-missing", ["train", "--set", 'eval.inception_weights="{missing}"'], 2,
+     r"needs Inception-V3 weights, not found"),
     # outputs that cannot be written
     ("out-dir-under-a-file-tokenizer", ["train-tokenizer", "--out-dir", "{blocker}/sub"], 2, r"cannot be written"),
     ("sweep-out-dir-under-a-file", ["run", "--out-dir", "{blocker}/sub"], 2, r"cannot be written"),
@@ -306,6 +209,7 @@ CASES = [
     ("eval-without-run", ["eval"], 2, r"needs a RUN directory"),
     ("table-without-rows", ["table", "{missing}"], 2, r"has no rows.jsonl"),
 ]
+# fmt: on
 
 
 def _fill(args: list[str], tmp: Path) -> list[str]:
@@ -343,47 +247,23 @@ def test_bad_input_one_line(
 
 
 # -------------------------------------------------------------------------------------- cases on a trained run
+# fmt: off
 RUN_CASES = [
-    (
-        "sample-temperature-negative",
-        ["sample", "{run}", "--temperature", "-0.5"],
-        2,
-        r"temperature must be >= 0 \(0 = greedy\), got -0.5",
-    ),
+    ("sample-temperature-negative", ["sample", "{run}", "--temperature", "-0.5"], 2, r"temperature must be >= 0 \(0 = greedy\), got -0.5"),
     ("sample-cfg-negative", ["sample", "{run}", "--cfg", "-1"], 2, r"cfg must be >= 0, got -1"),
-    (
-        "sample-unknown-cfg-schedule",
-        ["sample", "{run}", "--cfg-schedule", "cosine"],
-        2,
-        r"unknown cfg_schedule 'cosine'; valid: constant, linear",
-    ),
+    ("sample-unknown-cfg-schedule", ["sample", "{run}", "--cfg-schedule", "cosine"], 2,
+     r"unknown cfg_schedule 'cosine'; valid: constant, linear"),
     ("sample-steps-zero", ["sample", "{run}", "--steps", "0"], 2, r"steps must be >= 1, got 0"),
     ("sample-out-under-a-file", ["sample", "{run}", "--out", "{blocker}/grid.png"], None, r"blocker"),
-    (
-        "eval-non-eval-override",
-        ["eval", "{run}", "--set", "train.steps=5"],
-        2,
-        r"eval only accepts eval.\* and sample.\*",
-    ),
-    (
-        "eval-inception-offline",
-        ["eval", "{run}", "--set", "eval.features=inception"],
-        2,
-        r"Inception-V3 weights not found|needs Inception-V3 weights",
-    ),
-    (
-        "eval-unknown-features",
-        ["eval", "{run}", "--set", "eval.features=incepton"],
-        2,
-        r"unknown feature extractor 'incepton'",
-    ),
-    (
-        "eval-unknown-sweep-key",
-        ["eval", "{run}", "--set", "eval.sweep=[{cfgg = 2.0}]"],
-        2,
-        r"eval.sweep\[0\]: unknown sampling setting 'cfgg'; valid: steps, cfg, .*did you mean 'cfg'",
-    ),
+    ("eval-non-eval-override", ["eval", "{run}", "--set", "train.steps=5"], 2, r"eval only accepts eval.\* and sample.\*"),
+    ("eval-inception-offline", ["eval", "{run}", "--set", "eval.features=inception"], 2,
+     r"Inception-V3 weights not found|needs Inception-V3 weights"),
+    ("eval-unknown-features", ["eval", "{run}", "--set", "eval.features=incepton"], 2,
+     r"unknown feature extractor 'incepton'"),
+    ("eval-unknown-sweep-key", ["eval", "{run}", "--set", "eval.sweep=[{cfgg = 2.0}]"], 2,
+     r"eval.sweep\[0\]: unknown sampling setting 'cfgg'; valid: steps, cfg, .*did you mean 'cfg'"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("case_id, args, code, pattern", RUN_CASES, ids=[c[0] for c in RUN_CASES])
