@@ -2,48 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
 from benchkit.core.config import CFG_SCHEDULES
 from benchkit.core.errors import ConfigError
-from benchkit.core.interfaces import TokenSpec
 from benchkit.nn.schedules import (
     cfg_at,
     mask_ratio_truncnorm,
     tokens_to_keep_masked,
 )
-
-NUM_CLASSES = 3
-GRID = (2, 3)  # non-square on purpose: catches h/w mix-ups
-SPECS = {
-    "discrete-d1": TokenSpec("discrete", GRID, 1, vocab_size=16),
-    "discrete-d4": TokenSpec("discrete", GRID, 4, vocab_size=16),
-    "continuous-d1": TokenSpec("continuous", GRID, 1, dim=4),
-    "continuous-d4": TokenSpec("continuous", GRID, 4, dim=4),
-}
-SMALL: dict[str, dict[str, Any]] = {  # smaller than tiny so every test stays well under a second
-    "ar": {"width": 32, "depth": 2, "num_heads": 2},
-    "mar": {"width": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "buffer_size": 2, "steps": 4},
-    "rqtransformer": {"width": 32, "spatial_depth": 2, "depth_depth": 1, "num_heads": 2},
-    "randar": {"width": 32, "depth": 2, "num_heads": 2},
-}
-HEAD_OPTIONS = {"ce": {}, "diffloss": {"width": 32, "depth": 1, "batch_mul": 1, "sampling_steps": 3}}
-COMBOS = [  # (generator, head, token layout): every valid combination
-    ("ar", "ce", "discrete-d1"),
-    ("ar", "ce", "discrete-d4"),  # flattened h*w*D sequence: the long-sequence baseline
-    ("ar", "diffloss", "continuous-d1"),
-    ("ar", "diffloss", "continuous-d4"),
-    ("mar", "ce", "discrete-d1"),
-    ("mar", "diffloss", "continuous-d1"),
-    ("rqtransformer", "ce", "discrete-d4"),
-    ("rqtransformer", "diffloss", "continuous-d4"),
-    ("randar", "ce", "discrete-d1"),
-    ("randar", "diffloss", "continuous-d1"),
-]
-IDS = [f"{g}-{h}-{s}" for g, h, s in COMBOS]
 
 
 def seeded(seed: int) -> torch.Generator:
