@@ -2,7 +2,9 @@
 
 Quality comes from ``benchkit.metrics`` (torch-fidelity and clean-fid on the same features), cost from
 ``benchkit.metrics.cost`` (params, FLOPs per image, images/s at a stated batch, latency at batch 1, peak memory).
-One row per sampling setting, so a sweep over steps / cfg / temperature gives the speed-quality curves.
+One row per sampling setting, so a sweep over steps / cfg / temperature gives the speed-quality curves. Every
+generator row also carries the sample health check of its samples (``benchkit.metrics.health``: ``health`` =
+ok / diverged / collapsed and the figures it rests on), so a numerically meaningless row is marked in the table.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from benchkit.evaluation.tuning import rows_to_tune, tune_model
 from benchkit.metrics import cost
 from benchkit.metrics.configured import cache_dir, config_extractor, reference_key
 from benchkit.metrics.cost import backbone_params
+from benchkit.metrics.health import SampleHealth
 from benchkit.metrics.perceptual import load_lpips, lpips_per_image, lpips_unavailable
 from benchkit.metrics.quality import generation_metrics
 from benchkit.metrics.recon import bits_per_image, codebook_usage, psnr, ssim
@@ -104,6 +107,7 @@ def evaluate_run(
     settings = resolve_settings(run, settings or settings_from(cfg))
     extractor = config_extractor(cfg, train)
     kept = {s for s, searched in zip(settings, rows_to_tune(settings)) if not searched}
+    run.token_reference(train.images)  # the sample health reference, kept on the run (tuning uses it too)
     # eval.tune: the best base setting, chosen once per model (on its first training seed)
     settings, tuned_on = tune_model(run, settings, extractor, test.images, train.num_classes)
     model = run_fingerprint(cfg)
@@ -180,6 +184,7 @@ def _measure_generator(
         log.info("%s [%s] already evaluated; skipping", run.dir.name, s.label())
         return None
     t0 = time.perf_counter()
+    health = SampleHealth(run.token_reference())  # sees every sampled token batch before decoding
     if cfg.eval.reference_stats:  # FID only, against the stored statistics, samples streamed in chunks
         with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
             quality: dict[str, Any] = streamed_fid(
@@ -188,6 +193,7 @@ def _measure_generator(
                     s,
                     seed=sd,
                     batch_size=cfg.sample.batch_size,
+                    health=health,
                 ),
                 labels,
                 extractor,
@@ -196,6 +202,7 @@ def _measure_generator(
                 seed=cfg.seed,
             )
         sample_time = time.perf_counter() - t0
+        health.all_reduce()
         if not bdist.is_main():
             return None
         first = False  # no seed spread: it would sample everything again
@@ -208,8 +215,10 @@ def _measure_generator(
                 batch_size=cfg.sample.batch_size,
                 distributed=True,
                 progress=bar,
+                health=health,
             )
         sample_time = time.perf_counter() - t0
+        health.all_reduce()
         if not bdist.is_main():
             return None
         quality = generation_metrics(
@@ -223,6 +232,9 @@ def _measure_generator(
             device=next_device(cfg),
             fid_inf=True,
         )
+    checked = health.summary()
+    if checked.failed:
+        log.warning("%s [%s]: samples %s: %s", run.dir.name, s.label(), checked.health, checked.health_reason)
     if cfg.eval.seed_spread and first:
         quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
     speed = sampling_cost(run, s, cfg)
@@ -241,6 +253,7 @@ def _measure_generator(
         "diffusion_steps": s.diffusion_steps,
         "head_deviations": head_deviations(cfg.head.name, cfg.head.options, sampling_steps=s.diffusion_steps),
         **quality,
+        **checked.row(),
         "params": params,
         "backbone_params": backbone_params(run.generator),
         "sample_time_s": sample_time,

@@ -11,6 +11,11 @@ reference; the best replaces the base setting, and the rows then measure it on t
 (the chosen values are the row's ``cfg`` / ``cfg_schedule`` / ``temperature``). Scores and the search time go to
 the log.
 
+Sample health: every candidate's samples go through the sample health check (``benchkit.metrics.health``, against
+the run's training tokens). A candidate whose samples diverged or collapsed is never chosen, whatever its score
+(a diverged sampler can score deceptively well on a few hundred samples, or break the metric): it is skipped with
+one log line; when every candidate fails, the base setting is kept, with a warning, and its rows say ``health``.
+
 Validation split: for the procedural ``shapes`` dataset, fresh draws from another seed (same distribution, no
 image in common with either split); for other datasets, test images after the first ``eval.num_reference``.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +49,7 @@ from benchkit.core.config import TUNE_METRICS, EvalConfig, fingerprint
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_text
 from benchkit.data.loading import load_dataset
+from benchkit.metrics.health import HealthSummary, SampleHealth
 from benchkit.metrics.quality import cleanfid_kid, fid_from_features
 from benchkit.sampling.generate import TUNABLE, SampleSettings, balanced_labels, candidates
 from benchkit.training.artifacts import TrainedRun, base_seed_config, run_dir
@@ -88,18 +95,30 @@ def tune(
     *,
     what: str = "",
     metric: str = EvalConfig.tune_metric,
+    failure: Callable[[SampleSettings], str | None] | None = None,
 ) -> tuple[SampleSettings, list[tuple[SampleSettings, float]]]:
     """Score each option by ``metric`` (``fid`` or ``kid``) of sample(option) against ``validation`` on
-    ``features``; return the best and all scores."""
+    ``features``; return the best and all scores.
+
+    ``failure``, asked right after an option was sampled, names why its samples failed the sample health check (None
+    when they passed): such an option is skipped (score ``inf``, one log line) and never chosen; when every option
+    fails, the first (the base setting) is kept."""
     if metric not in TUNE_METRICS:
         raise ConfigError(f"unknown eval.tune_metric {metric!r}; valid: {', '.join(TUNE_METRICS)}")
     t0 = time.perf_counter()
     val_feats = features(validation)
     num_samples = 0
+    failed: dict[SampleSettings, str] = {}
 
     def score(s: SampleSettings) -> float:
         nonlocal num_samples
-        feats = features(sample(s))
+        images = sample(s)
+        problem = failure(s) if failure is not None else None
+        if problem is not None:
+            failed[s] = problem
+            log.warning("%s tuning: skipping %s, its samples failed the health check: %s", what, s.label(), problem)
+            return math.inf
+        feats = features(images)
         num_samples = len(feats)
         if metric == "fid":
             return fid_from_features(feats, val_feats)
@@ -107,6 +126,14 @@ def tune(
         return cleanfid_kid(feats.double().numpy(), val_feats.double().numpy(), n, seed=0)
 
     best, scored = pick_best(options, score)
+    healthy = [(s, v) for s, v in scored if s not in failed]
+    if not healthy:
+        best = options[0]
+        log.warning(
+            "%s tuning: every candidate failed the sample health check; keeping the base setting %s", what, best.label()
+        )
+    elif best in failed:  # only when the healthy scores are not comparable (NaN)
+        best = healthy[0][0]
     log.info(
         "%s tuning: %d settings x %d samples against %d validation images in %.1f s; chose %s",
         what,
@@ -117,7 +144,10 @@ def tune(
         best.label(),
     )
     for s, v in scored:
-        log.info("%s tuning: %-40s validation %s %.4g", what, s.label(), metric.upper(), v)
+        if s in failed:
+            log.info("%s tuning: %-40s skipped (sample health: %s)", what, s.label(), failed[s])
+        else:
+            log.info("%s tuning: %-40s validation %s %.4g", what, s.label(), metric.upper(), v)
     return best, scored
 
 
@@ -167,17 +197,36 @@ def tune_run(
         image_size=cfg.data.image_size,
     )
     labels = balanced_labels(n, num_classes)
+    reference = run.token_reference()  # computed by evaluate_run from the training images when there is no cache
+    health: dict[SampleSettings, HealthSummary] = {}
 
     def sample(s: SampleSettings) -> torch.Tensor:
-        return run.sample_images(
+        check = SampleHealth(reference)
+        images: torch.Tensor = run.sample_images(
             labels,
             s,
             seed=cfg.seed + 1,
             batch_size=cfg.sample.batch_size,
+            health=check,
         )
+        health[s] = check.summary()
+        return images
+
+    def failure(s: SampleSettings) -> str | None:
+        h = health.get(s)
+        return f"{h.health} ({h.health_reason})" if h is not None and h.failed else None
 
     def tune_one(options: list[SampleSettings], row: str) -> SampleSettings:
-        return tune(options, sample, extractor.features, val, what=run.dir.name + row, metric=cfg.eval.tune_metric)[0]
+        best, _ = tune(
+            options,
+            sample,
+            extractor.features,
+            val,
+            what=run.dir.name + row,
+            metric=cfg.eval.tune_metric,
+            failure=failure,
+        )
+        return best
 
     return tune_settings(settings, cfg.eval.tune, tune_one)
 
@@ -185,10 +234,11 @@ def tune_run(
 def tune_model(
     run: TrainedRun, settings: list[SampleSettings], extractor: Any, test: torch.Tensor, num_classes: int
 ) -> tuple[list[SampleSettings], int]:
-    """:func:`tune_run` once per model: the first training seed tunes and stores its choice in its run directory
-    (``tuned-<evaluation>.json``); every other seed applies that choice. Returns (settings, the seed index they were
-    tuned on). A later seed whose first seed has not been tuned (another process has not got there yet, or only
-    this seed was asked for) tunes on its own samples, with a warning, and says so in its rows."""
+    """:func:`tune_run` once per model: the first training seed tunes (every time it is evaluated, as a single-seed
+    run always has) and stores its choice in its run directory (``tuned-<evaluation>.json``); every other seed
+    applies the stored choice. Returns (settings, the seed index they were tuned on). A later seed whose first seed
+    has not been tuned (another process has not got there yet, or only this seed was asked for) tunes on its own
+    samples, with a warning, and says so in its rows."""
     cfg = run.cfg
     if not cfg.eval.tune:
         return settings, cfg.train.seed_index
@@ -206,7 +256,7 @@ def tune_model(
     path = run_dir(base) / f"tuned-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with bdist.stage_lock(path.with_suffix(".lock")):
-        if bdist.broadcast_object(path.is_file()):
+        if cfg.train.seed_index != 0 and bdist.broadcast_object(path.is_file()):
             stored = json.loads(path.read_text())
             return [SampleSettings(**s) for s in stored["settings"]], int(stored["seed_index"])
         if cfg.train.seed_index != 0:

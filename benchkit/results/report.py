@@ -34,6 +34,7 @@ from benchkit.core.config import RunConfig
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_text
 from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
+from benchkit.metrics.health import is_failing
 from benchkit.results.store import (
     DECIMALS,
     HUMAN_COLUMNS,
@@ -57,6 +58,7 @@ SAMPLE_GRID, RECON_GRID = "samples.png", "reconstructions.png"
 ENV_KEYS = ("benchkit", "python", "torch", "torch_fidelity", "clean_fid", "cuda")
 LONG_TEXT = 40  # characters: longer text cells (a deviations column, say) wrap rather than widen the table
 HIDDEN = (*PROVENANCE, "kind")  # shown in the provenance block, not in the tables
+HEALTH, HEALTH_BADGE = "health", "\u26a0"  # a row whose samples failed the health check: a warning sign in its cell
 
 
 # ----------------------------------------------------------------------------------------------- small pieces
@@ -85,9 +87,12 @@ def _missing(v: Any) -> bool:
 
 def cell(value: Any, col: str) -> dict[str, Any]:
     """One table cell: {"text": display text, "sort": sort key (a number's repr, or the text; "" when missing),
-    "num": numeric, "long": text long enough to wrap}."""
+    "num": numeric, "long": text long enough to wrap}. A failed sample health check (``health`` diverged /
+    collapsed) shows as a warning badge, ``⚠ DIVERGED``, sorting by its value."""
     num = isinstance(value, (int, float)) and not isinstance(value, bool) and not _missing(value)
-    if _missing(value):
+    if col == HEALTH and is_failing(value):
+        text, sort = f"{HEALTH_BADGE} {str(value).upper()}", str(value)
+    elif _missing(value):
         text, sort = "-", ""
     elif isinstance(value, bool):
         text = sort = str(value).lower()
@@ -343,12 +348,20 @@ def collect(results_dir: Path, out_root: Path | None = None) -> dict[str, Any]:
         "plots": plots,
         "row_deviations": [(r.get("run"), r[dev_col]) for r in gen_rows if dev_col and not _missing(r.get(dev_col))],
         "stated": [(fam, name, items) for fam, name in sorted(used) if (items := stated_deviations(fam, name))],
-        "notes": _notes(gen_cols),
+        "notes": _notes(gen_cols, gen_rows),
     }
 
 
-def _notes(columns: list[str]) -> list[str]:
+def _notes(columns: list[str], rows: list[dict[str, Any]] | None = None) -> list[str]:
     notes = []
+    failing = [r for r in rows or [] if is_failing(r.get(HEALTH))]
+    if failing:
+        runs = sorted({str(r.get("run")) for r in failing})
+        notes.append(
+            f"{HEALTH_BADGE} {len(failing)} generator row(s) failed the sample health check (health diverged or "
+            f"collapsed: the sampled tokens are numerically meaningless next to the training tokens, so their FID "
+            f"compares nothing); runs: {', '.join(runs)}. The health_reason column says why."
+        )
     if "seed_spread_fid" in columns:
         notes.append(
             "seed_spread_fid is the FID difference between two seeds of the same model and setting: "

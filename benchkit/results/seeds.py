@@ -24,16 +24,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchkit.metrics.health import is_failing
 from benchkit.results.convergence import with_improving
 from benchkit.results.significance import with_significance
 
 SEED_METRICS = ("fid", "kid_mean", "class_acc")
 # A generator row names its model config without the seed in ``model``; these columns add the sampling setting.
+HEALTH_WORST = {
+    "token_std_ratio_max": "max",
+    "token_out_of_range": "max",
+    "token_nonfinite": "max",
+    "token_std_ratio_min": "min",
+    "sample_distinct": "min",
+    "sample_pixel_std": "min",
+}
 SETTING = ("steps", "cfg", "cfg_schedule", "temperature", "diffusion_steps")
 ALPHA = 0.05
 
@@ -84,9 +94,29 @@ def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.Da
         fids = pd.to_numeric(group["fid"], errors="coerce") if "fid" in group.columns else pd.Series(dtype=float)
         row["fid_seeds"] = [float(v) for v in fids if math.isfinite(v)]
         row["n_seeds"] = len(row["fid_seeds"]) if "fid" in group.columns else len(group)
+        row.update(_worst_health(group))
         row.pop("_row", None)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _worst_health(group: pd.DataFrame) -> dict[str, Any]:
+    """The sample-health fields of a model over its seeds: the worst verdict (a failing seed marks the row, it is
+    never hidden under the first seed's), the worst of each figure, and ``health_seeds`` ("1/3 failed")."""
+    if "health" not in group.columns:
+        return {}
+    failing = [i for i, v in enumerate(group["health"]) if is_failing(v)]
+    out: dict[str, Any] = {"health_seeds": f"{len(failing)}/{len(group)} failed" if failing else None}
+    if failing:
+        first = group.iloc[failing[0]]
+        seed = first.get("seed")
+        out["health"] = first["health"]
+        out["health_reason"] = f"seed {seed}: {first.get('health_reason')}"
+    for col, worst in HEALTH_WORST.items():
+        if col in group.columns:
+            values = pd.to_numeric(group[col], errors="coerce")
+            out[col] = values.max() if worst == "max" else values.min()
+    return out
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
+from benchkit.metrics.health import COLLAPSED_STD_RATIO, DISTINCT_MIN, DIVERGED_STD_RATIO, OUT_OF_RANGE_MAX, is_failing
 from benchkit.results.seeds import table_rows
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,15 @@ QUALITY = (
     "fid_cleanfid",
     "fid_rel_diff",
     "fid_invalid",
+    "health",
+    "health_seeds",
+    "health_reason",
+    "token_std_ratio_max",
+    "token_std_ratio_min",
+    "token_out_of_range",
+    "token_nonfinite",
+    "sample_distinct",
+    "sample_pixel_std",
     "fid_inf",
     "seed_spread_fid",
     "is_mean",
@@ -145,6 +155,12 @@ DECIMALS = {
     "class_acc_ci95": 3,
     "fid_cleanfid": 2,
     "fid_rel_diff": 3,
+    "token_std_ratio_max": 3,
+    "token_std_ratio_min": 3,
+    "token_out_of_range": 4,
+    "token_nonfinite": 6,
+    "sample_distinct": 3,
+    "sample_pixel_std": 2,
     "fid_inf": 2,
     "seed_spread_fid": 2,
     "is_mean": 2,
@@ -437,6 +453,30 @@ def _notes(df: pd.DataFrame) -> list[str]:
             "by more than the noise (yes / no / - = no points); convergence_fid is that last FID, at a "
             "small sample count."
         )
+    if "health" in df.columns:
+        notes.append(
+            "health: the sample health check of each row's sampled tokens against the training tokens (ok / "
+            f"diverged: non-finite values, a channel's std over {DIVERGED_STD_RATIO:g}x the training std or over "
+            f"{OUT_OF_RANGE_MAX:.0%} of the values well outside the training range / collapsed: a channel's std under "
+            f"{COLLAPSED_STD_RATIO:g}x, under {DISTINCT_MIN:.0%} distinct samples or near-constant images); "
+            "token_std_ratio_max/min, token_out_of_range, token_nonfinite, sample_distinct and sample_pixel_std "
+            "are its figures."
+        )
+        failing = [r for r in df.to_dict(orient="records") if is_failing(r.get("health"))]
+        setting = ("steps", "cfg", "cfg_schedule", "temperature", "diffusion_steps")
+        if failing:
+            notes.append(
+                f"WARNING: {len(failing)} row(s) failed the sample health check; their samples are numerically "
+                "meaningless and their FID compares nothing: "
+                + "; ".join(
+                    f"{r.get('run', '?')} ["
+                    + " ".join(f"{k}={r[k]}" for k in setting if not _missing(r.get(k)))
+                    + f"] {r['health']}"
+                    + ("" if _missing(r.get("health_reason")) else f" ({r['health_reason']})")
+                    for r in failing
+                )
+                + "."
+            )
     if "head_deviations" in df.columns:
         notes.append(
             "head_deviations: head settings that differ from the paper's method (MAR: learned variance, "

@@ -22,6 +22,7 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.interfaces import Generator, Tokenizer, TokenKind
 from benchkit.core.precision import autocast
 from benchkit.data.base import to_uint8
+from benchkit.metrics.health import SampleHealth
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -69,16 +70,25 @@ def generate_images(
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
     distributed: bool = False,
+    health: SampleHealth | None = None,
 ) -> torch.Tensor:
     """uint8 images [N, 3, H, W] for ``labels``; with ``distributed`` under torchrun, every rank must call, each
-    generates its share of the batches and all ranks receive all images in label order."""
+    generates its share of the batches and all ranks receive all images in label order.
+
+    ``health`` (``benchkit.metrics.health``) sees each batch of sampled tokens before it is decoded and the batch's
+    images after; it only reads them, so the images are the same with or without it. Under ``distributed`` it sees
+    this rank's batches only: call its ``all_reduce`` on every rank before reading its summary."""
     decoder = cast(Tokenizer, tokenizer)
-    parts = [
-        to_uint8(decoder.decode(t, kind)).cpu()
-        for t in generate_tokens(
-            generator, labels, settings, seed=seed, batch_size=batch_size, progress=progress, distributed=distributed
-        )
-    ]
+    parts = []
+    for t in generate_tokens(
+        generator, labels, settings, seed=seed, batch_size=batch_size, progress=progress, distributed=distributed
+    ):
+        if health is not None:
+            health.update_tokens(t)
+        images = to_uint8(decoder.decode(t, kind)).cpu()
+        if health is not None:
+            health.update_images(images)
+        parts.append(images)
     if not distributed or bdist.world_size() == 1:
         return torch.cat(parts)
     return _gather_batches(parts, len(labels), batch_size)

@@ -15,20 +15,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from benchkit.core.checkpoint import (
     atomic_write,
+    checkpoint_exists,
 )
 from benchkit.core.compat import Combination
 from benchkit.core.config import RunConfig, fingerprint
+from benchkit.core.errors import CheckpointError
 from benchkit.core.provenance import environment
 from benchkit.core.registry import GENERATORS, TOKENIZERS
+from benchkit.data.base import to_float
+from benchkit.metrics.health import REFERENCE_IMAGES, SampleHealth, TokenReference, token_reference
 from benchkit.sampling.generate import SampleSettings, generate_images
+from benchkit.training.tokencache import INDEX, ShardedTokenCache
 from benchkit.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ class TrainedRun:
     combo: Combination
     dir: Path
     result: TrainResult | None
+    _token_reference: TokenReference | None = field(default=None, init=False, repr=False, compare=False)
 
     def sample_images(
         self,
@@ -67,9 +74,11 @@ class TrainedRun:
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         distributed: bool = False,
+        health: SampleHealth | None = None,
     ) -> torch.Tensor:
         """uint8 images [N, 3, H, W] of this run for ``labels`` (``benchkit.sampling.generate.generate_images``);
-        ``batch_size`` defaults to the config's ``sample.batch_size``."""
+        ``batch_size`` defaults to the config's ``sample.batch_size``. ``health`` sees every batch of sampled tokens
+        before decoding (build it with :meth:`token_reference`); the images do not depend on it."""
         return generate_images(
             self.generator,
             self.tokenizer.module,
@@ -80,7 +89,77 @@ class TrainedRun:
             batch_size=self.cfg.sample.batch_size if batch_size is None else batch_size,
             progress=progress,
             distributed=distributed,
+            health=health,
         )
+
+    def token_reference(self, images: torch.Tensor | None = None) -> TokenReference | None:
+        """Statistics of this run's training tokens for the sample health check, computed once per run: from up to
+        ``REFERENCE_IMAGES`` rows of the tokenizer's token cache, spread evenly over it (a folder listed class by
+        class is still covered), when it has one for this token kind, else by encoding as many of ``images`` (uint8
+        training images, picked the same way) as the cache would; None when neither is there. Cached values go
+        through ``tokens_from_cache`` with a fixed seed (a KL posterior sample, as in training), never drawing from
+        the global random state."""
+        if self._token_reference is None:
+            tokens = self._cached_tokens()
+            if tokens is None and images is not None and len(images):
+                tokens = self._encoded_tokens(images[_spread(len(images))])
+            if tokens is not None:
+                self._token_reference = token_reference(tokens)
+        return self._token_reference
+
+    def _cached_tokens(self) -> torch.Tensor | None:
+        """Training tokens from ``REFERENCE_IMAGES`` rows of the token cache, or None (no cache of this kind, another
+        tokenizer's, or unreadable)."""
+        tok, kind = self.tokenizer, self.combo.kind
+        path = tok.dir / f"tokens-{kind}"
+        shards = Path(f"{path}-shards")
+        try:
+            if (shards / INDEX).is_file():
+                sharded = ShardedTokenCache(shards)
+                if sharded.index.get("key") != f"{tok.fingerprint}-{kind}":
+                    return None
+                cached = sharded[_spread(len(sharded))]
+            elif checkpoint_exists(path) and path.with_suffix(".safetensors").is_file():
+                meta = json.loads(path.with_suffix(".json").read_text())
+                if meta.get("fingerprint") != tok.fingerprint:
+                    return None
+                with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as f:
+                    part = f.get_slice("cache")
+                    n = int(part.get_shape()[0])
+                    cached = part[:: _step(n)]
+            else:
+                return None
+        except (CheckpointError, SafetensorError, OSError, ValueError, KeyError) as e:
+            log.warning("%s: token cache unreadable for the sample health reference (%s)", self.dir.name, e)
+            return None
+        return self._from_cache(cached)
+
+    @torch.no_grad()
+    def _encoded_tokens(self, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Training tokens of uint8 ``images``, encoded as the token cache encodes them."""
+        device = next(self.tokenizer.module.parameters()).device
+        parts = []
+        for i in range(0, len(images), batch_size):
+            x = to_float(images[i : i + batch_size]).to(device)
+            parts.append(self.tokenizer.module.encode_for_cache(x, self.combo.kind))
+        return self._from_cache(torch.cat(parts))
+
+    @torch.no_grad()
+    def _from_cache(self, cached: torch.Tensor) -> torch.Tensor:
+        module = self.tokenizer.module
+        device = next(module.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(0)
+        return module.tokens_from_cache(cached.to(device), self.combo.kind, generator).cpu()
+
+
+def _step(n: int) -> int:
+    """The stride that takes at most ``REFERENCE_IMAGES`` of ``n`` rows, from first to last."""
+    return max(1, -(-n // REFERENCE_IMAGES))
+
+
+def _spread(n: int) -> torch.Tensor:
+    """Up to ``REFERENCE_IMAGES`` row numbers spread evenly over ``n`` rows."""
+    return torch.arange(0, n, _step(n))
 
 
 def model_meta(directory: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def _with_eval(run, **changes):  # the run with other eval options (they are not
 def test_a_retuned_model_keeps_only_its_latest_tuned_row(
     reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from benchkit.evaluation import evaluate
+    from benchkit.evaluation import evaluate, tuning
     from benchkit.results.store import read_rows, write_tables
     from benchkit.training.checks import load_splits
     from benchkit.training.loading import load_run
@@ -34,7 +34,7 @@ def test_a_retuned_model_keeps_only_its_latest_tuned_row(
             return settings
         return [dataclasses.replace(settings[0], cfg=picks.pop(0)), *settings[1:]]
 
-    monkeypatch.setattr(evaluate, "tune_run", fake_tune)
+    monkeypatch.setattr(tuning, "tune_run", fake_tune)
     plain = evaluate.evaluate_run(run, *splits, results)  # no eval.tune: never superseded
     assert plain[0]["cfg"] == base.cfg and "tuned_in" not in plain[0]
 

@@ -88,3 +88,15 @@ def test_rank_stability_by_bootstrap() -> None:
     assert 0.2 < agg.loc["b", "rank_stability"] < 0.9 and agg.loc["b", "rank_interval"] == "2-3"
     again = rank_stability(aggregate_seeds(_rows()[lambda d: d["cfg"] == 1.0]), rounds=500).set_index("model")
     assert again.loc["b", "rank_stability"] == agg.loc["b", "rank_stability"]  # seeded
+
+
+def test_a_failing_seed_marks_the_folded_row() -> None:
+    rows = _rows()[lambda d: d["cfg"] == 1.0].assign(health="ok", token_std_ratio_max=1.2)
+    bad = (rows["model"] == "b") & (rows["seed"] == 2)
+    rows.loc[bad, ["health", "token_std_ratio_max"]] = ["diverged", 2800.0]
+    rows["health_reason"] = None
+    rows.loc[bad, "health_reason"] = "std ratio 2800"
+    agg = aggregate_seeds(rows).set_index("model")
+    assert agg.loc["b", "health"] == "diverged" and agg.loc["b", "health_seeds"] == "1/3 failed"
+    assert agg.loc["b", "health_reason"] == "seed 2: std ratio 2800" and agg.loc["b", "token_std_ratio_max"] == 2800
+    assert agg.loc["a", "health"] == "ok" and pd.isna(agg.loc["a", "health_seeds"])
