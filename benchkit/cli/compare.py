@@ -156,7 +156,7 @@ def _print_tables(df: Any, *, compact: bool) -> None:
     """One rich table per kind: with ``compact`` the SUMMARY columns that fit a terminal (the CSV, Markdown and
     LaTeX files keep every column)."""
     from benchkit.results.seeds import table_rows  # late: heavy (scipy); loaded already, `df` is a DataFrame
-    from benchkit.results.store import rich_table  # late: heavy (pandas); loaded already, `df` is a DataFrame
+    from benchkit.results.tables import rich_table  # late: heavy (pandas); loaded already, `df` is a DataFrame
 
     for kind, title in (("tokenizer", "tokenizers"), ("generator", "generators")):
         part = df[df["kind"] == kind] if "kind" in df else df

@@ -28,7 +28,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFo
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_bytes
 from benchkit.results.seeds import table_rows
-from benchkit.results.store import TABLE_FILES_CSV, human_number, read_rows, split_kinds
+from benchkit.results.store import read_rows
+from benchkit.results.tables import TABLE_FILES_CSV, human_number, split_kinds
 
 log = logging.getLogger(__name__)
 

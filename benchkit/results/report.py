@@ -35,16 +35,8 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_text
 from benchkit.core.registry import GENERATORS, HEADS, TOKENIZERS
 from benchkit.metrics.health import is_failing
-from benchkit.results.store import (
-    DECIMALS,
-    HUMAN_COLUMNS,
-    PROVENANCE,
-    ROWS_FILE,
-    TABLE_FILES_CSV,
-    human_number,
-    read_rows,
-    write_tables,
-)
+from benchkit.results.store import ROWS_FILE, read_rows
+from benchkit.results.tables import DECIMALS, HUMAN_COLUMNS, PROVENANCE, TABLE_FILES_CSV, human_number, write_tables
 
 REPORT_FILE = "report.html"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")

@@ -19,7 +19,8 @@ import pandas as pd
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import check_writable
 from benchkit.core.threads import resolve_threads
-from benchkit.results.store import filter_rows, read_rows, sort_rows, write_tables
+from benchkit.results.store import filter_rows, read_rows, sort_rows
+from benchkit.results.tables import write_tables
 from benchkit.sweeps.parallel import claim_order, resolve_jobs, run_job_processes
 from benchkit.sweeps.runner import SweepReport, execute, job_label, write_all, write_outputs
 from benchkit.sweeps.sweepfile import Job, expand, load_sweep, parse_shard, shard

@@ -15,7 +15,8 @@ from benchkit.evaluation.evaluate import evaluate_run, evaluate_tokenizer
 from benchkit.results.convergence import convergence_series
 from benchkit.results.plots import fid_vs_train_flops_plot, plots_from_results, training_curves_plot
 from benchkit.results.report import write_report
-from benchkit.results.store import read_rows, write_tables
+from benchkit.results.store import read_rows
+from benchkit.results.tables import write_tables
 from benchkit.sweeps.parallel import claim
 from benchkit.sweeps.sweepfile import Job
 from benchkit.training.checks import load_splits

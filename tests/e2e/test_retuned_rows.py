@@ -19,7 +19,8 @@ def test_a_retuned_model_keeps_only_its_latest_tuned_row(
     reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from benchkit.evaluation import evaluate, tuning
-    from benchkit.results.store import read_rows, write_tables
+    from benchkit.results.store import read_rows
+    from benchkit.results.tables import write_tables
     from benchkit.training.checks import load_splits
     from benchkit.training.loading import load_run
 

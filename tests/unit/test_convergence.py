@@ -16,7 +16,7 @@ from benchkit.core.config import TrainConfig
 from benchkit.core.errors import ConfigError, TrainingDivergedError
 from benchkit.results.convergence import convergence_series, improving_marks, with_improving
 from benchkit.results.plots import fid_vs_train_flops_plot
-from benchkit.results.store import to_markdown
+from benchkit.results.tables import to_markdown
 from benchkit.training.convergence import FILE, convergence_steps, read_points, row_fields, store_point
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -287,7 +287,8 @@ def test_the_reference_comes_from_the_token_cache_when_there_is_one(
 def test_generator_rows_and_the_table_carry_the_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import benchkit.evaluation.evaluate as ev
     from benchkit.results.report import write_report
-    from benchkit.results.store import read_rows, write_tables
+    from benchkit.results.store import read_rows
+    from benchkit.results.tables import write_tables
 
     monkeypatch.setattr(ev, "generation_metrics", lambda fake, *a, **k: {"fid": 12.5, "features": "test"})
     monkeypatch.setattr(ev, "sampling_cost", lambda *a: {"images_per_s": 1.0})

@@ -17,19 +17,16 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_bytes, atomic_write_text
 from benchkit.results.seeds import table_rows
 from benchkit.results.store import (
-    DETAIL,
     ROWS_FILE,
     append_row,
     compact_rows,
     filter_rows,
     has_row,
     read_rows,
-    rich_table,
     sort_rows,
-    table_columns,
     tuning_selection,
-    write_tables,
 )
+from benchkit.results.tables import DETAIL, rich_table, table_columns, write_tables
 
 
 def _writer(args: tuple[str, int, int]) -> None:
