@@ -20,7 +20,8 @@ from benchkit.core.files import check_writable
 from benchkit.core.progress import progress_bar
 from benchkit.core.registry import TOKENIZERS
 from benchkit.core.threads import apply_threads
-from benchkit.evaluation.evaluate import evaluate_run, evaluate_tokenizer
+from benchkit.evaluation.evaluate import evaluate_run
+from benchkit.evaluation.tokenizers import evaluate_tokenizer
 from benchkit.metrics.battery import Battery, Check
 from benchkit.metrics.configured import cache_dir
 from benchkit.metrics.features import load_extractor

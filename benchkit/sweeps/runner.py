@@ -11,7 +11,8 @@ from pathlib import Path
 from benchkit.core.config import RunConfig
 from benchkit.core.threads import apply_threads
 from benchkit.data.base import ImageData
-from benchkit.evaluation.evaluate import evaluate_run, evaluate_tokenizer
+from benchkit.evaluation.evaluate import evaluate_run
+from benchkit.evaluation.tokenizers import evaluate_tokenizer
 from benchkit.results.convergence import convergence_series
 from benchkit.results.plots import fid_vs_train_flops_plot, plots_from_results, training_curves_plot
 from benchkit.results.report import write_report

@@ -96,7 +96,7 @@ def test_lpips_loss_adds_the_weighted_term_and_reaches_the_encoder(torch_home: P
 
 
 def test_tokenizer_table_gets_an_lpips_column_only_with_the_weights(torch_home: Path) -> None:
-    from benchkit.evaluation.evaluate import _lpips
+    from benchkit.evaluation.tokenizers import _lpips
     from benchkit.results.tables import table_columns
 
     cfg = resolve("tiny")
