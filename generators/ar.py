@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from benchkit.core.config import UNLESS_DEFAULT
+from benchkit.core.identity import UNLESS_DEFAULT
 from benchkit.core.interfaces import Batch, LossOutput, Progress, TokenSpec
 from benchkit.core.registry import GENERATORS
 from benchkit.generators.common import (

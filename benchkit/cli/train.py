@@ -184,9 +184,38 @@ def evaluate(
     err_console.print(f"rows appended to {outcome.results_dir / 'rows.jsonl'}")
 
 
+def export(
+    run: RunArg,
+    npz: Annotated[
+        Path, typer.Option("--npz", help="The .npz to write: ADM's sample batch (arr_0 images, arr_1 labels).")
+    ],
+    n: Annotated[
+        int | None, typer.Option("--n", min=1, help="Number of samples; default: the run's eval.num_samples.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; default: the run's.")] = None,
+    sets: SetOpt = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Write a run's samples, labels balanced, as an ADM .npz for guided-diffusion's evaluator (or any reader of arr_0).
+
+    Example: benchkit export results/runs/kl-mar-diffloss-0123abcd --npz samples.npz --n 50000 --set sample.cfg=2.9
+    """
+    from benchkit.evaluation.protocols import export_command  # late: heavy (torchvision, pandas); --help stays fast
+
+    show_progress(progress)
+    outcome = export_command(run, npz, n=n, seed=seed, overrides=sets, threads=threads)
+    if as_json:
+        emit_json(dataclasses.asdict(outcome))
+    else:
+        typer.echo(str(outcome.path))
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands to the app."""
     app.command("train-tokenizer")(train_tokenizer)
     app.command("train")(train)
     app.command("sample")(sample)
     app.command("eval")(evaluate)
+    app.command("export")(export)

@@ -7,7 +7,6 @@ options. Presets (``benchkit/configs/*.toml``) override only what they need; the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,14 +14,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from benchkit.core.errors import ConfigError, suggest
+from benchkit.core.identity import UNLESS_DEFAULT, identity_fields
 from benchkit.core.options import build_dataclass, field_types, parse_text, toml_loads
 from benchkit.core.precision import Precision, check_precision
 from benchkit.core.sizes import apply_sizes
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-# field metadata: a field that identifies its dataclass (fingerprints, labels) only when it differs from its default,
-# so that adding it kept the fingerprints of everything made before
-UNLESS_DEFAULT = {"identity": "unless-default"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +120,7 @@ class TrainConfig:
         to float noise; compiled
         kernels also draw their random numbers (label drop, masks) from other streams, so a compiled run is a
         different draw of the same training, not a bit-identical one."""
-        out = {f.name: getattr(self, f.name) for f in _identity_fields(self, self)}
+        out = {f.name: getattr(self, f.name) for f in identity_fields(self, self)}
         if out["precision"] == "fp32":
             del out["precision"]
         return out
@@ -175,7 +172,7 @@ class SampleSettings:
         """Short text for logs and plot legends."""
         return ", ".join(
             f"{f.name}={getattr(self, f.name)}"
-            for f in _identity_fields(self, SampleSettings)
+            for f in identity_fields(self, SampleSettings)
             if getattr(self, f.name) is not None
         )
 
@@ -209,9 +206,13 @@ class SampleConfig(SampleSettings):
             raise ValueError(f"grid_per_class must be >= 1, got {self.grid_per_class}")
 
 
+EvalProtocol = Literal["benchkit", "adm"]  # which published numbers the quality columns match: docs/evaluation.md
+FD_DINOV2_ARCHS = ("dinov2-vit-s-14", "dinov2-vit-b-14", "dinov2-vit-l-14")  # = benchkit.metrics.dinov2.DINOV2_ARCHS
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Quality and cost measurement; ``sweep`` lists extra sampling settings, one row each."""
+    """Quality and cost measurement; ``sweep`` lists extra sampling settings, one row each (not in run identity)."""
 
     features: str = "auto"
     inception_weights: str | None = None
@@ -235,8 +236,28 @@ class EvalConfig:
     # an .npz with ``mu`` and ``sigma`` of the reference images' features (ADM reference batches, clean-fid custom
     # statistics, or ``benchkit.metrics.refstats``): FID is computed against it instead of held-out images
     reference_stats: str | None = None
+    # "adm": guided-diffusion's evaluator (FID, sFID, IS, precision, recall) against the ADM .npz reference_batch
+    protocol: EvalProtocol = "benchkit"
+    reference_batch: str | None = None
+    cmmd: bool = False  # extra columns: CMMD (CLIP ViT-L/14@336) and FD-DINOv2 (fd_dinov2: a DINOv2 arch name)
+    fd_dinov2: str | None = None
+    dinov2_weights: str | None = None  # release weights files; default: $BENCHKIT_WEIGHTS_DIR, torch.hub's cache
+    clip_weights: str | None = None
 
     def __post_init__(self) -> None:
+        for key, valid in (("protocol", get_args(EvalProtocol)), ("fd_dinov2", FD_DINOV2_ARCHS)):
+            value = getattr(self, key)
+            if value is not None and value not in valid:
+                raise ConfigError(f"unknown eval.{key} {value!r}; valid: {', '.join(valid)}" + suggest(value, valid))
+        adm = 'eval.protocol = "adm"'
+        if self.protocol == "adm" and not self.reference_batch:
+            raise ConfigError(f"{adm} needs eval.reference_batch, an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
+        if self.protocol == "adm" and self.features != "inception":
+            raise ConfigError(f'{adm} needs eval.features = "inception" (ADM\'s network), got {self.features!r}')
+        if self.protocol == "adm" and self.reference_stats:
+            raise ConfigError(f"{adm} reads its statistics from eval.reference_batch; unset eval.reference_stats")
+        if self.reference_batch and self.protocol != "adm":
+            raise ConfigError(f"eval.reference_batch is read by {adm} only; set eval.protocol too")
         if self.num_samples < 2 or self.num_reference < 2:
             raise ValueError("num_samples and num_reference must be >= 2")
         if self.tune_samples < 2:
@@ -370,27 +391,3 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             _deep_update(base[k], v)
         else:
             base[k] = v
-
-
-def _identity_fields(x: Any, cls: Any) -> list[dataclasses.Field[Any]]:
-    """The fields of ``cls`` that identify the dataclass instance ``x``: not those marked ``identity: False``, nor
-    those marked ``UNLESS_DEFAULT`` that hold their default."""
-    return [
-        f
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("identity", True) is True
-        or (f.metadata.get("identity") == UNLESS_DEFAULT["identity"] and getattr(x, f.name) != f.default)
-    ]
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (dataclasses allowed; fields marked ``identity: False`` left out, and
-    those marked ``UNLESS_DEFAULT`` while they hold their default)."""
-
-    def norm(x: Any) -> Any:
-        if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            return {f.name: norm(getattr(x, f.name)) for f in _identity_fields(x, x)}
-        return x
-
-    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]

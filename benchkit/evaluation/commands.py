@@ -24,7 +24,7 @@ from benchkit.evaluation.evaluate import evaluate_run
 from benchkit.evaluation.tokenizers import evaluate_tokenizer
 from benchkit.metrics.battery import Battery, Check
 from benchkit.metrics.configured import cache_dir
-from benchkit.metrics.features import load_extractor
+from benchkit.metrics.features import extractor_options, load_extractor
 from benchkit.metrics.sanity import sanity_battery, save_sanity
 from benchkit.sampling.generate import balanced_labels
 from benchkit.sampling.grids import save_grid
@@ -205,6 +205,7 @@ def sanity_command(cfg: RunConfig) -> SanityOutcome:
         cache_dir=cache_dir(cfg),
         device=pick_device(cfg.device),
         weights_path=cfg.eval.inception_weights,
+        options=extractor_options(cfg.eval),
     )
     battery, checks = sanity_battery(train, test, ext, cfg.eval.num_samples, seed=cfg.seed)
     saved = save_sanity(battery, checks, Path(cfg.out_dir))

@@ -19,11 +19,13 @@ from typing import Any
 import torch
 
 from benchkit.core import distributed as bdist
-from benchkit.core.config import RunConfig, fingerprint
+from benchkit.core.config import RunConfig
+from benchkit.core.identity import fingerprint
 from benchkit.core.progress import progress_bar
 from benchkit.core.provenance import git_state
 from benchkit.data.base import ImageData
 from benchkit.evaluation.deviations import head_deviations
+from benchkit.evaluation.protocols import adm_quality, extra_quality, protocol_labels, row_identity, sample_chunks
 from benchkit.evaluation.tuning import rows_to_tune, tune_model
 from benchkit.metrics import cost
 from benchkit.metrics.configured import cache_dir, config_extractor, reference_key
@@ -108,7 +110,13 @@ def evaluate_run(
     # eval.tune: the best base setting, chosen once per model (on its first training seed)
     settings, tuned_on = tune_model(run, settings, extractor, test.images, train.num_classes)
     model = run_fingerprint(cfg)
-    evaluation = (cfg.eval.features, cfg.eval.num_samples, cfg.eval.num_reference, cfg.eval.cost_batch_size)
+    evaluation = (
+        cfg.eval.features,
+        cfg.eval.num_samples,
+        cfg.eval.num_reference,
+        cfg.eval.cost_batch_size,
+        *row_identity(cfg.eval),  # nothing at the default protocol settings: earlier row ids stay
+    )
     # rows whose setting the tuning chose replace those an earlier tuning of this model and evaluation chose
     tuned_in = fingerprint("tuned-rows", model, *evaluation) if cfg.eval.tune else None
     real = test.images[: cfg.eval.num_reference]
@@ -182,9 +190,19 @@ def _measure_generator(
         return None
     t0 = time.perf_counter()
     health = SampleHealth(run.token_reference())  # sees every sampled token batch before decoding
-    if cfg.eval.reference_stats:  # FID only, against the stored statistics, samples streamed in chunks
+    if cfg.eval.protocol == "adm":  # ADM's evaluator against eval.reference_batch, samples streamed in chunks
+        quality: dict[str, Any] = {}
+        if bdist.is_main():  # one process samples and scores (ADM's precision/recall need every feature at once)
+            chunks = sample_chunks(run, labels, s, seed=cfg.seed, chunk=4 * cfg.sample.batch_size, health=health)
+            quality = adm_quality(chunks, labels, cfg, next_device(cfg))
+        sample_time = time.perf_counter() - t0
+        health.all_reduce()
+        if not bdist.is_main():
+            return None
+        first = False  # no seed spread: it would sample everything again
+    elif cfg.eval.reference_stats:  # FID only, against the stored statistics, samples streamed in chunks
         with progress_bar(f"sampling {s.label()}", len(labels)) as bar:
-            quality: dict[str, Any] = streamed_fid(
+            quality = streamed_fid(
                 lambda lab, sd: run.sample_images(
                     lab,
                     s,
@@ -229,6 +247,7 @@ def _measure_generator(
             device=next_device(cfg),
             fid_inf=True,
         )
+        quality.update(extra_quality(fake, real, cfg, next_device(cfg)))  # cmmd, fd_dinov2 when asked for
     checked = health.summary()
     if checked.failed:
         log.warning("%s [%s]: samples %s: %s", run.dir.name, s.label(), checked.health, checked.health_reason)
@@ -249,6 +268,7 @@ def _measure_generator(
         "temperature": s.temperature,
         "diffusion_steps": s.diffusion_steps,
         "head_deviations": head_deviations(cfg.head.name, cfg.head.options, sampling_steps=s.diffusion_steps),
+        **protocol_labels(cfg, len(real)),
         **quality,
         **checked.row(),
         "params": params,

@@ -11,7 +11,8 @@ import torch
 from filelock import FileLock
 
 from benchkit.core import distributed as bdist
-from benchkit.core.config import RunConfig, fingerprint
+from benchkit.core.config import RunConfig
+from benchkit.core.identity import fingerprint
 from benchkit.data.base import ImageData, to_float, to_uint8
 from benchkit.evaluation.evaluate import identity_fields, next_device, row_lock
 from benchkit.metrics import cost
@@ -97,6 +98,8 @@ def _measure_tokenizer(
         "rfid_cleanfid": quality.get("fid_cleanfid"),
         "rfid_invalid": quality.get("fid_invalid"),
         "features": quality.get("features"),
+        "protocol": "benchkit",  # reconstructions are always scored against held-out images
+        "reference": reference_key(cfg, n),
         "n_samples": n,
         "psnr": float(psnr(recon, originals)),
         "ssim": float(ssim(recon, originals)),

@@ -45,9 +45,10 @@ from typing import Any
 import torch
 
 from benchkit.core import distributed as bdist
-from benchkit.core.config import TUNE_METRICS, EvalConfig, fingerprint
+from benchkit.core.config import TUNE_METRICS, EvalConfig
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_text
+from benchkit.core.identity import fingerprint
 from benchkit.data.loading import load_dataset
 from benchkit.metrics.health import HealthSummary, SampleHealth
 from benchkit.metrics.quality import cleanfid_kid, fid_from_features

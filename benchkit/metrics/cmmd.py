@@ -76,13 +76,17 @@ class ClipConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def find_clip_weights(cfg: ClipConfig) -> Path:
-    """The CLIP ViT-L/14@336 weights file; ConfigError naming the file and where to put it when it is missing."""
+def find_clip_weights(cfg: ClipConfig, option: str = "weights_file") -> Path:
+    """The CLIP ViT-L/14@336 weights file; ConfigError naming the file and where to put it when it is missing
+    (``option``: the setting that names the file, for the message)."""
     path, where = find_weights(
-        cfg.weights_file, [CLIP_FILE, FIDELITY_CLIP_FILE], extra=[Path.home() / ".cache" / "clip" / CLIP_FILE]
+        cfg.weights_file,
+        [CLIP_FILE, FIDELITY_CLIP_FILE],
+        extra=[Path.home() / ".cache" / "clip" / CLIP_FILE],
+        option=option,
     )
     if path is None:
-        raise missing_weights("CLIP ViT-L/14@336", CLIP_FILE, where)
+        raise missing_weights("CLIP ViT-L/14@336", CLIP_FILE, where, option)
     return path
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from benchkit.core.config import RunConfig
 from benchkit.core.distributed import pick_device
 from benchkit.data.base import ImageData
-from benchkit.metrics.features import load_extractor
+from benchkit.metrics.features import extractor_options, load_extractor
 
 
 def cache_dir(cfg: RunConfig) -> Path:
@@ -25,6 +25,7 @@ def config_extractor(cfg: RunConfig, train: ImageData) -> Any:
         cache_dir=cache_dir(cfg),
         device=pick_device(cfg.device),
         weights_path=cfg.eval.inception_weights,
+        options=extractor_options(cfg.eval),
     )
 
 

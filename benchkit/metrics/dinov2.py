@@ -98,12 +98,13 @@ class DinoV2Config:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def find_dinov2_weights(cfg: DinoV2Config) -> Path:
-    """The weights file of ``cfg.arch``; ConfigError naming the file and where to put it when it is missing."""
+def find_dinov2_weights(cfg: DinoV2Config, option: str = "weights_file") -> Path:
+    """The weights file of ``cfg.arch``; ConfigError naming the file and where to put it when it is missing
+    (``option``: the setting that names the file, for the message)."""
     arch = DINOV2_ARCHS[cfg.arch]
-    path, where = find_weights(cfg.weights_file, [arch.file_name])
+    path, where = find_weights(cfg.weights_file, [arch.file_name], option=option)
     if path is None:
-        raise missing_weights(f"DINOv2 {cfg.arch}", arch.file_name, where)
+        raise missing_weights(f"DINOv2 {cfg.arch}", arch.file_name, where, option)
     return path
 
 

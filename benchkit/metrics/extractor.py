@@ -71,7 +71,8 @@ class Extractor:
 
     ``tag`` goes into result tables; ``weights_hash`` identifies the weights (the file's sha256 unless the network
     gives a digest of its own); ``num_classes`` is the number of dataset classes its logits cover (None for
-    Inception, whose 1008 ImageNet logits say nothing about the dataset's labels).
+    Inception, whose 1008 ImageNet logits say nothing about the dataset's labels). ``logits_layer`` None: a network
+    without logits (DINOv2), so no IS and no class accuracy; ``features_and_logits`` then gives None for the logits.
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class Extractor:
         fidelity_class: type,
         weights_path: Path,
         feature_layer: str,
-        logits_layer: str,
+        logits_layer: str | None,
         num_classes: int | None,
         device: torch.device,
         batch_size: int,
@@ -107,13 +108,23 @@ class Extractor:
         return safe_name(self.fidelity_name)
 
     @property
+    def has_logits(self) -> bool:
+        """True when the network has a logits layer (IS and class accuracy can be computed)."""
+        return self.logits_layer is not None
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers the torch-fidelity module outputs, in order: features, then logits if any."""
+        return [self.feature_layer] if self.logits_layer is None else [self.feature_layer, self.logits_layer]
+
+    @property
     def module(self) -> nn.Module:
         """The torch-fidelity module (loaded on first use), in eval mode on ``device``."""
         if self._module is None:
             try:
                 m = self.fidelity_class(
                     self.fidelity_name,
-                    [self.feature_layer, self.logits_layer],
+                    self.layers,
                     feature_extractor_weights_path=str(self.weights_path),
                 )
             except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
@@ -125,32 +136,39 @@ class Extractor:
         return self._module
 
     def fidelity_kwargs(self) -> dict[str, Any]:
-        """The torch-fidelity keyword arguments that select this network, its weights and layers."""
-        return {
+        """The torch-fidelity keyword arguments that select this network, its weights and layers (no IS layer for a
+        network without logits: ask torch-fidelity for ``isc`` only when ``has_logits``)."""
+        out = {
             "feature_extractor": self.fidelity_name,
             "feature_extractor_weights_path": str(self.weights_path),
-            "feature_layer_isc": self.logits_layer,
             "feature_layer_fid": self.feature_layer,
             "feature_layer_kid": self.feature_layer,
             "feature_layer_prc": self.feature_layer,
         }
+        if self.logits_layer is not None:
+            out["feature_layer_isc"] = self.logits_layer
+        return out
 
     @torch.inference_mode()
-    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [N,3,H,W] -> (features float32 [N,D], logits float32 [N,K]) on the CPU."""
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 [N,3,H,W] -> (features float32 [N,D], logits float32 [N,K] or None without logits) on the CPU."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [N,3,H,W], got {images.dtype} {tuple(images.shape)}")
         feats, logits = [], []
         for i in range(0, len(images), self.batch_size):
-            f, lg = self.module(images[i : i + self.batch_size].to(self.device))
-            feats.append(f.float().cpu())
-            logits.append(lg.float().cpu())
-        return torch.cat(feats), torch.cat(logits)
+            out = self.module(images[i : i + self.batch_size].to(self.device))
+            feats.append(out[0].float().cpu())
+            if self.has_logits:
+                logits.append(out[1].float().cpu())
+        return torch.cat(feats), (torch.cat(logits) if self.has_logits else None)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N,3,H,W] -> float32 [N,D] (the FID/KID/PR layer)."""
         return self.features_and_logits(images)[0]
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [N,3,H,W] -> float32 [N,K] (the IS layer)."""
-        return self.features_and_logits(images)[1]
+        """uint8 [N,3,H,W] -> float32 [N,K] (the IS layer); ConfigError for a network without logits."""
+        logits = self.features_and_logits(images)[1]
+        if logits is None:
+            raise ConfigError(f"features {self.tag} have no logits (no IS, no class accuracy)")
+        return logits

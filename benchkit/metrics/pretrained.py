@@ -39,14 +39,15 @@ def hub_checkpoints_dir() -> Path:
 
 
 def find_weights(
-    weights_file: str | None, file_names: Sequence[str], extra: Sequence[Path] = ()
+    weights_file: str | None, file_names: Sequence[str], extra: Sequence[Path] = (), option: str = "weights_file"
 ) -> tuple[Path | None, str]:
-    """(existing weights file or None, where it was looked for), in this order: the option ``weights_file``;
-    ``$BENCHKIT_WEIGHTS_DIR/<name>`` for each of ``file_names``; torch.hub's checkpoint cache under each name; the
-    ``extra`` paths. A named option that is missing is not replaced by a cached file."""
+    """(existing weights file or None, where it was looked for), in this order: the option ``weights_file`` (named
+    ``option`` in the message: ``eval.dinov2_weights`` when it came from the run config); ``$BENCHKIT_WEIGHTS_DIR/
+    <name>`` for each of ``file_names``; torch.hub's checkpoint cache under each name; the ``extra`` paths. A named
+    option that is missing is not replaced by a cached file."""
     if weights_file:
         p = Path(weights_file).expanduser()
-        return (p if p.is_file() else None), f"option weights_file={weights_file}"
+        return (p if p.is_file() else None), f"option {option}={weights_file}"
     candidates: list[Path] = []
     env = os.environ.get(WEIGHTS_DIR_ENV)
     if env:
@@ -59,12 +60,13 @@ def find_weights(
     return None, ", ".join(str(c) for c in candidates)
 
 
-def missing_weights(network: str, file_name: str, where: str) -> ConfigError:
-    """The one-line error for a weights file that is not on disk, naming the file and where to put it."""
+def missing_weights(network: str, file_name: str, where: str, option: str = "weights_file") -> ConfigError:
+    """The one-line error for a weights file that is not on disk, naming the file and where to put it (``option``:
+    the setting that names the file, e.g. ``eval.clip_weights``)."""
+    point = "the features option weights_file" if option == "weights_file" else option
     return ConfigError(
         f"{network} weights not found (looked at {where}); benchkit never downloads. Put the release file {file_name} "
-        f"at {hub_checkpoints_dir() / file_name} or in ${WEIGHTS_DIR_ENV}, or point the features option weights_file "
-        "at it"
+        f"at {hub_checkpoints_dir() / file_name} or in ${WEIGHTS_DIR_ENV}, or point {point} at it"
     )
 
 
@@ -132,7 +134,8 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ deprecates TorchScript
                 obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            source = str(path)
+            obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file is the same user error
         raise ConfigError(
             f"could not read weights {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the file "

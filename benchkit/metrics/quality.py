@@ -317,8 +317,9 @@ def generation_metrics(
 
     ``fake`` uint8 [N,3,H,W] are the samples, ``real`` uint8 [M,3,H,W] the held-out reference, named ``ref_key`` in
     the caches; ``labels`` [N] are the classes the samples were asked for. Keys: features, n_samples, n_ref, fid,
-    is_mean, is_std, isc_splits, kid_mean, kid_std, kid_subset_size, [precision, recall, f_score], [fid_cleanfid,
-    kid_cleanfid, fid_rel_diff], [class_acc, class_acc_min], [fid_inf].
+    [is_mean, is_std, isc_splits], kid_mean, kid_std, kid_subset_size, [precision, recall, f_score], [fid_cleanfid,
+    kid_cleanfid, fid_rel_diff], [class_acc, class_acc_min], [fid_inf]. A network without logits (``extractor.
+    has_logits`` False: DINOv2) gives no IS and no class accuracy: those keys are absent, not NaN.
     """
     _check_images(fake, "fake")
     _check_images(real, "real")
@@ -339,7 +340,7 @@ def generation_metrics(
         tf = fidelity_metrics(
             input1=_Uint8Images(fake),
             input2=_Uint8Images(real),
-            isc=True,
+            isc=extractor.has_logits,  # a network without logits (DINOv2) gives no IS
             fid=True,
             kid=True,
             prc=prc,
@@ -360,7 +361,8 @@ def generation_metrics(
         for key, tf_key in FIDELITY_KEYS.items():
             if tf_key in tf:
                 out[key] = float(tf[tf_key])
-        out["isc_splits"] = splits
+        if extractor.has_logits:
+            out["isc_splits"] = splits
         out["kid_subset_size"] = kid_size
         bar(1, 3)
 
@@ -377,7 +379,7 @@ def generation_metrics(
             out["kid_cleanfid"] = cleanfid_kid(fake_feats.numpy(), ref.feats.numpy(), kid_size, seed, kid_subsets)
 
         # 4. class accuracy of the dataset classifier on the samples, against the requested labels
-        if labels is not None and extractor.num_classes is not None:
+        if labels is not None and extractor.num_classes is not None and fake_logits is not None:
             labels = torch.as_tensor(labels).cpu().long()
             if labels.shape != (n,):
                 raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")

@@ -1,10 +1,11 @@
 """FID against reference statistics stored in a file, with samples streamed through the feature network.
 
 The file is an ``.npz`` holding ``mu`` [D] and ``sigma`` [D, D] of the reference images' features: the format of
-the ADM reference batches (``VIRTUAL_imagenet256_labeled.npz``, whose extra ``arr_0`` images are ignored) and of
-clean-fid's custom statistics (``np.savez(path, mu=..., sigma=...)``). ``save_reference_stats`` writes one from
-images. The features must come from the network the file was made with: benchkit cannot check that for a foreign
-file, so ``eval.features`` has to match it (``inception`` for ADM's and clean-fid's Inception statistics).
+the ADM reference batches (``VIRTUAL_imagenet256_labeled.npz``: its ``arr_0`` images, ``arr_1`` labels and sFID
+statistics ``mu_s``/``sigma_s`` are never read; ``eval.protocol = "adm"``, ``benchkit.evaluation.protocols``, uses
+them all) and of clean-fid's custom statistics (``np.savez(path, mu=..., sigma=...)``). ``save_reference_stats``
+writes one from images. The features must come from the network the file was made with: benchkit cannot check that
+for a foreign file, so ``eval.features`` has to match it (``inception`` for ADM's and clean-fid's Inception statistics).
 
 Samples are never held all at once: :func:`streamed_fid` generates ``chunk`` images at a time, passes them through
 the extractor and keeps only running sums of the features (float64), from which mean and covariance follow
@@ -31,7 +32,8 @@ from benchkit.metrics.quality import cleanfid_fid_or_reason, compare_fids
 
 
 def load_reference_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``mu`` [D] and ``sigma`` [D, D] (float64) from an .npz file, with one clear error for a wrong file."""
+    """``mu`` [D] and ``sigma`` [D, D] (float64) from an .npz file, with one clear error for a wrong file. Other arrays
+    (an ADM batch's ``arr_0``, ``arr_1``, ``mu_s``, ``sigma_s``) are not read: ``np.load`` of an .npz is lazy."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"eval.reference_stats {str(p)!r} does not exist (an .npz with mu and sigma)")
@@ -134,4 +136,4 @@ def streamed_fid(
         moments.update(feats)
     moments.all_reduce()
     mu, sigma = moments.stats()
-    return {"n_samples": moments.n, **fid_from_stats(mu, sigma, ref_mu, ref_sigma)}
+    return {"features": extractor.tag, "n_samples": moments.n, **fid_from_stats(mu, sigma, ref_mu, ref_sigma)}

@@ -61,6 +61,20 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return float(x.mean()), sd, half
 
 
+def comparison_group(df: pd.DataFrame) -> pd.Series:
+    """Each row's comparison group, ``protocol / reference / features``: numbers compare only within one
+    (docs/evaluation.md). Rows written before these labels existed are ``benchkit`` against
+    ``<dataset>-test-<n_ref>``, what they were scored against."""
+
+    def col(name: str) -> pd.Series:
+        return df[name] if name in df.columns else pd.Series(None, index=df.index, dtype=object)
+
+    n_ref = pd.to_numeric(col("n_ref"), errors="coerce").map(lambda v: "?" if pd.isna(v) else str(int(v)))
+    legacy = col("dataset").fillna("?").astype(str) + "-test-" + n_ref
+    parts = (col("protocol").fillna("benchkit"), col("reference").fillna(legacy), col("features").fillna("?"))
+    return parts[0].astype(str) + " / " + parts[1].astype(str) + " / " + parts[2].astype(str)
+
+
 def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per model config and sampling setting, with mean, sd, 95% CI and ``n_seeds`` of each seed metric.
 
@@ -71,9 +85,10 @@ def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.Da
     """
     if df.empty or "n_seeds" in df.columns:  # already folded
         return df
-    if key is None:
-        key = ["model", *(c for c in SETTING if c in df.columns)] if "model" in df.columns else []
     df = df.copy()
+    if key is None:  # the seeds of one model and setting in one comparison group: never an ADM row with another
+        df["_group"] = comparison_group(df)
+        key = ["model", *(c for c in SETTING if c in df.columns), "_group"] if "model" in df.columns else []
     if "model" in key:  # old rows: their own group
         df["model"] = df["model"].fillna(
             df["row_id"] if "row_id" in df.columns else pd.Series(df.index, index=df.index).astype(str)
@@ -96,6 +111,7 @@ def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.Da
         row["n_seeds"] = len(row["fid_seeds"]) if "fid" in group.columns else len(group)
         row.update(_worst_health(group))
         row.pop("_row", None)
+        row.pop("_group", None)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -191,6 +207,7 @@ def table_rows(gen: pd.DataFrame) -> pd.DataFrame:
     if gen.empty or "n_seeds" in gen.columns:  # empty, or already this table
         return gen
     agg = aggregate_seeds(with_improving(gen))
+    groups = [part for _, part in agg.groupby(comparison_group(agg), sort=False)]  # ranks and tests per group
     if (pd.to_numeric(agg["n_seeds"], errors="coerce") >= 2).any():
-        return rank_stability(seed_significance(agg))
-    return with_significance(agg)
+        return pd.concat([rank_stability(seed_significance(part)) for part in groups])
+    return pd.concat([with_significance(part) for part in groups])

@@ -35,7 +35,7 @@ from rich.table import Table
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
 from benchkit.metrics.health import COLLAPSED_STD_RATIO, DISTINCT_MIN, DIVERGED_STD_RATIO, OUT_OF_RANGE_MAX, is_failing
-from benchkit.results.seeds import table_rows
+from benchkit.results.seeds import comparison_group, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,18 @@ def filter_rows(df: pd.DataFrame, filters: Iterable[str]) -> pd.DataFrame:
 
 
 def sort_rows(df: pd.DataFrame, by: str, descending: bool = False) -> pd.DataFrame:
-    """Rows sorted by one column (stable; missing values last)."""
+    """Rows sorted by one column (stable; missing values last); by a numeric column, within each comparison group
+    (``protocol / reference / features``, the groups in order of first appearance), so that numbers of different
+    protocols or feature networks are never ranked against each other (the table's notes list the groups)."""
     if by not in df.columns:
         raise _unknown_column(by, df)
+    group = comparison_group(df)
+    if pd.api.types.is_numeric_dtype(df[by]) and group.nunique() > 1:
+        order = group.map({g: i for i, g in enumerate(dict.fromkeys(group))})
+        df = df.assign(_group=order).sort_values(
+            ["_group", by], ascending=[True, not descending], na_position="last", kind="mergesort"
+        )
+        return df.drop(columns="_group")
     return df.sort_values(by, ascending=not descending, na_position="last", kind="mergesort")
 
 
@@ -246,5 +255,3 @@ def is_missing(v: Any) -> bool:
         return bool(pd.isna(v))
     except (TypeError, ValueError):  # lists and dicts
         return False
-
-

@@ -23,7 +23,7 @@ from rich.table import Table
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
 from benchkit.metrics.health import COLLAPSED_STD_RATIO, DISTINCT_MIN, DIVERGED_STD_RATIO, OUT_OF_RANGE_MAX, is_failing
-from benchkit.results.seeds import table_rows
+from benchkit.results.seeds import comparison_group, table_rows
 
 from benchkit.results.store import is_missing, with_int_columns
 
@@ -41,6 +41,8 @@ IDENTITY = (
     "generator",
     "head",
     "features",
+    "protocol",
+    "reference",
     "steps",
     "cfg",
     "cfg_schedule",
@@ -65,6 +67,7 @@ QUALITY = (
     "fid_cleanfid",
     "fid_rel_diff",
     "fid_invalid",
+    "sfid",
     "health",
     "health_seeds",
     "health_reason",
@@ -83,6 +86,8 @@ QUALITY = (
     "kid_std",
     "precision",
     "recall",
+    "fd_dinov2",
+    "cmmd",
     "class_acc",
     "class_acc_ci95",
     "convergence_fid",
@@ -90,7 +95,14 @@ QUALITY = (
 )
 
 
-DETAIL = ("convergence_fid_prev", "convergence_fid_noise", "fid_seeds", "model")  # in the CSV only
+DETAIL = (
+    "fd_dinov2_features",
+    "cmmd_features",
+    "convergence_fid_prev",
+    "convergence_fid_noise",
+    "fid_seeds",
+    "model",
+)  # in the CSV only
 
 
 TOKENIZER_QUALITY = ("rfid", "rfid_invalid", "psnr", "ssim", "lpips", "codebook_usage", "perplexity", "bits_per_image")
@@ -139,6 +151,9 @@ DECIMALS = {
     "class_acc_ci95": 3,
     "fid_cleanfid": 2,
     "fid_rel_diff": 3,
+    "sfid": 2,
+    "fd_dinov2": 2,
+    "cmmd": 3,
     "token_std_ratio_max": 3,
     "token_std_ratio_min": 3,
     "token_out_of_range": 4,
@@ -236,6 +251,13 @@ def _notes(df: pd.DataFrame) -> list[str]:
     if "features" in df.columns and not df["features"].map(is_missing).all():
         tags = sorted({str(v) for v in df["features"] if not is_missing(v)})
         notes.append(f"FID/IS/KID/precision/recall computed on features: {', '.join(tags)}.")
+    groups = list(dict.fromkeys(comparison_group(df))) if len(df) else []
+    if len(groups) > 1:
+        notes.append(
+            f"Rows from {len(groups)} evaluation protocols / reference sets / feature networks ({'; '.join(groups)}): "
+            "FID, sFID, IS, KID, precision/recall, FD-DINOv2 and CMMD compare only within one; sorting, ranks and "
+            "significance are per group (docs/evaluation.md)."
+        )
     if "seed_spread_fid" in df.columns and not df["seed_spread_fid"].map(is_missing).all():
         notes.append(
             "seed_spread_fid is the FID spread between seeds of the same config; "

@@ -27,8 +27,9 @@ from benchkit.core.checkpoint import (
     checkpoint_exists,
 )
 from benchkit.core.compat import Combination
-from benchkit.core.config import RunConfig, fingerprint
+from benchkit.core.config import RunConfig
 from benchkit.core.errors import CheckpointError
+from benchkit.core.identity import fingerprint
 from benchkit.core.provenance import environment
 from benchkit.core.registry import GENERATORS, TOKENIZERS
 from benchkit.data.base import to_float

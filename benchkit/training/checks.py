@@ -14,7 +14,7 @@ from benchkit.core.errors import ConfigError, DataError
 from benchkit.core.registry import DATASETS, FEATURES, GENERATORS, HEADS, TOKENIZERS
 from benchkit.data.base import ImageData
 from benchkit.data.loading import load_dataset
-from benchkit.metrics.features import INCEPTION_ENV, find_inception_weights
+from benchkit.metrics.features import INCEPTION_ENV, check_protocol, find_inception_weights
 from benchkit.metrics.refstats import load_reference_stats
 from benchkit.sampling.generate import candidates
 
@@ -95,6 +95,7 @@ def check_eval(cfg: RunConfig) -> None:
                 f"never downloads: set eval.inception_weights or ${INCEPTION_ENV} to the file, or use "
                 f'eval.features = "dataset"'
             )
+    check_protocol(cfg.eval)  # the ADM reference batch, DINOv2 and CLIP weights files: before any compute
 
 
 def check_sizes(cfg: RunConfig, train: ImageData) -> None:

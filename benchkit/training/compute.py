@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchkit.core.config import RunConfig, fingerprint
+from benchkit.core.config import RunConfig
 from benchkit.core.errors import ConfigError
+from benchkit.core.identity import fingerprint
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import flops_per_call
 

@@ -95,7 +95,7 @@ class _Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even ``except Exception`` handlers)."""
 
 
-@pytest.mark.parametrize("where", ["_write_log", "_save"])
+@pytest.mark.parametrize("where", ["write_log", "_save"])
 def test_a_kill_between_log_and_checkpoint_loses_no_log_row(
     where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -128,16 +128,16 @@ def test_sanity_cli_exit_code_follows_the_checks(tmp_path, monkeypatch: pytest.M
     import json
     from types import SimpleNamespace
 
-    from benchkit.metrics import features, sanity
+    from benchkit.evaluation import commands
     from benchkit.metrics.battery import Check
 
     rows = [BatteryRow(family="baseline", distortion="baseline", unit="", strength=0.0, fid=1.0, ratio=1.0)]
     battery = Battery(rows=rows, n=20, features="stub@0", dataset="shapes")
-    monkeypatch.setattr(features, "load_extractor", lambda *a, **k: SimpleNamespace(tag="stub@0"))
+    monkeypatch.setattr(commands, "load_extractor", lambda *a, **k: SimpleNamespace(tag="stub@0"))
     args = ["eval", "--sanity", "--out-dir", str(tmp_path), "--set", "data.options={num_train = 20, num_test = 20}"]
     for passed, code in ((False, 1), (True, 0)):
         checks = [Check("r", passed, "x")]
-        monkeypatch.setattr(sanity, "sanity_battery", lambda *a, checks=checks, **k: (battery, checks))
+        monkeypatch.setattr(commands, "sanity_battery", lambda *a, checks=checks, **k: (battery, checks))
         got, _, err = run_cli(args)
         assert got == code and ("1 battery requirement(s) fail" in err) == (not passed), err
         assert json.loads((tmp_path / "sanity" / "shapes-stub_0.json").read_text())["passed"] is passed

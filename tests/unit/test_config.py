@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.core.config import (
-    RunConfig,
-    apply_override,
-    fingerprint,
-    preset_names,
-    resolve,
-)
+from benchkit.core.config import RunConfig, apply_override, preset_names, resolve
 from benchkit.core.errors import ConfigError
+from benchkit.core.identity import fingerprint
 
 
 def test_presets_ship_and_resolve() -> None:

@@ -193,7 +193,8 @@ def test_every_generator_and_head_trains_and_samples_under_bf16() -> None:
 def test_sample_precision_is_a_sampling_setting() -> None:
     """sample.precision reaches ``generate`` through the settings (autocast around it), a sweep entry may set it,
     and fp32 keeps the fingerprints and labels that settings had before the field existed."""
-    from benchkit.core.config import SampleSettings, fingerprint
+    from benchkit.core.config import SampleSettings
+    from benchkit.core.identity import fingerprint
     from benchkit.evaluation.evaluate import settings_from
     from benchkit.sampling.generate import generate_tokens
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchkit.core.config import TrainConfig, fingerprint, resolve
+from benchkit.core.config import TrainConfig, resolve
 from benchkit.core.errors import ConfigError
+from benchkit.core.identity import fingerprint
 from benchkit.core.interfaces import LossOutput
 from benchkit.training import tblog
 from benchkit.training.trainer import fit
