@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from benchkit.cli.common import err_console
-from benchkit.core.errors import ConfigError
-from benchkit.core.files import check_writable
 
 
 def import_checkpoint(
@@ -52,29 +49,18 @@ def import_checkpoint(
     Example: benchkit import kl16 kl16.ckpt && benchkit import mar checkpoint-last.pth --arch mar_base
     --tokenizer results/tokenizers/kl-<fp>
     """
-    from benchkit.importers.api import GENERATOR_KINDS, KINDS, import_generator, import_tokenizer  # late: as above
+    from benchkit.importers.api import import_checkpoint  # late: heavy (torchvision, pandas); --help stays fast
 
-    if kind not in KINDS:
-        raise ConfigError(f"unknown import kind {kind!r}; valid: {', '.join(KINDS)}")
-    if out_dir is not None:
-        check_writable(out_dir)
-    if kind in GENERATOR_KINDS:
-        if tokenizer is None:
-            raise ConfigError(f"benchkit import {kind} needs --tokenizer DIR (import its tokenizer first)")
-        target = import_generator(
-            kind, path, tokenizer=tokenizer, out_dir=out_dir, arch=arch, container_key=container_key
-        )
-    else:
-        target = import_tokenizer(
-            kind,
-            path,
-            out_dir=out_dir or Path("results"),
-            arch=arch,
-            data=data,
-            image_size=image_size,
-            container_key=container_key,
-        )
-    prov = json.loads((target / "import.json").read_text())
+    target, prov = import_checkpoint(
+        kind,
+        path,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+        arch=arch,
+        data=data,
+        image_size=image_size,
+        container_key=container_key,
+    )
     err_console.print(
         f"imported {kind} from {prov['source']} (sha256 {prov['sha256'][:12]}..., entry "
         f"{prov['container_key']!r}, {'EMA' if prov['ema'] else 'non-EMA'} weights, architecture from "

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from benchkit.cli.common import err_console
-from benchkit.core.errors import ConfigError
 
 ResultsArg = Annotated[Path, typer.Argument(help="Results directory (table.csv or rows.jsonl), e.g. results/tiny.")]
 OutFileOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RESULTS/report.html).")]
@@ -31,8 +30,6 @@ def report(
     """
     from benchkit.results.report import write_report  # late: heavy (torchvision, pandas); --help stays fast
 
-    if not results.is_dir():
-        raise ConfigError(f"results directory {str(results)!r} does not exist")
     path = write_report(results, runs_root, out)
     err_console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False)
     typer.echo(str(path))

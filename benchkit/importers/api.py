@@ -22,7 +22,7 @@ from benchkit import __version__
 from benchkit.core.checkpoint import atomic_write, load_module_weights, save_checkpoint
 from benchkit.core.config import ComponentSpec, DataConfig, RunConfig, SampleConfig, from_dict
 from benchkit.core.errors import CheckpointError, ConfigError
-from benchkit.core.files import file_sha256
+from benchkit.core.files import check_writable, file_sha256
 from benchkit.importers import kl16, mar, rq
 from benchkit.importers.common import load_official, pick_weights, read_container
 from benchkit.training.artifacts import (
@@ -194,3 +194,39 @@ def imported_provenance(directory: str | Path) -> dict[str, Any]:
     if "imported" not in meta:
         raise CheckpointError(f"{str(directory)!r} was not written by `benchkit import`")
     return dict(meta["imported"])
+
+
+def import_checkpoint(
+    kind: str,
+    path: Path,
+    *,
+    tokenizer: Path | None = None,
+    out_dir: Path | None = None,
+    arch: str | None = None,
+    data: str = "imagefolder:imagenet",
+    image_size: int | None = None,
+    container_key: str | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """``benchkit import``: a released checkpoint as a tokenizer directory (kl16, rqvae) or a run directory (mar,
+    rqtransformer, which need ``tokenizer``); returns the directory and its provenance (``import.json``)."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown import kind {kind!r}; valid: {', '.join(KINDS)}")
+    if out_dir is not None:
+        check_writable(out_dir)
+    if kind in GENERATOR_KINDS:
+        if tokenizer is None:
+            raise ConfigError(f"benchkit import {kind} needs --tokenizer DIR (import its tokenizer first)")
+        target = import_generator(
+            kind, path, tokenizer=tokenizer, out_dir=out_dir, arch=arch, container_key=container_key
+        )
+    else:
+        target = import_tokenizer(
+            kind,
+            path,
+            out_dir=out_dir or Path("results"),
+            arch=arch,
+            data=data,
+            image_size=image_size,
+            container_key=container_key,
+        )
+    return target, dict(json.loads((target / "import.json").read_text()))

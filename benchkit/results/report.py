@@ -387,6 +387,8 @@ def render(context: dict[str, Any]) -> str:
 
 def write_report(results_dir: Path, out_root: Path | None = None, out: Path | None = None) -> Path:
     """Write ``report.html`` (or ``out``) for a results directory; returns its path."""
+    if not Path(results_dir).is_dir():
+        raise ConfigError(f"results directory {str(results_dir)!r} does not exist")
     path = Path(out) if out is not None else Path(results_dir) / REPORT_FILE
     atomic_write_text(path, render(collect(results_dir, out_root)))
     return path

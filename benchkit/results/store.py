@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import operator
 import os
 import re
@@ -27,15 +26,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from filelock import FileLock
-from rich.table import Table
 
 from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
-from benchkit.metrics.health import COLLAPSED_STD_RATIO, DISTINCT_MIN, DIVERGED_STD_RATIO, OUT_OF_RANGE_MAX, is_failing
-from benchkit.results.seeds import comparison_group, table_rows
+from benchkit.results.seeds import comparison_group
 
 log = logging.getLogger(__name__)
 

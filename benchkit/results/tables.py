@@ -4,27 +4,18 @@ table, and the CSV, Markdown, LaTeX and terminal forms written from the rows of 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import numbers
-import operator
-import os
-import re
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 from rich.table import Table
 
-from benchkit.core.errors import ConfigError, suggest
 from benchkit.core.files import atomic_write_text
 from benchkit.metrics.health import COLLAPSED_STD_RATIO, DISTINCT_MIN, DIVERGED_STD_RATIO, OUT_OF_RANGE_MAX, is_failing
 from benchkit.results.seeds import comparison_group, table_rows
-
 from benchkit.results.store import is_missing, with_int_columns
 
 log = logging.getLogger(__name__)
