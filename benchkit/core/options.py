@@ -31,12 +31,11 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where} = {value!r} is not valid; valid: {', '.join(map(repr, get_args(tp)))}")
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in get_args(tp):
             try:
                 return check_value(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where} = {value!r} has the wrong type; expected {type_name(tp)}")
     if tp is type(None):
         if value is None:

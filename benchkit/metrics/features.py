@@ -60,11 +60,11 @@ from benchkit.metrics.inception import (  # noqa: F401  (re-exported)
     INCEPTION_ENV,
     INCEPTION_FILE,
     InceptionConfig,
-    _inception_class,
-    _missing_inception,
     find_inception_weights,
     hub_inception_path,
+    inception_class,
     inception_features,
+    missing_inception,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def auto_features(
     if path is not None:
         return inception_features(InceptionConfig(weights_path=str(path)), device=device)
     if cfg.weights_path or os.environ.get(INCEPTION_ENV):  # a named file that is missing is a mistake
-        raise _missing_inception(where)
+        raise missing_inception(where)
     say = log.debug if where in _FALLBACK_NOTED else log.info  # once per process: a run builds it for every model
     _FALLBACK_NOTED.add(where)
     say("features 'auto': no Inception-V3 weights at %s; using a classifier trained on the dataset", where)

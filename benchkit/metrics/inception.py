@@ -26,7 +26,7 @@ INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name carr
 INCEPTION_ENV = "BENCHKIT_INCEPTION_WEIGHTS"
 
 
-def _inception_class() -> type:
+def inception_class() -> type:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     return FeatureExtractorInceptionV3
@@ -60,7 +60,7 @@ def find_inception_weights(weights_path: str | None) -> tuple[Path | None, str]:
     return (hub if hub.is_file() else None), str(hub)
 
 
-def _missing_inception(where: str) -> ConfigError:
+def missing_inception(where: str) -> ConfigError:
     return ConfigError(
         f"Inception-V3 weights not found ({where}); benchkit never downloads. Put torch-fidelity's {INCEPTION_FILE} "
         f"at {hub_inception_path()}, or point the features option weights_path (eval.inception_weights) or "
@@ -80,14 +80,14 @@ def inception_features(
     del train_data, cache_dir
     path, where = find_inception_weights(cfg.weights_path)
     if path is None:
-        raise _missing_inception(where)
+        raise missing_inception(where)
     digest = sha256_file(path)
     # The standard file's sha256 starts with the prefix in its name; other weights are marked in the tag.
     tag = "inception-v3" if digest.startswith(INCEPTION_SHA256_PREFIX) else f"inception-v3@{digest[:8]}"
     return Extractor(
         tag=tag,
         fidelity_name=f"benchkit-inception-v3-{digest[:16]}",
-        fidelity_class=_inception_class(),
+        fidelity_class=inception_class(),
         weights_path=path,
         feature_layer="2048",
         logits_layer="logits_unbiased",

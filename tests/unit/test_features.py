@@ -71,7 +71,7 @@ def test_dataset_extractor_trains_caches_and_registers(train_data: ImageData, ca
         again = load_extractor("dataset", train_data=train_data, cache_dir=cache, device=CPU, options=TINY)
     assert again.weights_hash == ext.weights_hash and again.fidelity_name == ext.fidelity_name
     with pytest.raises(AssertionError, match="already taken"):
-        bf.register_with_fidelity(ext.fidelity_name, bf._inception_class())
+        bf.register_with_fidelity(ext.fidelity_name, bf.inception_class())
     assert torch.equal(again.features(train_data.images[:10]), feats)
 
     # Other images or another config give another fingerprint, hence a retrain.
