@@ -138,6 +138,8 @@ def pareto_figure(df: pd.DataFrame) -> tuple[Figure, list[str]]:
     styles = [Line2D([], [], marker=marker[g], color="0.5", linestyle="", label=f"generator: {g}") for g in marker]
     styles += [Line2D([], [], marker="o", color=colour[h], linestyle="", label=f"head: {h}") for h in colour]
     styles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front"))
+    if any(math.isfinite(e) for e in ci):
+        styles.append(Line2D([], [], color="0.3", marker="|", linestyle="-", label="95% interval over training seeds"))
     styles.append(Line2D([], [], linestyle="", label="rows, by FID:"))
     ax.legend(handles=styles + key, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, which="major", alpha=0.3)
@@ -233,9 +235,11 @@ def fid_vs_train_flops_plot(
     flops = [p[0] for pts in series.values() for p in pts]
     fids = [v for pts in series.values() for p in pts for v in p[1:]]
     fig, ax = _axes()
+    banded = False
     for (label, pts), m in zip(series.items(), itertools.cycle(MARKERS)):
         (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, label=label, linewidth=1.2)
         if all(len(p) == 4 for p in pts) and any(p[2] != p[3] for p in pts):  # training seeds: lowest to highest
+            banded = True
             ax.fill_between(
                 [p[0] for p in pts],
                 [p[2] for p in pts],
@@ -251,7 +255,10 @@ def fid_vs_train_flops_plot(
     if log_fid:
         _log_axis(ax.yaxis, ax.set_yscale, fids)
     ax.set_xlabel("training FLOPs (counted, log scale)")
-    ax.set_ylabel("FID at the convergence points" + (" (log scale)" if log_fid else ""))
+    mean = "mean FID over seeds" if banded else "FID"
+    ax.set_ylabel(f"{mean} at the convergence points" + (" (log scale)" if log_fid else ""))
+    if banded:
+        ax.fill_between([], [], [], color="0.6", alpha=0.3, label="shaded: lowest to highest training seed")
     ax.set_title("convergence: FID vs training compute (lower is better)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, which="major", alpha=0.3)
