@@ -40,6 +40,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -232,6 +233,21 @@ def tune_run(
     return tune_settings(settings, cfg.eval.tune, tune_one)
 
 
+TUNE_WAIT_S = 1800.0  # how long a later seed waits for its first seed's tuning (another job process is on it)
+
+
+def _wait_for_first_seed(path: Path, name: str, poll_s: float = 5.0) -> None:
+    """Wait until the first seed's tuning record ``path`` exists, while that seed has been started (its run
+    directory holds ``config.json``) and for at most ``TUNE_WAIT_S``: with ``--jobs N`` the first seed may still be
+    training or tuning in another process."""
+    if path.is_file() or not (path.parent / "config.json").is_file():
+        return
+    log.info("%s: waiting for its first training seed's tuning", name)
+    deadline = time.monotonic() + TUNE_WAIT_S
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+
+
 def tune_model(
     run: TrainedRun, settings: list[SampleSettings], extractor: Any, test: torch.Tensor, num_classes: int
 ) -> tuple[list[SampleSettings], int]:
@@ -255,6 +271,8 @@ def tune_model(
         cfg.eval.num_reference,
     )
     path = run_dir(base) / f"tuned-{key}.json"
+    if cfg.train.seed_index != 0 and bdist.is_main():
+        _wait_for_first_seed(path, run.dir.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with bdist.stage_lock(path.with_suffix(".lock")):
         if cfg.train.seed_index != 0 and bdist.broadcast_object(path.is_file()):

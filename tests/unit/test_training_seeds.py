@@ -86,3 +86,25 @@ def test_tuning_runs_once_per_model(
         own, on3 = tuning.tune_model(run_of(lone), base, None, torch.empty(0), 10)
     assert calls == [0, 1] and own[0].cfg == 3.0 and on3 == 1
     assert any("has not been tuned" in r.getMessage() for r in caplog.records)
+
+
+def test_a_later_seed_waits_for_its_first_seed_in_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    record = tmp_path / "run0" / "tuned-k.json"
+    record.parent.mkdir()
+    tuning._wait_for_first_seed(record, "seed1", poll_s=0.05)  # the first seed never started: no wait
+    (record.parent / "config.json").write_text("{}")  # started (in another process): wait for its record
+    writer = threading.Timer(0.3, lambda: record.write_text("{}"))
+    writer.start()
+    t0 = time.monotonic()
+    tuning._wait_for_first_seed(record, "seed1", poll_s=0.05)
+    assert record.is_file() and 0.2 < time.monotonic() - t0 < 5
+    record.unlink()
+    monkeypatch.setattr(tuning, "TUNE_WAIT_S", 0.2)  # never written: gives up after the limit
+    t0 = time.monotonic()
+    tuning._wait_for_first_seed(record, "seed1", poll_s=0.05)
+    assert not record.is_file() and time.monotonic() - t0 < 2
