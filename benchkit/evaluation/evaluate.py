@@ -254,6 +254,7 @@ def _measure_generator(
     if cfg.eval.seed_spread and first:
         quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
     speed = sampling_cost(run, s, cfg)
+    meta = model_meta(run.dir)
     row = {
         "row_id": row_id,
         "kind": "generator",
@@ -275,8 +276,7 @@ def _measure_generator(
         "backbone_params": backbone_params(run.generator),
         "sample_time_s": sample_time,
         **speed,
-        "train_images_per_s": _train_meta(run).get("train_images_per_s"),
-        "train_time_s": _train_meta(run).get("train_time_s"),
+        **{k: meta.get(k) for k in ("train_images_per_s", "train_time_s")},
         "train_lr": cfg.train.lr,
         "train_steps": cfg.train.steps,
         "train_flops": run_train_flops(run),
@@ -329,10 +329,6 @@ def _seed_spread(
         clean_fid=False,
     )
     return abs(float(q["fid"]) - fid)
-
-
-def _train_meta(run: TrainedRun) -> dict[str, Any]:
-    return model_meta(run.dir)
 
 
 def sampling_cost(run: TrainedRun, s: SampleSettings, cfg: RunConfig) -> dict[str, Any]:

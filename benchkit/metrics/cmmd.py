@@ -41,6 +41,7 @@ from benchkit.metrics.pretrained import (
     CLIP_MEAN,
     CLIP_STD,
     RESIZE_MODES,
+    assign_weights,
     center_crop_square,
     check_images,
     find_weights,
@@ -135,11 +136,7 @@ def build_clip_visual(path: Path) -> nn.Module:
     diff = mismatched_keys(expected, sd)
     if diff:
         raise ConfigError(f"{path} is not a CLIP ViT-L/14@336 checkpoint in OpenAI's / open_clip's layout ({diff})")
-    visual.load_state_dict(sd, strict=True, assign=True)
-    leftover = [n for n, t in [*visual.named_parameters(), *visual.named_buffers()] if t.is_meta]
-    if leftover:
-        raise ConfigError(f"CLIP ViT-L/14@336: tensors {leftover[:3]} were not in {path}")
-    return visual.eval().requires_grad_(False)
+    return assign_weights(visual, sd, "CLIP ViT-L/14@336", path)
 
 
 class ClipNet(nn.Module):

@@ -47,6 +47,7 @@ from benchkit.metrics.pretrained import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RESIZE_MODES,
+    assign_weights,
     check_images,
     find_weights,
     load_state_dict_file,
@@ -185,11 +186,7 @@ def build_dinov2(path: Path, arch: str | None = None) -> nn.Module:
             f"{path} is not a {arch} checkpoint in the DINOv2 release layout ({diff}; the file has {_describe(sd)}, "
             f"{arch} has width {spec.dim}, depth {spec.depth})"
         )
-    vit.load_state_dict(sd, strict=True, assign=True)
-    leftover = [n for n, t in [*vit.named_parameters(), *vit.named_buffers()] if t.is_meta]
-    if leftover:
-        raise ConfigError(f"{arch}: tensors {leftover[:3]} were not in {path}")
-    return vit.eval().requires_grad_(False)
+    return assign_weights(vit, sd, arch, path)
 
 
 class DinoV2Net(nn.Module):

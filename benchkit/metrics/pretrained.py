@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from benchkit.core.errors import ConfigError
 
@@ -175,3 +176,13 @@ def mismatched_keys(expected: dict[str, torch.Size], got: dict[str, torch.Tensor
         k = wrong[0]
         parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(got[k].shape)} vs {tuple(expected[k])})")
     return "; ".join(parts)
+
+
+def assign_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> nn.Module:
+    """Fill ``module`` (built on the meta device) with ``state`` by assignment; a tensor ``state`` lacks is a
+    ConfigError naming ``what`` and ``path``. Returns it in eval mode, without gradients."""
+    module.load_state_dict(state, strict=True, assign=True)
+    leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftover:
+        raise ConfigError(f"{what}: tensors {leftover[:3]} were not in {path}")
+    return module.eval().requires_grad_(False)
