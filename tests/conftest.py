@@ -25,6 +25,18 @@ import torch  # noqa: E402
 
 # Tiny everything: 256 training images of the embedded shapes dataset, an 8-channel VQ tokenizer and a
 # 32-wide AR generator, a few dozen steps each with frequent checkpoints, and a small evaluation.
+# Overrides (config keys, not CLI flags) for an in-process run that trains in about a second.
+QUICK = [
+    "data.options={num_train = 32, num_test = 32}",
+    "tokenizer.options.ch=8",
+    "generator.options.width=32",
+    "tokenizer_train.steps=2",
+    "train.steps=2",
+    "tokenizer_train.batch_size=8",
+    "train.batch_size=8",
+    "tokenizer_train.warmup_steps=1",
+    "train.warmup_steps=1",
+]
 DATA = ["--set", "data.options={num_train = 256, num_test = 256}"]
 TINY = [
     *DATA,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK
 from random_inception import write_random_inception
 
 from benchkit.core.config import FD_DINOV2_ARCHS, EvalConfig, resolve
@@ -336,19 +337,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchkit.training.generator import train_generator
 
     out = tmp_path_factory.mktemp("export-run")
-    sets = [
-        "data.options={num_train = 32, num_test = 32}",
-        "tokenizer.options.ch=8",
-        "generator.options.width=32",
-        "tokenizer_train.steps=2",
-        "train.steps=2",
-        "tokenizer_train.batch_size=8",
-        "train.batch_size=8",
-        "tokenizer_train.warmup_steps=1",
-        "train.warmup_steps=1",
-        "sample.batch_size=4",
-        f'out_dir="{out}"',
-    ]
+    sets = [*QUICK, "sample.batch_size=4", f'out_dir="{out}"']
     return train_generator(resolve("tiny", None, sets), progress=False).dir
 
 

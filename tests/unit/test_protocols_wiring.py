@@ -5,7 +5,6 @@ benchkit.evaluation.protocols (issue 31's wiring); then it must pass."""
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -13,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_feature_cache
+from conftest import QUICK, build_feature_cache
 from random_inception import write_random_inception
 
 from benchkit.core.config import resolve
 from benchkit.core.errors import ConfigError
-from benchkit.evaluation import evaluate, protocols
+from benchkit.evaluation import protocols
 from benchkit.evaluation.commands import eval_command
 from benchkit.metrics import adm
 from benchkit.training.checks import load_splits
@@ -28,22 +27,8 @@ from test_adm_protocol import random_stats  # noqa: E402
 from test_dinov2_cmmd import release_dinov2  # noqa: E402
 from test_protocols import fast_frechet  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed"),
-    pytest.mark.skipif("adm_quality" not in inspect.getsource(evaluate), reason="eval.protocol not wired in yet"),
-]
-SETS = [
-    "data.options={num_train = 32, num_test = 32}",
-    "tokenizer.options.ch=8",
-    "generator.options.width=32",
-    "tokenizer_train.steps=2",
-    "train.steps=2",
-    "tokenizer_train.batch_size=8",
-    "train.batch_size=8",
-    "tokenizer_train.warmup_steps=1",
-    "train.warmup_steps=1",
-    "sample.batch_size=4",
-]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+SETS = [*QUICK, "sample.batch_size=4"]
 EVAL = [
     "eval.num_samples=8",
     "eval.num_reference=10",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QUICK
 
 from benchkit.core.errors import ConfigError
 from benchkit.core.interfaces import Tokenizer
@@ -299,18 +300,7 @@ def test_hflip_training_uses_the_mirrored_cache(tmp_path) -> None:  # noqa: ANN0
     from benchkit.training.checks import load_splits
     from benchkit.training.generator import train_generator
 
-    sets = [
-        "data.options={num_train = 32, num_test = 32}",
-        "tokenizer.options.ch=8",
-        "generator.options.width=32",
-        "tokenizer_train.steps=2",
-        "train.steps=2",
-        "tokenizer_train.batch_size=8",
-        "train.batch_size=8",
-        "tokenizer_train.warmup_steps=1",
-        "train.warmup_steps=1",
-        f'out_dir="{tmp_path}"',
-    ]
+    sets = [*QUICK, f'out_dir="{tmp_path}"']
     plain = train_generator(resolve("tiny", None, sets), progress=False)
     assert not list(plain.tokenizer.dir.glob("tokens-*-hflip.*"))
     cfg = resolve("tiny", None, [*sets, "train.hflip=true", "tokenizer_train.hflip=true"])
