@@ -111,6 +111,7 @@ def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.Da
         row["n_seeds"] = len(row["fid_seeds"]) if "fid" in group.columns else len(group)
         row.update(_worst_health(group))
         row.pop("_row", None)
+        row.pop("_group", None)  # a grouping key of this function, not a column
         row.pop("_group", None)
         rows.append(row)
     return pd.DataFrame(rows)

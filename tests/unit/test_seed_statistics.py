@@ -61,7 +61,7 @@ def _rows() -> pd.DataFrame:
 
 def test_aggregate_seeds_folds_one_model_and_setting() -> None:
     agg = aggregate_seeds(_rows()).set_index(["model", "cfg"])
-    assert len(agg) == 4
+    assert len(agg) == 4 and not [c for c in agg.columns if c.startswith("_")]  # no helper columns leak
     a = agg.loc[("a", 1.0)]
     assert a["n_seeds"] == 3 and a["fid"] == pytest.approx(11.0) and a["fid_sd"] == pytest.approx(1.0)
     assert a["fid_seeds"] == [10.0, 11.0, 12.0] and a["seed"] == 0  # seed order; the lowest seed's other columns
