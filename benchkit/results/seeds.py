@@ -112,7 +112,6 @@ def aggregate_seeds(df: pd.DataFrame, key: Sequence[str] | None = None) -> pd.Da
         row.update(_worst_health(group))
         row.pop("_row", None)
         row.pop("_group", None)  # a grouping key of this function, not a column
-        row.pop("_group", None)
         rows.append(row)
     return pd.DataFrame(rows)
 
