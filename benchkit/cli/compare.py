@@ -38,9 +38,9 @@ JobsOpt = Annotated[
         "-j",
         envvar=JOBS_ENV,
         show_envvar=False,
-        help="Job processes on this host that share the sweep's jobs (default 1, or $BENCHKIT_JOBS); each job gets "
-        "the cores divided by this many threads. On a CPU, 2 finish the tiny sweep sooner; cost columns are then "
-        "measured next to the other process.",
+        help="Job processes on this host that share the sweep's jobs (default: $BENCHKIT_JOBS, else the sweep "
+        "file's jobs, 2 for tiny, else 1); each job gets the cores divided by this many threads. Cost columns are "
+        "then measured next to the other processes.",
     ),
 ]
 ClaimOpt = Annotated[Path | None, typer.Option("--claim-dir", hidden=True)]  # set by --jobs for its processes

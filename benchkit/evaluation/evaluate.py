@@ -251,9 +251,12 @@ def _measure_generator(
     checked = health.summary()
     if checked.failed:
         log.warning("%s [%s]: samples %s: %s", run.dir.name, s.label(), checked.health, checked.health_reason)
-    if cfg.eval.seed_spread and first:
+    # the sampling seed spread and the cost columns are measured on a model's first training seed only: the cost is
+    # the architecture's, the same for every seed, and a later seed's table row takes both from the first seed's
+    first_seed = cfg.train.seed_index == 0
+    if cfg.eval.seed_spread and first and first_seed:
         quality["seed_spread_fid"] = _seed_spread(run, s, cfg, labels, real, extractor, quality["fid"])
-    speed = sampling_cost(run, s, cfg)
+    speed = sampling_cost(run, s, cfg) if first_seed else {}
     meta = model_meta(run.dir)
     row = {
         "row_id": row_id,

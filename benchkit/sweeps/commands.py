@@ -19,11 +19,13 @@ import pandas as pd
 from benchkit.core.errors import ConfigError
 from benchkit.core.files import check_writable
 from benchkit.core.threads import resolve_threads
+from benchkit.metrics.configured import config_extractor
 from benchkit.results.store import filter_rows, read_rows, sort_rows
 from benchkit.results.tables import write_tables
 from benchkit.sweeps.parallel import claim_order, resolve_jobs, run_job_processes
 from benchkit.sweeps.runner import SweepReport, execute, job_label, write_all, write_outputs
-from benchkit.sweeps.sweepfile import Job, expand, load_sweep, parse_shard, shard
+from benchkit.sweeps.sweepfile import Job, expand, load_sweep, parse_shard, shard, sweep_jobs
+from benchkit.training.checks import load_splits
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,11 @@ def sweep_command(
     its tables, plots and report.
 
     The jobs run in this process (only shard i of n with ``shard_text`` 'i/n'), or in ``processes`` job processes
-    (``--jobs``, default 1 or ``$BENCHKIT_JOBS``), each a rerun of ``command`` (the benchkit arguments that name this
-    sweep, e.g. ``["sweep", "my.toml"]``) with ``claim_dir``, which makes a process run only the jobs it claims
-    first and leave the tables to its parent. ``on_plan`` sees the plan before any job runs. Every check (sweep
-    file, overrides, shard, ``processes``, a writable results directory) happens before any compute."""
+    (``--jobs``, else ``$BENCHKIT_JOBS``, else the sweep file's ``jobs``, else 1), each a rerun of ``command`` (the
+    benchkit arguments that name this sweep, e.g. ``["sweep", "my.toml"]``) with ``claim_dir``, which makes a process
+    run only the jobs it claims first and leave the tables to its parent. ``on_plan`` sees the plan before any job
+    runs. Every check (sweep file, overrides, shard, ``processes``, a writable results directory) happens before any
+    compute."""
     i, n = parse_shard(shard_text)
     spec = load_sweep(source)
     extra = list(overrides)
@@ -90,6 +93,8 @@ def sweep_command(
     if claim_dir is not None:  # one job process of --jobs N: the parent writes the tables
         report = execute(claim_order(jobs), results_dir, progress=False, resume=resume, shards=n, claims=claim_dir)
         return SweepOutcome(report, None)
+    if processes is None and shard_text is None:  # the sweep file's own default (the default comparison: 2)
+        processes = sweep_jobs(spec)
     procs = resolve_jobs(processes, valid_jobs=len(valid), sharded=shard_text is not None)
     skipped = [j for j in jobs if j.cfg is None]
     if procs > 1:
@@ -125,6 +130,7 @@ def _run_in_processes(args: list[str], plan: SweepPlan) -> SweepReport:
     """The plan's jobs in ``plan.processes`` processes of ``benchkit *args`` (benchkit.sweeps.parallel), then its
     tables once."""
     t0 = time.perf_counter()
+    prepare_features(plan.valid)
     claims = Path(tempfile.mkdtemp(prefix=".claims-", dir=plan.results_dir))
     try:
         run_job_processes(args, plan.processes, claims)
@@ -134,6 +140,24 @@ def _run_in_processes(args: list[str], plan: SweepPlan) -> SweepReport:
     report.outputs = write_all(plan.results_dir, plan.valid)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def prepare_features(jobs: Sequence[Job]) -> None:
+    """Build (or load from the cache) the feature network of each data set and ``eval.features`` of ``jobs`` here,
+    with this process's threads, before job processes start: the ``dataset`` network is trained once instead of by
+    the first job process while the others wait on its lock, and with the threads a one-process run uses, so its
+    weights (and its ``features`` tag) do not depend on ``--jobs``."""
+    seen = set()
+    for job in jobs:
+        cfg = job.cfg
+        if cfg is None:
+            continue
+        key = (repr(cfg.data), cfg.eval.features, cfg.eval.inception_weights, cfg.out_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        train, _ = load_splits(cfg)
+        config_extractor(cfg, train)
 
 
 def _require_rows(results_dir: Path) -> None:

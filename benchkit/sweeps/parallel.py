@@ -54,15 +54,19 @@ def resolve_jobs(requested: int | None, *, valid_jobs: int, sharded: bool) -> in
 
 
 def claim_order(jobs: Sequence[Job]) -> list[Job]:
-    """The valid jobs with their tokenizers interleaved (first job of each tokenizer, then the second of each, ...),
-    so that processes started together begin with different tokenizers instead of waiting on one lock."""
-    groups: dict[str, list[Job]] = {}
-    for job in jobs:
-        if job.cfg is not None:
-            groups.setdefault(tokenizer_fingerprint(job.cfg), []).append(job)
+    """The valid jobs, every model's first training seed before any later seed (a later seed's evaluation waits
+    for the first seed's tuning, so the first seeds should be done early), and within one seed index the tokenizers
+    interleaved (first job of each tokenizer, then the second of each, ...), so that processes started together
+    begin with different tokenizers instead of waiting on one lock."""
     out: list[Job] = []
-    for k in range(max((len(g) for g in groups.values()), default=0)):
-        out += [g[k] for g in groups.values() if k < len(g)]
+    valid = [j for j in jobs if j.cfg is not None]
+    for index in sorted({j.cfg.train.seed_index for j in valid if j.cfg is not None}):
+        groups: dict[str, list[Job]] = {}
+        for job in valid:
+            if job.cfg is not None and job.cfg.train.seed_index == index:
+                groups.setdefault(tokenizer_fingerprint(job.cfg), []).append(job)
+        for k in range(max((len(g) for g in groups.values()), default=0)):
+            out += [g[k] for g in groups.values() if k < len(g)]
     return out
 
 

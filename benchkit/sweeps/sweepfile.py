@@ -96,9 +96,18 @@ def load_sweep(path_or_name: str | Path) -> dict[str, Any]:
     return spec
 
 
+def sweep_jobs(spec: dict[str, Any]) -> int | None:
+    """The sweep file's ``jobs`` (job processes when ``--jobs`` and ``$BENCHKIT_JOBS`` are not given), None when
+    it has none."""
+    jobs = spec.get("jobs")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"sweep key jobs must be an integer >= 1, got {jobs!r}")
+    return jobs
+
+
 def expand(spec: dict[str, Any], extra_overrides: list[str] | None = None, preset: str | None = None) -> list[Job]:
     """Every job of a sweep, checked; invalid combinations carry the reason they are skipped."""
-    valid_keys = {"preset", "name", "set", "grid", "combos", "description"}
+    valid_keys = {"preset", "name", "set", "grid", "combos", "description", "jobs"}
     unknown = [k for k in spec if k not in valid_keys]
     if unknown:
         raise ConfigError(f"unknown sweep key {unknown[0]!r}; valid: {', '.join(sorted(valid_keys))}")

@@ -73,11 +73,13 @@ def train_step_flops(
 
 def config_step_flops(cfg: RunConfig, generator: nn.Module, spec: TokenSpec) -> int:
     """:func:`train_step_flops` of ``generator`` at ``cfg.train.batch_size``, counted once per process for each
-    (data, tokenizer, generator, head, batch size, seed)."""
-    key = fingerprint("step-flops", cfg.data, cfg.tokenizer, cfg.generator, cfg.head, cfg.train.batch_size, cfg.seed)
+    (data, tokenizer, generator, head, batch size, seed). The count's draws use the model's first training seed, so
+    every training seed of a model gets the same step count under a budget (MAR's mask ratio is drawn)."""
+    seed = cfg.seed - cfg.train.seed_index
+    key = fingerprint("step-flops", cfg.data, cfg.tokenizer, cfg.generator, cfg.head, cfg.train.batch_size, seed)
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = train_step_flops(
-            generator, spec, cfg.train.batch_size, int(getattr(generator, "num_classes", 1)), seed=cfg.seed
+            generator, spec, cfg.train.batch_size, int(getattr(generator, "num_classes", 1)), seed=seed
         )
     return _STEP_CACHE[key]
 

@@ -75,3 +75,15 @@ def test_shipped_budget_sweep_is_tiny_at_equal_flops_and_long_has_convergence_po
     cfgs = [j.cfg for j in long if j.cfg]
     without = [replace(c, train=replace(c.train, convergence_points=0)) for c in cfgs]
     assert [run_fingerprint(c) for c in cfgs] == [run_fingerprint(c) for c in without]
+
+
+def test_every_training_seed_of_mar_gets_the_same_steps() -> None:
+    """MAR's mask ratio is drawn, so its counted step cost depends on the draws; the count uses the model's first
+    seed, so all of a model's training seeds train the same steps (and share one base run directory)."""
+    from benchkit.training.artifacts import seed_configs
+
+    base, model = _cfg_and_model("mar", ["train.budget_flops=4e9", "train.seeds=3"], encoder_depth=2, decoder_depth=2)
+    steps = [apply_budget(c, model, SPEC).train.steps for c in seed_configs(base)]
+    assert len(set(steps)) == 1 and steps[0] > 7
+    other, _ = _cfg_and_model("mar", ["train.budget_flops=4e9", "seed=5"], encoder_depth=2, decoder_depth=2)
+    assert config_step_flops(other, model, SPEC) != config_step_flops(base, model, SPEC)  # the draws did matter

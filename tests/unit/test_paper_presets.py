@@ -92,3 +92,21 @@ def test_paper_presets_are_shipped_and_their_tokenizers_build() -> None:
         with torch.device("meta"):
             tok = build_tokenizer(cfg, torch.device("meta"))
         assert tok.specs[kind].grid == grid and cfg.train.precision == "bf16" and cfg.eval.num_samples == 50000
+
+
+@pytest.mark.parametrize("name", sorted({*MAR, *RQT, "ar-l"}))
+def test_paper_presets_score_by_the_adm_protocol(name: str, tmp_path) -> None:
+    """Every paper preset scores 50,000 class-balanced samples by ADM's evaluator against ADM's ImageNet batch, and a
+    missing batch file is one line naming it, before any compute."""
+    from benchkit.core.errors import ConfigError
+    from benchkit.metrics.features import check_protocol
+    from benchkit.sampling.generate import balanced_labels
+
+    ev = resolve(name).eval
+    assert (ev.protocol, ev.reference_batch, ev.reference_stats) == ("adm", "VIRTUAL_imagenet256_labeled.npz", None)
+    assert ev.num_samples == 50000 and ev.features == "inception"
+    assert torch.bincount(balanced_labels(ev.num_samples, IMAGENET_CLASSES)).tolist() == [50] * IMAGENET_CLASSES
+    missing = resolve(name, None, [f'eval.reference_batch="{tmp_path / "VIRTUAL_imagenet256_labeled.npz"}"']).eval
+    with pytest.raises(ConfigError, match="VIRTUAL_imagenet256_labeled.npz") as e:
+        check_protocol(missing)
+    assert "\n" not in str(e.value)

@@ -54,6 +54,21 @@ def test_claim_order_interleaves_tokenizers() -> None:
     assert order[3:] == [("kl", "mar"), ("vq", "mar")]
 
 
+def test_claim_order_puts_every_first_seed_first() -> None:
+    jobs = expand(
+        {
+            "preset": "tiny",
+            "set": ["train.seeds=3", "train.tokenizer_per_seed=false"],
+            "combos": [
+                {"tokenizer.name": "vq", "generator.name": "ar", "head.name": "ce"},
+                {"tokenizer.name": "kl", "generator.name": "ar", "head.name": "diffloss"},
+            ],
+        }
+    )
+    order = [(j.cfg.train.seed_index, j.cfg.tokenizer.name) for j in claim_order(jobs)]
+    assert order == [(0, "kl"), (0, "vq"), (1, "kl"), (1, "vq"), (2, "kl"), (2, "vq")]
+
+
 def test_bad_jobs_value_is_one_line() -> None:
     from typer.testing import CliRunner
 
@@ -97,3 +112,28 @@ def test_sigterm_to_the_parent_ends_its_job_processes(monkeypatch: pytest.Monkey
     assert time.perf_counter() - t0 < 4  # the wait was interrupted
     assert len(_FakeProcess.made) == 2 and all(p.terminated for p in _FakeProcess.made)
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored
+
+
+def test_the_sweep_files_jobs_is_the_default_process_count(tmp_path: Path) -> None:
+    from benchkit.sweeps.commands import sweep_command
+    from benchkit.sweeps.sweepfile import load_sweep, sweep_jobs
+
+    assert sweep_jobs(load_sweep("tiny")) == 2 and sweep_jobs(load_sweep("long")) == 1
+    assert sweep_jobs(load_sweep("budget")) is None
+    for bad in (0, "two", True):
+        with pytest.raises(ConfigError, match=f"sweep key jobs must be an integer >= 1, got {bad!r}"):
+            sweep_jobs({"jobs": bad})
+
+    class Planned(Exception):
+        pass
+
+    seen = []
+
+    def stop(plan) -> None:  # the plan, before any compute
+        seen.append((plan.processes, plan.shard))
+        raise Planned
+
+    for kwargs in ({}, {"processes": 1}, {"shard_text": "0/2"}):
+        with pytest.raises(Planned):
+            sweep_command("tiny", command=["run"], out_dir=tmp_path, on_plan=stop, **kwargs)
+    assert seen == [(2, (0, 1)), (1, (0, 1)), (1, (0, 2))]  # the file's 2; --jobs 1 and --shard override it

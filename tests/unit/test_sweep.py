@@ -76,7 +76,7 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
         ("rq", "rqtransformer", "ce"),
     } <= triples
     # equal training compute, convergence points and the same tuning grid for every model
-    assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(4.5e12, 3)}
+    assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(2.25e12, 3)}
     assert len({str(j.cfg.eval.tune) for j in jobs if j.cfg}) == 1 and all(j.cfg.eval.tune for j in jobs if j.cfg)
     grid = jobs[0].cfg.eval.tune  # MAR's Table 1 tunes temperature and CFG: the grid has both
     assert any(p.get("temperature", 1.0) != 1.0 for p in grid) and any(p.get("cfg", 1.0) != 1.0 for p in grid)
@@ -105,7 +105,9 @@ def test_extends_takes_the_parent_sweep_and_runs_its_set_first(tmp_path: Path) -
     long, tiny = load_sweep("long"), load_sweep("tiny")
     assert long["combos"] == tiny["combos"] and long["set"][: len(tiny["set"])] == tiny["set"]
     assert long["name"] == "long" and "train.budget_flops=1.8e13" in long["set"]
-    assert load_sweep("table1")["set"] == tiny["set"]
+    table1 = load_sweep("table1")
+    assert table1["set"][: len(tiny["set"])] == tiny["set"] and "train.seeds=1" in table1["set"]
+    assert (tiny["jobs"], long["jobs"], table1["jobs"]) == (2, 1, 1)  # a file's own keys win over its parent's
 
 
 def test_extends_errors_name_the_problem(tmp_path: Path) -> None:
@@ -140,8 +142,10 @@ def test_shipped_all_sweep_covers_every_valid_triple_and_reuses_the_tiny_runs() 
     assert all(j.cfg is not None for j in jobs)
     triples = {(j.cfg.tokenizer.name, j.cfg.generator.name, j.cfg.head.name) for j in jobs if j.cfg is not None}
     assert triples == valid and len(jobs) == len(valid) == 13
-    tiny = {run_fingerprint(j.cfg) for j in expand(load_sweep("tiny")) if j.cfg is not None}
-    assert len(tiny) == 5 and tiny <= {run_fingerprint(j.cfg) for j in jobs if j.cfg is not None}
+    tiny = [j.cfg for j in expand(load_sweep("tiny")) if j.cfg is not None]
+    assert len(tiny) == 15 and len({run_fingerprint(c) for c in tiny}) == 15  # five models x three training seeds
+    assert {(c.tokenizer.name, c.generator.name, c.head.name) for c in tiny} <= triples
+    assert sorted(c.train.seed_index for c in tiny) == [0] * 5 + [1] * 5 + [2] * 5
 
 
 @pytest.mark.parametrize("name", ["tiny", "all", "long", "table1"])
@@ -149,8 +153,10 @@ def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
     assert name in shipped_sweeps()
     jobs = expand(load_sweep(name))
     assert jobs and all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
-    # equal training FLOPs: the budget sets each generator's steps (long: four times the default's)
-    assert {j.cfg.train.budget_flops for j in jobs if j.cfg} == {1.8e13 if name == "long" else 4.5e12}
+    # equal training FLOPs: the budget sets each generator's steps (tiny: per seed, three seeds; the others one seed)
+    budget = {"tiny": 2.25e12, "long": 1.8e13, "table1": 4.5e12, "all": 4.5e12}[name]
+    assert {j.cfg.train.budget_flops for j in jobs if j.cfg} == {budget}
+    assert {j.cfg.train.seeds for j in jobs if j.cfg} == {3 if name == "tiny" else 1}
 
 
 @pytest.mark.parametrize("name", shipped_sweeps())
