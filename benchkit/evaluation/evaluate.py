@@ -149,7 +149,7 @@ def evaluate_run(
             sweep_bar(i + 1, len(settings))
     if tuned_in is not None and bdist.is_main():
         append_row(results_dir, tuning_selection(tuned_in, chosen))
-    if bdist.is_main():
+    if bdist.is_main() and cfg.train.seed_index == 0:  # one grid per model (`benchkit sample RUN` draws any seed's)
         grid_labels = balanced_labels(train.num_classes * cfg.sample.grid_per_class, train.num_classes).sort().values
         grid = run.sample_images(
             grid_labels,
