@@ -251,10 +251,17 @@ def _notes(df: pd.DataFrame) -> list[str]:
         )
     if "seed_spread_fid" in df.columns and not df["seed_spread_fid"].map(is_missing).all():
         notes.append(
-            "seed_spread_fid is the FID spread between seeds of the same config; "
-            "FID differences smaller than it are noise."
+            "seed_spread_fid is the FID difference between two sampling seeds of one trained model (a model's "
+            "first training seed); FID differences smaller than it are sampling noise."
         )
-    if "fid_gap_significant" in df.columns:
+    if "fid_gap_p" in df.columns and not df["fid_gap_p"].map(is_missing).all():
+        notes.append(
+            "fid, fid_sd, fid_ci95: mean, standard deviation and 95% t-interval half-width over n_seeds training "
+            "seeds. fid_gap_significant: whether a row's FID beats the next-best row's by Welch's t-test over their "
+            "training seeds, Holm-corrected over the table (fid_gap_p; yes / no / - = not testable); rank_interval "
+            "and rank_stability: a bootstrap over seeds."
+        )
+    elif "fid_gap_significant" in df.columns:
         notes.append(
             "fid_gap_significant: whether a row's FID beats the next-best row's by more than the larger "
             "seed spread of the two (yes / no = within noise / - = not measurable)."

@@ -76,7 +76,7 @@ def test_shipped_tiny_sweep_has_the_paper_analogues(tmp_path: Path) -> None:
         ("rq", "rqtransformer", "ce"),
     } <= triples
     # equal training compute, convergence points and the same tuning grid for every model
-    assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(1.8e12, 3)}
+    assert {(j.cfg.train.budget_flops, j.cfg.train.convergence_points) for j in jobs if j.cfg} == {(2.25e12, 3)}
     assert len({str(j.cfg.eval.tune) for j in jobs if j.cfg}) == 1 and all(j.cfg.eval.tune for j in jobs if j.cfg)
     grid = jobs[0].cfg.eval.tune  # MAR's Table 1 tunes temperature and CFG: the grid has both
     assert any(p.get("temperature", 1.0) != 1.0 for p in grid) and any(p.get("cfg", 1.0) != 1.0 for p in grid)
@@ -154,7 +154,7 @@ def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
     jobs = expand(load_sweep(name))
     assert jobs and all(j.cfg is not None for j in jobs), [j.skipped for j in jobs if j.cfg is None]
     # equal training FLOPs: the budget sets each generator's steps (tiny: per seed, three seeds; the others one seed)
-    budget = {"tiny": 1.8e12, "long": 1.8e13, "table1": 4.5e12, "all": 4.5e12}[name]
+    budget = {"tiny": 2.25e12, "long": 1.8e13, "table1": 4.5e12, "all": 4.5e12}[name]
     assert {j.cfg.train.budget_flops for j in jobs if j.cfg} == {budget}
     assert {j.cfg.train.seeds for j in jobs if j.cfg} == {3 if name == "tiny" else 1}
 
