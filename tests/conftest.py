@@ -144,6 +144,16 @@ def seed_cache(feature_cache: Path, out_dir: Path) -> None:
     shutil.copytree(feature_cache, out_dir / "_cache", dirs_exist_ok=True)
 
 
+def assert_trains_alone_to(twin_runs: Path, feature_cache: Path, out_dir: Path, *args: str) -> None:
+    """``benchkit train *args`` alone in ``out_dir`` gives the run of the same name in ``twin_runs`` bit for bit."""
+    from safetensors.torch import load_file
+
+    seed_cache(feature_cache, out_dir)
+    run = Path(last_line(bk("train", "--out-dir", str(out_dir), "--no-progress", *TINY, *args)))
+    a, b = (load_file(str(d / "model.safetensors")) for d in (run, twin_runs / run.name))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{run.name} differs from its twin"
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, feature_cache: Path) -> Path:
     """The TINY run (seed 0) trained once, uninterrupted, in its own out-dir; treat it as read-only."""

@@ -17,10 +17,11 @@ alone on one core).
 
 Each job runs with the cores divided by N threads and OpenMP's passive wait policy (``benchkit.core.threads``), as a
 ``--shard`` of N does; a job's numbers depend on its thread count, not on which process ran it or when. Two
-costs, which is why one process stays the default: a different thread count is a different training run (the
-default comparison's rows differ from the one-process run's by more than their seed spread), and the cost
-columns (images/s, latency) are measured while the other processes run (VQ + AR + CE sampled 164 images/s at
-batch 64 against 255 alone with 2 threads): take cost figures from ``--jobs 1``.
+costs, which is why one process is the default unless a sweep file sets ``jobs`` (the default comparison sets 2,
+for its three training seeds): a different thread count is a different training run, and the cost columns
+(images/s, latency) are measured while the other processes run (VQ + AR + CE sampled 164 images/s at batch 64
+against 255 alone with 2 threads): take cost figures from ``--jobs 1``. The parent builds the shared feature network
+before the processes start (``benchkit.sweeps.commands.prepare_features``), so the features do not depend on N.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from benchkit.training.artifacts import tokenizer_fingerprint
 
 
 def resolve_jobs(requested: int | None, *, valid_jobs: int, sharded: bool) -> int:
-    """How many job processes: ``requested`` (``--jobs`` or ``$BENCHKIT_JOBS``), default 1, never more than the
-    valid jobs. Not the default because a job's cost columns (images/s, latency) are then measured next to the other
-    job processes, and its numbers with the cores divided by N threads (see the module docstring)."""
+    """How many job processes: ``requested`` (``--jobs``, ``$BENCHKIT_JOBS`` or the sweep file's ``jobs``), default
+    1, never more than the valid jobs. With N > 1 a job's cost columns (images/s, latency) are measured next to the
+    other job processes, and its numbers come with the cores divided by N threads (see the module docstring)."""
     if requested is None:
         return 1
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:

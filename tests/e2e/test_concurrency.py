@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY, bk, bk_cmd, cli_env, last_line, seed_cache
-from safetensors.torch import load_file
+from conftest import TINY, assert_trains_alone_to, bk_cmd, cli_env, seed_cache
 
 pytestmark = pytest.mark.slow
 
@@ -108,25 +107,14 @@ def test_jobs_runs_the_sweep_in_two_processes_each_job_once(tmp_path: Path, feat
     assert {json.loads((r / "config.json").read_text())["threads"] for r in (out / "runs").iterdir()} == {1}
 
     # a job trained in a job process is the run the same config trains alone at the same thread count, bit for bit
-    alone = tmp_path / "alone"
-    seed_cache(feature_cache, alone)
-    run = Path(
-        last_line(
-            bk(
-                "train",
-                "--out-dir",
-                str(alone),
-                "--no-progress",
-                "--threads",
-                "1",
-                *TINY,
-                "--set",
-                "train.lr=0.002",
-                "--set",
-                "generator.options.depth=2",
-            )
-        )
+    assert_trains_alone_to(
+        out / "runs",
+        feature_cache,
+        tmp_path / "alone",
+        "--threads",
+        "1",
+        "--set",
+        "train.lr=0.002",
+        "--set",
+        "generator.options.depth=2",
     )
-    twin = out / "runs" / run.name
-    a, b = load_file(str(run / "model.safetensors")), load_file(str(twin / "model.safetensors"))
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
