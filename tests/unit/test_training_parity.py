@@ -75,7 +75,7 @@ def test_recipe_of_the_pinned_config(tp: ModuleType) -> None:
 def test_steps_from_the_budget_are_benchkits(tp: ModuleType) -> None:
     cfg = resolve("tiny", None, [*tp.base_overrides(), "train.budget_flops=4.5e12"])
     steps = tp.derive_steps(cfg, 10)
-    assert steps == 996  # issue 32: benchkit's kl + mar + diffloss trains 996 steps at 4.5e12 FLOPs
+    assert steps == 996  # benchkit's kl + mar + diffloss trains 996 steps at 4.5e12 FLOPs (the single-seed default)
     half = resolve("tiny", None, [*tp.base_overrides(), "train.budget_flops=2.25e12"])
     assert tp.derive_steps(half, 10) in (steps // 2, steps // 2 - 1)
 
