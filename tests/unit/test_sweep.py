@@ -159,6 +159,21 @@ def test_every_shipped_sweep_expands_to_valid_jobs(name: str) -> None:
     assert {j.cfg.train.seeds for j in jobs if j.cfg} == {3 if name == "tiny" else 1}
 
 
+@pytest.mark.parametrize("name", ["long", "table1"])
+def test_long_and_table1_keep_their_measured_single_seed_settings(name: str) -> None:
+    """They extend the default run, which has three seeds and a leaner evaluation; their measured tables are one seed
+    with 1000 samples, two sampling seeds and tuning on 500 samples, in one process."""
+    spec = load_sweep(name)
+    assert spec["jobs"] == 1
+    for cfg in (j.cfg for j in expand(spec) if j.cfg is not None):
+        assert (cfg.train.seeds, cfg.eval.num_samples, cfg.eval.seed_spread, cfg.eval.tune_samples) == (
+            1,
+            1000,
+            True,
+            500,
+        )
+
+
 @pytest.mark.parametrize("name", shipped_sweeps())
 def test_guided_rows_of_a_shipped_sweep_share_one_cfg_schedule(name: str) -> None:
     """Guidance is compared on equal terms: every guided row of a sweep ramps CFG the same way."""
