@@ -202,10 +202,10 @@ def test_table1_sweep_is_mars_table_1_parameter_matched() -> None:
         ]
     assert {(c.tokenizer.name, c.head.name) for c in jobs} == {("vq", "ce"), ("kl", "diffloss")}
     tiny = next(j.cfg for j in expand(load_sweep("tiny")) if j.cfg is not None)
-    for c in jobs:  # on the default comparison's terms: same budget, convergence points and tuning grid
+    for c in jobs:  # on the default comparison's terms: tuning grid, convergence points, batch (one seed, 500 tuning)
         assert (c.eval.tune, c.eval.tune_samples, c.train.convergence_points, c.train.batch_size) == (
             tiny.eval.tune,
-            tiny.eval.tune_samples,
+            500,
             tiny.train.convergence_points,
             tiny.train.batch_size,
         )
