@@ -1,6 +1,5 @@
 """``benchkit eval`` under ``eval.protocol = "adm"`` with the extra FD-DINOv2 column, end to end on a tiny run: the
-rows' labels and ids, and the checks before compute. Skipped until benchkit.evaluation.evaluate calls
-benchkit.evaluation.protocols (issue 31's wiring); then it must pass."""
+rows' labels and ids, and the checks before compute."""
 
 from __future__ import annotations
 
