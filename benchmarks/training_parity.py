@@ -83,11 +83,10 @@ def check_code(path: str | Path, relative: str, repo: str, option: str) -> Path:
 
 def default_budget(sweep: str | Path = SWEEP) -> float:
     """The ``train.budget_flops`` of a shipped sweep (by default the default run's, per training seed)."""
-    for item in load_sweep(sweep).get("set", []):
-        key, _, value = item.partition("=")
-        if key.strip() == "train.budget_flops":
-            return float(value)
-    raise ParityError(f"sweep {str(sweep)!r} sets no train.budget_flops; pass --budget-flops")
+    budget = next((j.cfg.train.budget_flops for j in expand(load_sweep(sweep)) if j.cfg is not None), None)
+    if not budget:
+        raise ParityError(f"sweep {str(sweep)!r} sets no train.budget_flops; pass --budget-flops")
+    return float(budget)
 
 
 def base_overrides(sweep: str = SWEEP, combo: tuple[str, str, str] = COMBO) -> list[str]:

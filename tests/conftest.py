@@ -154,6 +154,28 @@ def assert_trains_alone_to(twin_runs: Path, feature_cache: Path, out_dir: Path, 
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{run.name} differs from its twin"
 
 
+@pytest.fixture()
+def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No weights anywhere benchkit looks: torch.hub under tmp_path, HOME in tmp_path, no $BENCHKIT_WEIGHTS_DIR and
+    no Inception variable."""
+    from benchkit.metrics import pretrained
+    from benchkit.metrics.inception import INCEPTION_ENV
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state_dict of torch-fidelity's FeatureExtractorInceptionV3 with random (Kaiming) weights (its file format)."""
+    from random_inception import write_random_inception
+
+    return write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, feature_cache: Path) -> Path:
     """The TINY run (seed 0) trained once, uninterrupted, in its own out-dir; treat it as read-only."""

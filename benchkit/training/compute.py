@@ -26,6 +26,7 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.identity import fingerprint
 from benchkit.core.interfaces import Batch, TokenSpec
 from benchkit.metrics.cost import flops_per_call
+from benchkit.training.artifacts import base_seed_config
 
 log = logging.getLogger(__name__)
 COUNT_BATCH = 8
@@ -75,7 +76,7 @@ def config_step_flops(cfg: RunConfig, generator: nn.Module, spec: TokenSpec) -> 
     """:func:`train_step_flops` of ``generator`` at ``cfg.train.batch_size``, counted once per process for each
     (data, tokenizer, generator, head, batch size, seed). The count's draws use the model's first training seed, so
     every training seed of a model gets the same step count under a budget (MAR's mask ratio is drawn)."""
-    seed = cfg.seed - cfg.train.seed_index
+    seed = base_seed_config(cfg).seed
     key = fingerprint("step-flops", cfg.data, cfg.tokenizer, cfg.generator, cfg.head, cfg.train.batch_size, seed)
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = train_step_flops(

@@ -27,15 +27,6 @@ needs_open_clip = pytest.mark.skipif(importlib.util.find_spec("open_clip") is No
 
 
 @pytest.fixture()
-def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Empty caches: torch.hub under tmp_path, no $BENCHKIT_WEIGHTS_DIR, HOME in tmp_path."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV, raising=False)
-    return tmp_path
-
-
-@pytest.fixture()
 def two_threads() -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -9,7 +9,6 @@ from unittest import mock
 
 import pytest
 import torch
-from random_inception import write_random_inception
 
 from benchkit.core.errors import ConfigError
 from benchkit.data.base import ImageData
@@ -136,12 +135,6 @@ def test_auto_falls_back_to_dataset_with_notice(
     assert ext.tag.startswith("dataset-fused@")
     notices = [r.getMessage() for r in caplog.records if "no Inception-V3 weights" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
-
-
-@pytest.fixture(scope="module")
-def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state_dict of torch-fidelity's FeatureExtractorInceptionV3 with random (Kaiming) weights."""
-    return write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 def test_inception_loads_offline_from_file(

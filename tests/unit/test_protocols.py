@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUICK
-from random_inception import write_random_inception
 
 from benchkit.core.config import FD_DINOV2_ARCHS, EvalConfig, resolve
 from benchkit.core.errors import ConfigError
 from benchkit.evaluation import protocols
-from benchkit.metrics import adm, cmmd, dinov2, pretrained
+from benchkit.metrics import adm, cmmd, dinov2
 from benchkit.metrics.extractor import sha256_file
 from benchkit.metrics.features import check_protocol, extractor_options, load_extractor
 from benchkit.metrics.quality import feature_stats, fid_from_features, frechet_distance, generation_metrics
@@ -32,16 +31,6 @@ from test_dinov2_cmmd import release_dinov2  # noqa: E402
 
 CPU = torch.device("cpu")
 needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
-
-
-@pytest.fixture()
-def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No weights anywhere benchkit looks: torch.hub under tmp_path, no weights folder, no Inception variable."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.delenv("BENCHKIT_INCEPTION_WEIGHTS", raising=False)
-    return tmp_path
 
 
 def images(n: int, seed: int, size: int = 32) -> torch.Tensor:
@@ -164,11 +153,6 @@ def fast_frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarra
     assert np.array_equal(s2, np.diag(d)), "fast_frechet needs a diagonal second covariance"
     m = np.linalg.eigvalsh(s1 * np.sqrt(d)[:, None] * np.sqrt(d)[None, :])
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + d.sum() - 2 * np.sqrt(np.clip(m, 0, None)).sum())
-
-
-@pytest.fixture(scope="module")
-def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 def test_adm_quality_matches_adm_formulas_by_hand(
