@@ -252,6 +252,8 @@ class EvalConfig:
         adm = 'eval.protocol = "adm"'
         if self.protocol == "adm" and not self.reference_batch:
             raise ConfigError(f"{adm} needs eval.reference_batch, an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
+        if self.protocol == "adm" and self.features == "auto":
+            object.__setattr__(self, "features", "inception")  # "auto" under adm means ADM's network
         if self.protocol == "adm" and self.features != "inception":
             raise ConfigError(f'{adm} needs eval.features = "inception" (ADM\'s network), got {self.features!r}')
         if self.protocol == "adm" and self.reference_stats:

@@ -51,13 +51,15 @@ def test_eval_config_protocol_errors(tmp_path: Path) -> None:
     batch = str(tmp_path / "ref.npz")
     adm_sets = ['eval.protocol="adm"', 'eval.features="inception"', f'eval.reference_batch="{batch}"']
     cfg = resolve("tiny", None, adm_sets)
+    auto = resolve("tiny", None, [adm_sets[0], adm_sets[2]]).eval  # features "auto" under adm is ADM's Inception
+    assert auto.features == "inception" and auto == cfg.eval
     assert (cfg.eval.protocol, cfg.eval.reference_batch) == ("adm", batch) and resolve(
         "tiny"
     ).eval.protocol == "benchkit"
     cases = [
         (['eval.protocol="adm2"'], r"eval.protocol = 'adm2' is not valid; valid: 'benchkit', 'adm'"),
         (['eval.protocol="adm"', 'eval.features="inception"'], "needs eval.reference_batch"),
-        (['eval.protocol="adm"', f'eval.reference_batch="{batch}"'], "needs eval.features = \"inception\".*'auto'"),
+        ([adm_sets[0], adm_sets[2], 'eval.features="dataset"'], "needs eval.features = \"inception\".*'dataset'"),
         ([*adm_sets, 'eval.reference_stats="x.npz"'], "unset eval.reference_stats"),
         ([f'eval.reference_batch="{batch}"'], r"eval.reference_batch is read by eval.protocol = \"adm\" only"),
         (['eval.fd_dinov2="dinov2-vit-l14"'], "unknown eval.fd_dinov2.*valid: dinov2-vit-s-14.*did you mean"),
