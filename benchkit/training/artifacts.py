@@ -234,7 +234,7 @@ def run_dir(cfg: RunConfig) -> Path:
 
 def build_tokenizer(cfg: RunConfig, device: torch.device) -> Any:  # an nn.Module, interfaces.Tokenizer
     """An untrained tokenizer of this config; on CPU its conv weights are channels-last (NHWC), which oneDNN runs
-    1.1-1.6x faster on the tiny tokenizers (benchmarks/README.md); the values agree with NCHW to float rounding."""
+    1.1-1.4x faster on the tiny tokenizers (benchmarks/README.md); the values agree with NCHW to float rounding."""
     module = TOKENIZERS.create(cfg.tokenizer.name, image_size=cfg.data.image_size, **cfg.tokenizer.options)
     return module.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
 
