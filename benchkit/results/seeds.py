@@ -203,11 +203,13 @@ def rank_stability(df: pd.DataFrame, rounds: int = 2000, seed: int = 0) -> pd.Da
 def table_rows(gen: pd.DataFrame) -> pd.DataFrame:
     """The generator table: rows folded over training seeds (``aggregate_seeds``), ``still_improving`` judged per
     seed and reported for the first, then significance: over training seeds (``seed_significance`` and
-    ``rank_stability``) when some row has two or more, else by the sampling spread as before."""
+    ``rank_stability``) when some row has two or more, else by the sampling spread as before. Within each comparison
+    group (in order of first appearance) the rows are in order of (mean) FID, rows without one last."""
     if gen.empty or "n_seeds" in gen.columns:  # empty, or already this table
         return gen
     agg = aggregate_seeds(with_improving(gen))
     groups = [part for _, part in agg.groupby(comparison_group(agg), sort=False)]  # ranks and tests per group
+    by_fid = [p.iloc[np.argsort(pd.to_numeric(p["fid"], errors="coerce").to_numpy(), kind="stable")] for p in groups]
     if (pd.to_numeric(agg["n_seeds"], errors="coerce") >= 2).any():
-        return pd.concat([rank_stability(seed_significance(part)) for part in groups])
-    return pd.concat([with_significance(part) for part in groups])
+        return pd.concat([rank_stability(seed_significance(part)) for part in by_fid])
+    return pd.concat([with_significance(part) for part in by_fid])

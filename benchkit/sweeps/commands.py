@@ -20,8 +20,9 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.files import check_writable
 from benchkit.core.threads import resolve_threads
 from benchkit.metrics.configured import config_extractor
+from benchkit.results.seeds import table_rows
 from benchkit.results.store import filter_rows, read_rows, sort_rows
-from benchkit.results.tables import write_tables
+from benchkit.results.tables import split_kinds, write_tables
 from benchkit.sweeps.parallel import claim_order, resolve_jobs, run_job_processes
 from benchkit.sweeps.runner import SweepReport, execute, job_label, write_all, write_outputs
 from benchkit.sweeps.sweepfile import Job, expand, load_sweep, parse_shard, shard, sweep_jobs
@@ -181,12 +182,16 @@ def table_command(
     descending: bool = False,
     write: bool = True,
 ) -> TableOutcome:
-    """The rows of ``results_dir`` that pass ``filters`` (e.g. ``head=ce``, ``fid<50``), sorted by ``sort``; with
-    ``write``, table.csv / .md / .tex of them are rewritten."""
+    """The rows of ``results_dir`` that pass ``filters`` (e.g. ``head=ce``, ``fid<50``); with ``sort``, the generator
+    rows folded over their training seeds (``table_rows``) and sorted by that column of the folded table (a mean
+    over seeds), then the tokenizer rows sorted alike; with ``write``, table.csv / .md / .tex of them are rewritten."""
     _require_rows(results_dir)
     df = filter_rows(read_rows(results_dir), list(filters))
     if sort:
-        df = sort_rows(df, sort, descending)
+        gen, tok = split_kinds(df)
+        parts = [sort_rows(table_rows(gen), sort, descending) if len(gen) else gen]
+        parts += [sort_rows(tok, sort, descending)] if len(tok) else []
+        df = pd.concat(parts)
     written = list(write_tables(df, results_dir).values()) if write else []
     return TableOutcome(df, written)
 

@@ -3,14 +3,25 @@ per-seed rows and the rank bootstrap."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from benchkit.results.seeds import aggregate_seeds, holm, rank_stability, seed_significance, t_interval, welch_p
+from benchkit.results.seeds import (
+    aggregate_seeds,
+    holm,
+    rank_stability,
+    seed_significance,
+    t_interval,
+    table_rows,
+    welch_p,
+)
+from benchkit.sweeps.commands import table_command
 
 
 def test_t_interval_known_values() -> None:
@@ -100,3 +111,18 @@ def test_a_failing_seed_marks_the_folded_row() -> None:
     assert agg.loc["b", "health"] == "diverged" and agg.loc["b", "health_seeds"] == "1/3 failed"
     assert agg.loc["b", "health_reason"] == "seed 2: std ratio 2800" and agg.loc["b", "token_std_ratio_max"] == 2800
     assert agg.loc["a", "health"] == "ok" and pd.isna(agg.loc["a", "health_seeds"])
+
+
+def test_table_lists_folded_rows_by_mean_fid_and_sorts_after_folding(tmp_path: Path) -> None:
+    rows = [
+        {"kind": "generator", "model": m, "generator": m, "cfg": 1.0, "seed": s, "fid": f, "row_id": f"{m}{s}"}
+        for m, fids in {"a": [10.0, 100.0], "b": [20.0, 30.0], "c": [15.0, 16.0]}.items()
+        for s, f in enumerate(fids)
+    ]
+    assert table_rows(pd.DataFrame(rows))["model"].tolist() == ["c", "b", "a"]  # means 15.5, 25, 55
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # a per-seed sort would put a (its seed 0 has the lowest FID, 10) first; the folded table's mean puts it last
+    out = table_command(tmp_path, sort="fid", write=True).rows
+    assert out["model"].tolist() == ["c", "b", "a"] and out["fid"].tolist() == [15.5, 25.0, 55.0]
+    assert pd.read_csv(tmp_path / "table.csv")["fid"].tolist() == [15.5, 25.0, 55.0]
+    assert table_command(tmp_path, sort="fid", descending=True, write=False).rows["model"].tolist() == ["a", "b", "c"]

@@ -48,7 +48,9 @@ def test_tables_carry_the_marks(tmp_path: Path) -> None:
     df = table().assign(kind="generator", head_deviations="none")
     written = write_tables(df, tmp_path)
     csv = pd.read_csv(written["table.csv"])
-    assert csv[SIG_COLUMN].fillna("-").tolist() == ["no", "yes", "yes", "no", "-", "-"]
+    # the table lists the rows by FID (no FID last); each keeps the mark of the test above
+    assert csv["fid"].fillna(-1).tolist() == [10.0, 12.0, 12.5, 30.0, 40.0, -1]
+    assert csv[SIG_COLUMN].fillna("-").tolist() == ["no", "no", "yes", "yes", "-", "-"]
     md = written["table.md"].read_text()
     assert "fid_gap_significant" in md and "head_deviations" in md
 
