@@ -20,6 +20,9 @@ Deviations:
   noise by sqrt(abar_t' / abar_999), t' the next kept step: ~316 for 100 steps, ~1300 for 25. A head trained
   for minutes is not that precise and, unclipped, sends most samples of the 2-D mixture in the unit tests far
   off the data; clipped, accurate predictions are untouched. ``clip_x0 = False`` gives MAR's behaviour.
+  Measured at ``tiny`` (docs/training-parity.md, ``benchmarks/head_divergence.py``): every unclipped MAR +
+  Diffusion Loss model diverged, with fixed or learned variance, at 50-250 steps, any temperature and 4x the
+  training; clipping alone keeps the chain finite, and the fixed variance is the better clipped head.
 - Only the N conditional rows are stepped under CFG (the official code steps 2N and keeps the first half, whose
   result is the same); the learned variance, when on, is taken from the conditional rows.
 - Parameter names match the official ``SimpleMLPAdaLN`` under ``net.`` (MAR keys ``diffloss.net.*``); its forward
