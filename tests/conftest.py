@@ -7,12 +7,14 @@ times faster than oversubscribed threads, and it keeps float reductions in one f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 # Before torch loads OpenMP: idle worker threads sleep rather than spin, and one intra-op thread by default, also for
 # the CLI commands tests run in this process (they set torch's threads from $OMP_NUM_THREADS; see
@@ -226,3 +228,17 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
         return code, out, err
 
     return run
+
+
+def load_benchmark(stem: str) -> Iterator[ModuleType]:
+    """benchmarks/<stem>.py imported as the module ``bench_<stem>``, registered in sys.modules while in use (its
+    dataclasses need it); for a module-scoped fixture: ``yield from load_benchmark("training_parity")``."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{stem}", Path(__file__).parents[1] / "benchmarks" / f"{stem}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)

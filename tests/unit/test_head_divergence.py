@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from benchkit.core.config import SampleSettings, resolve
 from benchkit.core.interfaces import TokenSpec
@@ -21,18 +20,10 @@ from benchkit.evaluation.commands import eval_overrides
 from benchkit.metrics.health import TokenReference
 from benchkit.results.seeds import welch_p
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "head_divergence.py"
-
 
 @pytest.fixture(scope="module")
 def hd() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("bench_head_divergence", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark("head_divergence")
 
 
 def args(hd: ModuleType, tmp_path: Path, *extra: str) -> argparse.Namespace:

@@ -3,33 +3,24 @@ without the official code."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from benchkit.core.config import RunConfig, resolve
 from benchkit.evaluation.commands import eval_overrides
 from benchkit.importers import mar as mar_importer
 from benchkit.training.checks import check
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "training_parity.py"
-
 
 @pytest.fixture(scope="module")
 def tp() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("bench_training_parity", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark("training_parity")
 
 
 def pinned(tp: ModuleType, steps: int = 123, seeds: int = 2) -> RunConfig:

@@ -5,7 +5,6 @@ without the official code or omegaconf: synthetic sources and the conformance fi
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from types import ModuleType
 import pytest
 import torch
 import yaml
+from conftest import load_benchmark
 from safetensors.torch import load_file
 
 from benchkit.core.config import RunConfig, resolve
@@ -26,7 +26,6 @@ from benchkit.importers.api import import_checkpoint, import_tokenizer
 from benchkit.training.loading import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "training_parity_rqt.py"
 FIX = ROOT / "tests" / "fixtures" / "official" / "rq"
 ONE, COOL = "CFG 1, T 1.0", "CFG 1, T 0.8"
 
@@ -62,13 +61,7 @@ class NotADataclass:
 
 @pytest.fixture(scope="module")
 def tp() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("bench_training_parity_rqt", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark("training_parity_rqt")
 
 
 @pytest.fixture
