@@ -17,8 +17,9 @@ Deviations:
   (the official ``input_mlp``, applied per depth and then summed, so its bias counts D times) and ``depth_emb``
   (``head_mlp``, applied to the cumulative sum of code vectors); the class slot has its own position embedding
   (``start_pos``, official ``pos_emb_cond``) and ``spatial_pos`` is indexed by image position (``pos_emb_hw``);
-  LayerNorms use eps 1e-5 (torch's default, as minGPT) and the spatial stack has no final LayerNorm. Without
-  import, this mode trains against a random frozen codebook.
+  LayerNorms use eps 1e-5 (torch's default, as minGPT) and the spatial stack has no final LayerNorm. Trained
+  by benchkit, the table is the bound RQ tokenizer's codebook (``bind_tokenizer``); an import fills it from the
+  official checkpoint.
 - Class-conditional with label dropout and classifier-free guidance (the paper has no CFG and uses rejection
   sampling); no top-k / top-p filtering by default (the ce head's ``top_k`` / ``top_p``).
 - Hard targets by default. ``soft_target_temperature = 0.5`` with ``stochastic_codes = true`` is the recipe of the
