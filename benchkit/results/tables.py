@@ -254,7 +254,9 @@ def _notes(df: pd.DataFrame) -> list[str]:
             "seed_spread_fid is the FID difference between two sampling seeds of one trained model (a model's "
             "first training seed); FID differences smaller than it are sampling noise."
         )
-    if "fid_gap_p" in df.columns and not df["fid_gap_p"].map(is_missing).all():
+    # the compact terminal table leaves fid_gap_p out: rows over two or more seeds were tested the same way
+    seeded = "n_seeds" in df.columns and bool((pd.to_numeric(df["n_seeds"], errors="coerce") >= 2).any())
+    if seeded or ("fid_gap_p" in df.columns and not df["fid_gap_p"].map(is_missing).all()):
         notes.append(
             "fid, fid_sd, fid_ci95: mean, standard deviation and 95% t-interval half-width over n_seeds training "
             "seeds. fid_gap_significant: whether a row's FID beats the next-best row's by Welch's t-test over their "

@@ -126,3 +126,13 @@ def test_table_lists_folded_rows_by_mean_fid_and_sorts_after_folding(tmp_path: P
     assert out["model"].tolist() == ["c", "b", "a"] and out["fid"].tolist() == [15.5, 25.0, 55.0]
     assert pd.read_csv(tmp_path / "table.csv")["fid"].tolist() == [15.5, 25.0, 55.0]
     assert table_command(tmp_path, sort="fid", descending=True, write=False).rows["model"].tolist() == ["a", "b", "c"]
+
+
+def test_table_notes_describe_the_seed_test_without_its_p_column() -> None:
+    from benchkit.results.tables import _notes
+
+    compact = pd.DataFrame({"fid": [1.0, 2.0], "n_seeds": [3, 3], "fid_gap_significant": ["yes", None]})
+    text = " ".join(_notes(compact))  # the terminal table's columns: no fid_gap_p
+    assert "Welch's t-test" in text and "larger seed spread" not in text
+    single = pd.DataFrame({"fid": [1.0, 2.0], "n_seeds": [1, 1], "fid_gap_significant": ["yes", None]})
+    assert "larger seed spread" in " ".join(_notes(single))
