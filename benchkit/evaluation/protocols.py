@@ -44,13 +44,12 @@ from benchkit.metrics.configured import cache_dir, reference_key
 from benchkit.metrics.dinov2 import DinoV2Config, dinov2_features, find_dinov2_weights, load_dinov2
 from benchkit.metrics.extractor import safe_name, sha256_file
 from benchkit.metrics.features import check_protocol, load_extractor  # noqa: F401  (check_protocol re-exported)
+from benchkit.metrics.frechet import feature_stats, frechet_distance
 from benchkit.metrics.health import SampleHealth
 from benchkit.metrics.quality import (
     MIN_IMAGES,
     cleanfid_fid_or_reason,
     compare_fids,
-    feature_stats,
-    frechet_distance,
     ref_cache_name,
 )
 from benchkit.sampling.generate import SampleSettings, balanced_labels

@@ -51,8 +51,9 @@ from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write_text
 from benchkit.core.identity import fingerprint
 from benchkit.data.loading import load_dataset
+from benchkit.metrics.frechet import fid_from_features
 from benchkit.metrics.health import HealthSummary, SampleHealth
-from benchkit.metrics.quality import cleanfid_kid, fid_from_features
+from benchkit.metrics.quality import cleanfid_kid
 from benchkit.sampling.generate import TUNABLE, SampleSettings, balanced_labels, candidates
 from benchkit.training.artifacts import TrainedRun, base_seed_config, run_dir
 
@@ -125,7 +126,7 @@ def tune(
         if metric == "fid":
             return fid_from_features(feats, val_feats)
         n = min(len(feats), len(val_feats), 1000)
-        return cleanfid_kid(feats.double().numpy(), val_feats.double().numpy(), n, seed=0)
+        return cleanfid_kid(feats.numpy(), val_feats.numpy(), n, seed=0)
 
     best, scored = pick_best(options, score)
     healthy = [(s, v) for s, v in scored if s not in failed]

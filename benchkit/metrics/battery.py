@@ -32,7 +32,7 @@ import torch
 from benchkit.data.base import ImageData
 from benchkit.metrics import distortions as D
 from benchkit.metrics.extractor import Extractor
-from benchkit.metrics.quality import feature_stats, frechet_distance
+from benchkit.metrics.frechet import feature_stats, frechet_distance
 
 # A distortion: (train data, n, strength, generator) -> n distorted uint8 images [n,3,H,W].
 Distort = Callable[[ImageData, int, float, torch.Generator], torch.Tensor]

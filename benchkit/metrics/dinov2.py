@@ -22,7 +22,7 @@ built offline with timm from the official release's checkpoint, as dgm-eval comp
 - Preprocessing (dgm-eval's ``DINOv2Encoder.transform``): resize to 224 x 224 with PIL's bicubic filter (antialiased,
   uint8 output; ``resize="torch"`` keeps it on the GPU with torch's antialiased bicubic: see
   ``benchkit.metrics.pretrained``), scale to [0, 1], normalise with the ImageNet mean and std.
-- FD-DINOv2: ``benchkit.metrics.quality.fid_from_features`` (the same Frechet distance as FID) on these features,
+- FD-DINOv2: ``benchkit.metrics.frechet.fid_from_features`` (the same Frechet distance as FID) on these features,
   or torch-fidelity's FID with ``fidelity_dinov2_class`` registered as the feature extractor.
 
 Deviations: torch-fidelity's own ``dinov2-*`` extractors resize with TF1-style bilinear interpolation and no

@@ -6,7 +6,7 @@
 - KID (Binkowski et al. 2018, arXiv 1801.01401): unbiased MMD^2 with kernel (x.y/d + 1)^3 over 100 random subsets.
 - Precision/recall (Kynkaanniemi et al. 2019, arXiv 1904.06991): k=3 nearest-neighbour balls in feature space.
 - FID-infinity (Chong & Forsyth 2020, arXiv 1911.07023): FID is biased in 1/N; fit FID_N = a + b/N over several
-  subset sizes and report the intercept a.
+  subset sizes and report the intercept a. It and the Frechet distance itself live in ``benchkit.metrics.frechet``.
 
 torch-fidelity (https://github.com/toshas/torch-fidelity, v0.4.0) gets the images as in-memory uint8 Datasets and the
 feature network registered by ``benchkit.metrics.features``. clean-fid (https://github.com/GaParmar/clean-fid, 0.1.35)
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from benchkit.core.errors import ConfigError
 from benchkit.core.files import atomic_write
 from benchkit.core.progress import progress_bar
 from benchkit.metrics.features import Extractor, content_hash, safe_name
+from benchkit.metrics.frechet import feature_stats, fid_infinity
 
 log = logging.getLogger(__name__)
 
@@ -77,68 +77,6 @@ def _check_images(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} images must be uint8 [N,3,H,W] (use benchkit.data.base.to_uint8), got {got}")
     if len(x) < MIN_IMAGES:
         raise ValueError(f"{name}: need at least {MIN_IMAGES} images for FID/KID/precision-recall, got {len(x)}")
-
-
-# ---------------------------------------------------------------------------------------------- FID pieces
-
-
-def feature_stats(feats: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [D] and covariance [D,D] of features [N,D], both float64."""
-    f = feats.double().numpy() if torch.is_tensor(feats) else np.asarray(feats, dtype=np.float64)
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """FID between two Gaussians; Tr (S1 S2)^(1/2) as the sum of square roots of the eigenvalues of S1 S2."""
-    diff = mu1 - mu2
-    eig = np.linalg.eigvals(sigma1 @ sigma2).astype(np.complex128)
-    tr_covmean = float(np.sqrt(eig).real.sum())
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
-
-
-def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
-    """FID between two feature sets [N,D] and [M,D]."""
-    return frechet_distance(*feature_stats(a), *feature_stats(b))
-
-
-class FIDInfinity(NamedTuple):
-    """Extrapolated FID: ``fid_inf`` is the intercept of FID_N = fid_inf + slope / N over subset sizes ``ns``."""
-
-    fid_inf: float
-    slope: float
-    ns: tuple[int, ...]
-    fids: tuple[float, ...]
-
-
-def fid_infinity(
-    fake_feats: torch.Tensor,
-    ref_mu: np.ndarray,
-    ref_sigma: np.ndarray,
-    *,
-    num_points: int = 15,
-    min_n: int | None = None,
-    seed: int = 0,
-) -> FIDInfinity:
-    """FID-infinity of Chong & Forsyth (2020, Sec. 3.1) against fixed reference statistics.
-
-    The reference term of the bias (c / N_ref) stays in the intercept: compare FID-infinity only at equal N_ref.
-    """
-    n = len(fake_feats)
-    min_n = max(2, n // 5) if min_n is None else min_n
-    # 1. subset sizes N_i spaced linearly in [min_n, N] (the paper: 15 points from 5k to 50k)
-    ns = tuple(sorted({int(round(v)) for v in np.linspace(min_n, n, num_points)}))
-    if len(ns) < 2 or ns[0] < 2:
-        raise ValueError(f"fid_infinity needs at least two subset sizes >= 2; got {ns} from {n} samples")
-    rng = np.random.default_rng(seed)
-    feats = fake_feats.double().numpy()
-    fids = []
-    for size in ns:
-        # 2. FID of a random subset of size N_i against the fixed reference statistics
-        sub = feats[rng.permutation(n)[:size]]
-        fids.append(frechet_distance(*feature_stats(sub), ref_mu, ref_sigma))
-    # 3. least squares FID_i = a + b / N_i; FID-infinity is a, the value at 1/N -> 0
-    slope, intercept = np.polyfit(1.0 / np.asarray(ns, dtype=np.float64), np.asarray(fids), 1)
-    return FIDInfinity(float(intercept), float(slope), ns, tuple(fids))
 
 
 # ---------------------------------------------------------------------------------------------- reference cache
@@ -251,13 +189,16 @@ def compare_fids(fid: float, cleanfid: tuple[float, str]) -> dict[str, float | s
 
 
 def cleanfid_kid(feats1: np.ndarray, feats2: np.ndarray, subset_size: int, seed: int, subsets: int = 100) -> float:
-    """clean-fid's ``kernel_distance`` with the global numpy RNG seeded, then restored."""
+    """clean-fid's ``kernel_distance`` with the global numpy RNG seeded, then restored, on float32 features as
+    clean-fid's own ``compute_kid`` passes them (its network's outputs); float64 arrays would take about 3x longer
+    for the same value up to rounding."""
     from cleanfid import fid as cfid
 
+    a, b = np.asarray(feats1, dtype=np.float32), np.asarray(feats2, dtype=np.float32)
     state = np.random.get_state()
     np.random.seed(seed)  # clean-fid draws subsets from the unseeded global RNG
     try:
-        return float(cfid.kernel_distance(feats1, feats2, num_subsets=subsets, max_subset_size=subset_size))
+        return float(cfid.kernel_distance(a, b, num_subsets=subsets, max_subset_size=subset_size))
     finally:
         np.random.set_state(state)
 
@@ -272,25 +213,6 @@ def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, l
         mask = labels == k
         per_class.append(float(hit[mask].mean()) if mask.any() else float("nan"))
     return float(hit.mean()), per_class
-
-
-def bootstrap_fid_std(
-    fake_feats: torch.Tensor | np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, *, rounds: int = 20, seed: int = 0
-) -> float:
-    """Standard deviation of FID over ``rounds`` resamplings (with replacement) of the generated features."""
-    feats = np.asarray(
-        fake_feats.detach().cpu().numpy() if isinstance(fake_feats, torch.Tensor) else fake_feats, dtype=np.float64
-    )
-    if feats.ndim != 2 or len(feats) < 2:
-        raise ConfigError(f"fake_feats must be [N >= 2, D], got shape {feats.shape}")
-    if rounds < 2:
-        raise ConfigError(f"rounds must be >= 2, got {rounds}")
-    rng = np.random.default_rng(seed)
-    fids = [
-        frechet_distance(*feature_stats(feats[rng.integers(0, len(feats), len(feats))]), ref_mu, ref_sigma)
-        for _ in range(rounds)
-    ]
-    return float(np.std(fids, ddof=1))
 
 
 # ---------------------------------------------------------------------------------------------- main entry

@@ -4,9 +4,9 @@ whether it was still improving at the end (the mark itself: ``benchkit.results.c
 With ``train.convergence_points = P`` the trainer stops after steps ``steps / 2^(P-1), ..., steps / 2, steps``
 (each point at twice the previous one's steps), and this module's hook draws ``train.convergence_samples`` samples
 with the eval (EMA) weights and the run's base sampling setting, and scores them against the test reference with
-the run's feature network: FID (:func:`benchkit.metrics.quality.frechet_distance` on the cached reference
+the run's feature network: FID (:func:`benchkit.metrics.frechet.frechet_distance` on the cached reference
 statistics), KID (clean-fid's, as in the table) and a bootstrap standard deviation of that FID
-(:func:`benchkit.metrics.quality.bootstrap_fid_std`). Each point is a row of ``<run dir>/convergence.json``
+(:func:`benchkit.metrics.frechet.bootstrap_fid_std`). Each point is a row of ``<run dir>/convergence.json``
 (step, images_seen, train_flops, fid, kid, fid_bootstrap_std, n_samples, seconds); a resumed run keeps the points
 it already has. The evaluation runs on a copy of the model under a forked RNG (``benchkit.training.trainer.fit``), so
 the trained weights are bitwise those of a run without convergence points.
@@ -34,7 +34,8 @@ from torch import nn
 from benchkit.core.config import RunConfig
 from benchkit.core.files import atomic_write_text
 from benchkit.metrics.configured import cache_dir, config_extractor, reference_key
-from benchkit.metrics.quality import bootstrap_fid_std, cleanfid_kid, feature_stats, frechet_distance, reference_stats
+from benchkit.metrics.frechet import bootstrap_fid_std, feature_stats, frechet_distance
+from benchkit.metrics.quality import cleanfid_kid, reference_stats
 from benchkit.sampling.generate import balanced_labels, generate_images
 
 log = logging.getLogger(__name__)

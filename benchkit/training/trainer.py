@@ -1,6 +1,6 @@
 """The one training loop shared by tokenizers and generators.
 
-AdamW (fused on CUDA), linear warm-up then cosine or constant learning rate, gradient clipping, EMA weights,
+AdamW (fused on CUDA and CPU), linear warm-up then cosine or constant learning rate, gradient clipping, EMA weights,
 fp32 / bf16 / fp16 autocast (a gradient scaler for fp16), optional torch.compile and gradient checkpointing of
 the transformer blocks, a rich progress bar with loss and images/s, periodic safetensors checkpoints, resume, a
 CSV log, NaN/inf detection, and DDP when launched by torchrun. Batches are a pure function of (seed, step), so a resumed
@@ -35,6 +35,7 @@ from benchkit.training.trainstate import checkpoint_step, read_log, restore_stat
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
+FUSED_DEVICES = ("cuda", "cpu")  # where AdamW runs its fused kernel
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "emb" in name or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel where the device has one (CUDA); elsewhere the default (foreach) path, whose results the
-    # determinism tests pin down
-    fused = bool(decay or no_decay) and all(p.device.type == "cuda" for p in decay + no_decay)
+    # the fused kernel on CUDA and CPU (one call per step instead of about ten small ops per tensor; measured by
+    # benchmarks/optimizer_step.py); elsewhere (MPS, other backends) torch's default path
+    fused = bool(decay or no_decay) and all(p.device.type in FUSED_DEVICES for p in decay + no_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 

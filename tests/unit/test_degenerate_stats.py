@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchkit.metrics import quality
+from benchkit.metrics import frechet, quality
 from benchkit.metrics.featurenet import FEATURE_SCALE, MIN_BLOCK_VARIANCE, DatasetFeatureNet, to_float
 from benchkit.metrics.refstats import fid_from_stats
 
 
 def _stats(seed: int, n: int = 300, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    return quality.feature_stats(np.random.default_rng(seed).standard_normal((n, d)))
+    return frechet.feature_stats(np.random.default_rng(seed).standard_normal((n, d)))
 
 
 def test_sane_statistics_agree_and_carry_no_mark(caplog: pytest.LogCaptureFixture) -> None:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from benchkit.core.errors import ConfigError
 from benchkit.metrics import cmmd, dinov2, pretrained
 from benchkit.metrics.extractor import register_with_fidelity
-from benchkit.metrics.quality import fid_from_features
+from benchkit.metrics.frechet import fid_from_features
 
 needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
 needs_open_clip = pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open_clip not installed")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchkit.data.base import ImageData
-from benchkit.metrics import cost, quality, recon
+from benchkit.metrics import cost, frechet, quality, recon
 from benchkit.metrics.features import load_extractor
 
 CPU = torch.device("cpu")
@@ -73,7 +73,7 @@ def test_fidelity_and_cleanfid_agree(data: tuple[ImageData, ImageData], extracto
     assert m["kid_subset_size"] == 150  # clamped to the sample count instead of torch-fidelity's ValueError
     # FID: torch-fidelity (eigenvalues) vs clean-fid (scipy sqrtm) vs benchkit's own, on the same features.
     assert m["fid_rel_diff"] < 1e-3 and m["fid"] > 0
-    own = quality.fid_from_features(extractor.features(fake), extractor.features(test.images))
+    own = frechet.fid_from_features(extractor.features(fake), extractor.features(test.images))
     assert m["fid"] == pytest.approx(own, rel=1e-4)
     # KID: with the subset equal to the whole set every subset is the full set (so 5 subsets suffice) and both
     # libraries compute the same unbiased MMD^2 with float32 kernels.
@@ -135,8 +135,8 @@ def test_fid_infinity_removes_sample_size_bias() -> None:
     shift = np.zeros(d)
     shift[:2] = 0.5  # true FID against N(0, I) = 0.5; FID at N = 2000 carries a bias of about d^2 / (4N)
     feats = torch.from_numpy(rng.standard_normal((n, d)) + shift)
-    res = quality.fid_infinity(feats, np.zeros(d), np.eye(d), seed=0)
-    fid_n = quality.frechet_distance(*quality.feature_stats(feats), np.zeros(d), np.eye(d))
+    res = frechet.fid_infinity(feats, np.zeros(d), np.eye(d), seed=0)
+    fid_n = frechet.frechet_distance(*frechet.feature_stats(feats), np.zeros(d), np.eye(d))
     assert len(res.ns) == 15 and res.ns[0] == n // 5 and res.ns[-1] == n
     assert fid_n - 0.5 > 0.3 and res.slope > 0
     assert abs(res.fid_inf - 0.5) < abs(fid_n - 0.5) / 2
@@ -145,10 +145,24 @@ def test_fid_infinity_removes_sample_size_bias() -> None:
 def test_frechet_matches_cleanfid_on_random_stats() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((400, 16)), rng.standard_normal((500, 16)) * 1.3 + 0.2
-    s1, s2 = quality.feature_stats(a), quality.feature_stats(b)
+    s1, s2 = frechet.feature_stats(a), frechet.feature_stats(b)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scipy's sqrtm(disp=) deprecation must not leak out of cleanfid_fid
-        assert quality.frechet_distance(*s1, *s2) == pytest.approx(quality.cleanfid_fid(*s1, *s2), rel=1e-8)
+        assert frechet.frechet_distance(*s1, *s2) == pytest.approx(quality.cleanfid_fid(*s1, *s2), rel=1e-8)
+
+
+
+@pytest.mark.parametrize("n", [40, 400])  # 40 < d: a singular sample covariance, as at the 100-sample points
+def test_fid_to_a_fixed_reference_equals_frechet_distance(n: int) -> None:
+    rng = np.random.default_rng(2)
+    d = 64
+    mix = rng.standard_normal((d, d)) * 0.3
+    ref = frechet.feature_stats(rng.standard_normal((3000, d)) @ mix)
+    to_ref = frechet.FidToReference(*ref)
+    for shift in (0.0, 0.5):
+        stats = frechet.feature_stats(rng.standard_normal((n, d)) @ mix + shift)
+        assert to_ref(*stats) == pytest.approx(frechet.frechet_distance(*stats, *ref), rel=1e-7)
+    assert to_ref(*ref) == pytest.approx(0.0, abs=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------- reconstruction

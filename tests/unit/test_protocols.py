@@ -21,7 +21,8 @@ from benchkit.evaluation import protocols
 from benchkit.metrics import adm, cmmd, dinov2
 from benchkit.metrics.extractor import sha256_file
 from benchkit.metrics.features import check_protocol, extractor_options, load_extractor
-from benchkit.metrics.quality import feature_stats, fid_from_features, frechet_distance, generation_metrics
+from benchkit.metrics.frechet import feature_stats, fid_from_features, frechet_distance
+from benchkit.metrics.quality import generation_metrics
 from benchkit.metrics.refstats import load_reference_stats
 from benchkit.training.artifacts import run_fingerprint
 

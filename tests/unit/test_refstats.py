@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchkit.core.errors import ConfigError
-from benchkit.metrics import quality
+from benchkit.metrics import frechet, quality
 from benchkit.metrics.features import load_extractor
 from benchkit.metrics.refstats import (
     FeatureMoments,
@@ -41,9 +41,9 @@ def test_fid_from_saved_statistics_equals_fid_from_the_images(setup, tmp_path: P
     )
     path = save_reference_stats(test.images, extractor, tmp_path / "ref.npz", batch_size=64)
     mu, sigma = load_reference_stats(path)
-    ref_mu, ref_sigma = quality.feature_stats(extractor.features(test.images))
+    ref_mu, ref_sigma = frechet.feature_stats(extractor.features(test.images))
     assert np.allclose(mu, ref_mu, atol=1e-9) and np.allclose(sigma, ref_sigma, atol=1e-9)
-    from_file = fid_from_stats(*quality.feature_stats(extractor.features(fake)), mu, sigma)
+    from_file = fid_from_stats(*frechet.feature_stats(extractor.features(fake)), mu, sigma)
     assert from_file["fid"] == pytest.approx(float(from_images["fid"]), rel=1e-6) and from_file["fid"] > 0
     assert from_file["fid_cleanfid"] == pytest.approx(from_file["fid"], rel=1e-4)
     # streamed: chunks of 40 generated one after another give the same statistics as all images at once

@@ -10,7 +10,7 @@ import pytest
 
 from benchkit.core.errors import ConfigError
 from benchkit.evaluation.deviations import head_deviations
-from benchkit.metrics.quality import bootstrap_fid_std
+from benchkit.metrics.frechet import bootstrap_fid_std
 from benchkit.results.significance import SIG_COLUMN, adjacent_significance, with_significance
 from benchkit.results.tables import write_tables
 
