@@ -151,7 +151,6 @@ def test_frechet_matches_cleanfid_on_random_stats() -> None:
         assert frechet.frechet_distance(*s1, *s2) == pytest.approx(quality.cleanfid_fid(*s1, *s2), rel=1e-8)
 
 
-
 @pytest.mark.parametrize("n", [40, 400])  # 40 < d: a singular sample covariance, as at the 100-sample points
 def test_fid_to_a_fixed_reference_equals_frechet_distance(n: int) -> None:
     rng = np.random.default_rng(2)
