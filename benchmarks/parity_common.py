@@ -25,7 +25,7 @@ from benchkit.core.config import RunConfig, resolve
 from benchkit.metrics.health import is_failing
 from benchkit.results.seeds import t_interval, welch_p
 from benchkit.sweeps.sweepfile import expand, load_sweep
-from benchkit.training.artifacts import build_generator
+from benchkit.training.artifacts import build_generator, seed_configs
 from benchkit.training.checks import check, load_splits
 from benchkit.training.compute import apply_budget
 
@@ -251,6 +251,36 @@ def evaluate_runs(
 def fids_record(results: Results) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``results`` as plain JSON values."""
     return {v: {s: [dataclasses.asdict(r) for r in rs] for s, rs in by.items()} for v, by in results.items()}
+
+
+def finish(
+    a: argparse.Namespace,
+    plan: Plan,
+    runs: Mapping[str, Sequence[Path]],
+    eval_sets: Sequence[str],
+    flags: Sequence[str],
+    variants: Mapping[str, str],
+    settings: Settings,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Evaluate every run (in the table's order of ``variants``) and return the benchmark's JSON record: the
+    options, the plan, ``extra`` (the official code's path, its architecture), the runs, the FIDs, the table and
+    the verdicts."""
+    seeds = [c.seed for c in seed_configs(plan.cfg)]
+    ordered = {v: runs[v] for v in variants}
+    results = evaluate_runs(ordered, seeds, eval_sets, a.out.resolve() / "results", flags, settings)
+    table, verdicts = format_table(results, variants, settings)
+    return {
+        **{k: getattr(a, k) for k in ("seeds", "samples", "reference")},
+        "budget_flops": plan.budget,
+        "steps": plan.steps,
+        "recipe": recipe_of(plan.cfg),
+        **extra,
+        "runs": {k: [str(p) for p in v] for k, v in ordered.items()},
+        "fids": fids_record(results),
+        "table": table,
+        "verdicts": verdicts,
+    }
 
 
 @contextlib.contextmanager

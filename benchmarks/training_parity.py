@@ -38,8 +38,7 @@ from parity_common import (
     cuda_calls_on,
     default_budget,
     derive_steps,
-    evaluate_runs,
-    fids_record,
+    finish,
     health_mark,
     import_run,
     pinned_overrides,
@@ -210,21 +209,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     for c, tok_run in zip(seed_configs(cfg), runs["default"]):
         pth, args_json = train_official(mar_cls, c, out, progress)
         runs["official"].append(import_run(["mar", str(pth), "--arch", str(args_json), "--tokenizer", str(tok_run)]))
-    seeds = [c.seed for c in seed_configs(cfg)]
-    runs = {v: runs[v] for v in VARIANTS}  # evaluated in the table's order
-    results = evaluate_runs(runs, seeds, eval_overrides(a.samples, a.reference), out / "results", flags, SETTINGS)
-    table, verdicts = format_table(results)
-    return {
-        **{k: getattr(a, k) for k in ("seeds", "samples", "reference")},
-        "budget_flops": plan.budget,
-        "steps": steps,
-        "recipe": recipe_of(cfg),
-        "mar_code": str(code),
-        "runs": {k: [str(p) for p in v] for k, v in runs.items()},
-        "fids": fids_record(results),
-        "table": table,
-        "verdicts": verdicts,
-    }
+    sets = eval_overrides(a.samples, a.reference)
+    return finish(a, plan, runs, sets, flags, VARIANTS, SETTINGS, mar_code=str(code))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

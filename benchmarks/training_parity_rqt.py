@@ -54,8 +54,7 @@ from parity_common import (
     check_code,
     check_counts,
     cuda_calls_on,
-    evaluate_runs,
-    fids_record,
+    finish,
     import_run,
     plan_run,
     recipe_of,
@@ -330,22 +329,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     for c, tok_run in zip(seed_configs(cfg), runs["default"]):
         pt = train_official(rqt, c, out, progress)
         runs["official"].append(import_run(["rqtransformer", str(pt), "--tokenizer", str(tok_run)]))
-    seeds = [c.seed for c in seed_configs(cfg)]
-    runs = {v: runs[v] for v in VARIANTS}  # evaluated in the table's order
-    results = evaluate_runs(runs, seeds, eval_overrides(a.samples, a.reference), out / "results", flags, SETTINGS)
-    table, verdicts = format_table(results)
-    return {
-        **{k: getattr(a, k) for k in ("seeds", "samples", "reference")},
-        "budget_flops": plan.budget,
-        "steps": steps,
-        "recipe": recipe_of(cfg),
-        "rq_code": str(code),
-        "official_arch": arch,
-        "runs": {k: [str(p) for p in v] for k, v in runs.items()},
-        "fids": fids_record(results),
-        "table": table,
-        "verdicts": verdicts,
-    }
+    sets = eval_overrides(a.samples, a.reference)
+    return finish(a, plan, runs, sets, flags, VARIANTS, SETTINGS, rq_code=str(code), official_arch=arch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

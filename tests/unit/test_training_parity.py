@@ -223,3 +223,30 @@ def test_cuda_calls_stay_on_the_cpu(tp: ModuleType) -> None:
         moved = torch.ones(3).cuda()
         assert moved.device.type == "cpu" and moved.tolist() == [1.0, 1.0, 1.0]
     assert torch.Tensor.cuda is original
+
+
+def test_finish_evaluates_in_table_order_and_assembles_the_record(
+    tp: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = tp.parity_common
+    a = tp.parse_args(["--mar-code", str(tmp_path), "--seeds", "2", "--steps", "7", "--out", str(tmp_path / "out")])
+    cfg = pinned(tp, steps=7, seeds=2)
+    plan = common.Plan(1.0e12, 7, [], cfg)
+    runs = {v: [tmp_path / f"{v}-{i}" for i in range(2)] for v in ("mar_head", "default", "official")}
+    seen: list[tuple[list[str], list[int], Path]] = []
+
+    def fake_eval(runs_, seeds, sets, results_dir, flags, settings):  # noqa: ANN001, ANN202
+        seen.append((list(runs_), list(seeds), results_dir))
+        label = common.setting_label(*settings[0])
+        return {v: {label: [tp.SeedFid(s, 10.0 + s, "ok") for s in seeds]} for v in runs_}
+
+    monkeypatch.setattr(common, "evaluate_runs", fake_eval)
+    record = common.finish(a, plan, runs, ["x=1"], [], tp.VARIANTS, tp.SETTINGS, mar_code="CODE")
+    assert seen == [(list(tp.VARIANTS), [c.seed for c in common.seed_configs(cfg)], (tmp_path / "out" / "results"))]
+    assert list(record["runs"]) == list(tp.VARIANTS)  # the table's order, not the order trained
+    assert record["runs"]["default"] == [str(tmp_path / "default-0"), str(tmp_path / "default-1")]
+    assert (record["seeds"], record["steps"], record["budget_flops"], record["mar_code"]) == (2, 7, 1.0e12, "CODE")
+    assert record["recipe"]["steps"] == 7
+    assert record["fids"]["official"]["CFG 1, T 1.0"][1]["fid"] == 11.0
+    assert record["table"].splitlines()[2].startswith(f"| {tp.VARIANTS['official']} | CFG 1, T 1.0 | 10.0 | 11.0 |")
+    assert len(record["verdicts"]) == 4
