@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -235,7 +236,14 @@ def test_finish_evaluates_in_table_order_and_assembles_the_record(
     runs = {v: [tmp_path / f"{v}-{i}" for i in range(2)] for v in ("mar_head", "default", "official")}
     seen: list[tuple[list[str], list[int], Path]] = []
 
-    def fake_eval(runs_, seeds, sets, results_dir, flags, settings):  # noqa: ANN001, ANN202
+    def fake_eval(
+        runs_: dict[str, list[Path]],
+        seeds: list[int],
+        sets: list[str],
+        results_dir: Path,
+        flags: list[str],
+        settings: Any,
+    ) -> dict[str, dict[str, list[Any]]]:
         seen.append((list(runs_), list(seeds), results_dir))
         label = common.setting_label(*settings[0])
         return {v: {label: [tp.SeedFid(s, 10.0 + s, "ok") for s in seeds]} for v in runs_}
