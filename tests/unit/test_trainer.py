@@ -145,3 +145,31 @@ def test_ema_is_an_averaged_model_that_follows_the_formula_and_copies_buffers() 
         assert torch.equal(v, expected), k
     ema.shadow["0.weight"].zero_()  # shadow tensors are the averaged copy's: resume writes through them
     assert not ema.averaged.module[0].weight.any()
+
+
+def test_cpu_training_uses_fused_adamw_with_the_default_paths_values() -> None:
+    from benchkit.training.trainer import _optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 3))
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.05)
+    fused = _optimizer(model, cfg)
+    assert fused.defaults["fused"] is True
+    twin = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 3))
+    twin.load_state_dict(model.state_dict())
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in fused.param_groups]
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    twin_params = list(twin.parameters())
+    plain = torch.optim.AdamW(
+        [{**g, "params": [twin_params[index[id(p)]] for p in g["params"]]} for g in groups],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    x = torch.randn(64, 8)
+    for _ in range(20):
+        for m, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad(set_to_none=True)
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
