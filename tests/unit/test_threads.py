@@ -58,6 +58,21 @@ def test_apply_sets_torch_threads_and_does_not_carry_over(four_cores: None) -> N
         torch.set_num_threads(before)
 
 
+def test_apply_sets_the_blas_threads_of_numpy_and_scipy_too(four_cores: None) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before, original = torch.get_num_threads(), threadpool_limits(limits=None)
+    try:
+        for n in (1, 2):
+            bt.apply_threads(n)
+            blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+            assert blas, "numpy and scipy load at least one BLAS library"
+            assert {i["num_threads"] for i in blas} == {n}, blas
+    finally:
+        original.restore_original_limits()
+        torch.set_num_threads(before)
+
+
 def test_prepare_openmp_is_passive_for_shards_and_job_processes_and_keeps_a_users_policy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
