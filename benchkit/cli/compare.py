@@ -182,7 +182,7 @@ def run(
 ) -> None:
     """The default comparison: every tokenizer once, the generator x head grid, eval sweeps, tables and plots.
 
-    Example: benchkit run            (the tiny grid on the embedded shapes dataset, about 15 min on 2 CPU cores)
+    Example: benchkit run            (the tiny grid on the embedded shapes dataset, 12-15 min on 2 CPU cores)
     """
     _run_sweep(
         ["run", "--sweep", sweep],
