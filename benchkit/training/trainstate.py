@@ -56,7 +56,19 @@ def restore_state(
         idx, key = k.split(".", 1)
         state.setdefault(int(idx), {})[key] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    _match_parameter_layouts(opt)
     torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+
+
+def _match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (AdamW's moments) its parameter's memory layout. A checkpoint stores
+    tensors contiguous, while a channels-last convolution weight has other strides; the fused AdamW kernel walks
+    parameter and moments as if their layouts were the same, so a resumed run would silently diverge from an
+    uninterrupted one."""
+    for param, st in opt.state.items():
+        for key, val in st.items():
+            if torch.is_tensor(val) and val.shape == param.shape and val.stride() != param.stride():
+                st[key] = torch.empty_like(param, dtype=val.dtype).copy_(val)
 
 
 def checkpoint_step(ckpt: Path) -> int:

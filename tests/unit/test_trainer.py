@@ -173,3 +173,37 @@ def test_cpu_training_uses_fused_adamw_with_the_default_paths_values() -> None:
             opt.step()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_optimizer_state_takes_channels_last_parameters_layout() -> None:
+    from benchkit.training.trainer import _optimizer
+    from benchkit.training.trainstate import restore_state, state_tensors
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).to(memory_format=torch.channels_last)
+
+    x = torch.randn(4, 3, 10, 10).to(memory_format=torch.channels_last)
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.05)
+
+    def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            opt.step()
+
+    straight = make()
+    train(straight, _optimizer(straight, cfg), 6)
+    first = make()
+    opt = _optimizer(first, cfg)
+    train(first, opt, 3)
+    tensors, meta = state_tensors(first, opt, None)
+    saved = {k: v.contiguous() for k, v in tensors.items()}  # what a checkpoint file gives back
+    resumed = make()
+    opt2 = _optimizer(resumed, cfg)
+    restore_state(saved, meta, resumed, opt2, None)
+    weight = next(resumed.parameters())
+    assert opt2.state[weight]["exp_avg"].stride() == weight.stride() != weight.contiguous().stride()
+    train(resumed, opt2, 3)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
