@@ -82,7 +82,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for n in (500, 250, 100):
         f64, r64 = fake[n].astype(np.float64), ref.astype(np.float64)
-        old = lambda f64=f64, r64=r64, n=n: _kid64(f64, r64, n)  # noqa: E731
+        old = lambda f64=f64, r64=r64, n=n: cleanfid_kid(f64, r64, n, 0, dtype=np.float64)  # noqa: E731
         new = lambda n=n: cleanfid_kid(fake[n], ref, n, 0)  # noqa: E731
         print(_row(f"clean-fid KID, {n} samples (float64 -> float32)", old, new, a.repeats))
     for n in (100, 500):
@@ -90,18 +90,6 @@ def main() -> None:
         old = lambda stats=stats: frechet_distance(*stats, *ref_stats)  # noqa: E731
         new = lambda stats=stats: to_ref(*stats)  # noqa: E731
         print(_row(f"FID to a fixed reference, {n} samples (eigvals -> eigvalsh)", old, new, a.repeats))
-
-
-def _kid64(fake: np.ndarray, ref: np.ndarray, n: int) -> float:
-    """clean-fid's KID on float64 arrays, as benchkit called it before (seeded like ``cleanfid_kid``)."""
-    from cleanfid import fid as cfid
-
-    state = np.random.get_state()
-    np.random.seed(0)
-    try:
-        return float(cfid.kernel_distance(fake, ref, num_subsets=100, max_subset_size=n))
-    finally:
-        np.random.set_state(state)
 
 
 if __name__ == "__main__":

@@ -16,30 +16,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_throughput sits beside this script
+from seed_throughput import NUM_CLASSES, _jobs, cpu_name
+
 import benchkit.generators
 import benchkit.heads
 import benchkit.tokenizers  # noqa: F401  (registers the components)
-from benchkit.sweeps.sweepfile import expand, load_sweep
 from benchkit.training.artifacts import build_generator
 from benchkit.training.checks import check
 from benchkit.training.compute import random_batch
 from benchkit.training.ema import EMA
-
-NUM_CLASSES = 10
-
-
-def _models(names: list[str] | None) -> list[tuple[str, Any]]:
-    out: dict[str, Any] = {}
-    for job in expand(load_sweep("tiny")):
-        c = job.cfg
-        if c is not None and (name := f"{c.generator.name}+{c.head.name}") not in out and (not names or name in names):
-            out[name] = c
-    return list(out.items())
 
 
 def _step_ms(cfg: Any, fused: bool, steps: int) -> tuple[float, float, int]:
@@ -66,14 +59,6 @@ def _step_ms(cfg: Any, fused: bool, steps: int) -> tuple[float, float, int]:
     return 1e3 * fwd / steps, 1e3 * upd / steps, sum(1 for _ in gen.parameters())
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -82,11 +67,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None, help="e.g. ar+ce rqtransformer+ce (default: all five)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"CPU: {_cpu()}; {os.cpu_count()} cores; torch {torch.__version__}, {a.threads} thread(s); ")
+    print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; torch {torch.__version__}, {a.threads} thread(s); ")
     print(f"{a.steps} steps x {a.repeats} repeats per variant, medians\n")
     print("| model | tensors | fwd+bwd ms | update ms, default | update ms, fused | update saved ms | step ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, cfg in _models(a.models):
+    for name, cfg in _jobs(a.models):
         runs: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
         for _ in range(a.repeats):
             for fused in (False, True):

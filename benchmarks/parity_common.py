@@ -117,6 +117,14 @@ def plan_run(a: argparse.Namespace, combo: tuple[str, str, str], out: Path) -> P
     return Plan(budget, steps, pinned, resolve(PRESET, None, pinned))
 
 
+def begin(a: argparse.Namespace, combo: tuple[str, str, str]) -> tuple[Plan, Path, bool]:
+    """The start of a parity run: ``--threads`` applied, then (plan, output root, whether progress bars show)."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = a.out.resolve()
+    return plan_run(a, combo, out), out, sys.stderr.isatty()
+
+
 def sampling_overrides(settings: Settings, samples: int, reference: int, extra: Sequence[str] = ()) -> list[str]:
     """``benchkit eval --set`` values: ``extra``, the first setting as the base, the rest as ``eval.sweep``, a
     constant CFG schedule, no tuning, one sampling seed, ``samples`` against ``reference`` images."""

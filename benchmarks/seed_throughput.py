@@ -78,6 +78,15 @@ def _worker(models: list[str], seeds: list[int], steps: int) -> None:
     print(json.dumps(out))
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _peak() -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     best = float("inf")
@@ -102,12 +111,7 @@ def main() -> None:
     jobs = _jobs(a.models)
     threads = torch.get_num_threads()
     peak = _peak()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     print(
         f"CPU: {cpu}; {os.cpu_count()} cores; torch {torch.__version__}, {threads} threads; "
         f"fp32 mm peak {peak / 1e9:.1f} GFLOP/s; {a.seeds} seeds x {a.steps} steps\n"

@@ -33,6 +33,7 @@ from parity_common import (
     ParityError,
     SeedFid,
     add_run_options,
+    begin,
     check_code,
     check_counts,
     cuda_calls_on,
@@ -42,7 +43,6 @@ from parity_common import (
     health_mark,
     import_run,
     pinned_overrides,
-    plan_run,
     recipe_of,
     run_flags,
     run_main,
@@ -196,11 +196,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     """The whole comparison; returns the JSON record (the table is in ``record["table"]``)."""
     code = check_code(a.mar_code, "models/mar.py", "LTH14/mar", "--mar-code")
     mar_cls = load_official_mar(code)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    progress = sys.stderr.isatty()
-    out = a.out.resolve()
-    plan = plan_run(a, COMBO, out)
+    plan, out, progress = begin(a, COMBO)
     cfg, steps = plan.cfg, plan.steps
     print(f"training parity: {steps} steps per model, {a.seeds} seed(s), recipe {recipe_of(cfg)}", file=sys.stderr)
     flags = run_flags(a.threads, progress)

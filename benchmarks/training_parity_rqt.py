@@ -51,12 +51,12 @@ from parity_common import (
     ParityError,
     SeedFid,
     add_run_options,
+    begin,
     check_code,
     check_counts,
     cuda_calls_on,
     finish,
     import_run,
-    plan_run,
     recipe_of,
     run_flags,
     run_main,
@@ -314,11 +314,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     code = check_code(a.rq_code, CODE, REPO, "--rq-code")
     require_omegaconf()
     rqt = load_official_rqt(code)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    progress = sys.stderr.isatty()
-    out = a.out.resolve()
-    plan = plan_run(a, COMBO, out)
+    plan, out, progress = begin(a, COMBO)
     cfg, steps = plan.cfg, plan.steps
     arch = arch_of(cfg, load_splits(cfg)[0].num_classes)  # refuses a shape the official model cannot take, early
     print(f"training parity: {steps} steps per model, {a.seeds} seed(s), recipe {recipe_of(cfg)}", file=sys.stderr)

@@ -188,13 +188,20 @@ def compare_fids(fid: float, cleanfid: tuple[float, str]) -> dict[str, float | s
     return out
 
 
-def cleanfid_kid(feats1: np.ndarray, feats2: np.ndarray, subset_size: int, seed: int, subsets: int = 100) -> float:
-    """clean-fid's ``kernel_distance`` with the global numpy RNG seeded, then restored, on float32 features as
-    clean-fid's own ``compute_kid`` passes them (its network's outputs); float64 arrays would take about 3x longer
-    for the same value up to rounding."""
+def cleanfid_kid(
+    feats1: np.ndarray,
+    feats2: np.ndarray,
+    subset_size: int,
+    seed: int,
+    subsets: int = 100,
+    dtype: type[np.floating] = np.float32,
+) -> float:
+    """clean-fid's ``kernel_distance`` with the global numpy RNG seeded, then restored, on features of ``dtype``:
+    float32 by default, as clean-fid's own ``compute_kid`` passes them (float64 gives the same value up to rounding,
+    slower: ``benchmarks/metric_costs.py``)."""
     from cleanfid import fid as cfid
 
-    a, b = np.asarray(feats1, dtype=np.float32), np.asarray(feats2, dtype=np.float32)
+    a, b = np.asarray(feats1, dtype=dtype), np.asarray(feats2, dtype=dtype)
     state = np.random.get_state()
     np.random.seed(seed)  # clean-fid draws subsets from the unseeded global RNG
     try:
